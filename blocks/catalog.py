@@ -1,0 +1,9 @@
+"""Import every module that registers built-in entries (blocks, losses, tokenizers, metrics)."""
+from __future__ import annotations
+
+
+def load_builtin_entries() -> None:
+    import blocks.data.tokenizers  # noqa: F401
+    import blocks.distill.losses  # noqa: F401
+    import blocks.layers  # noqa: F401
+    import blocks.metrics  # noqa: F401

@@ -1,0 +1,262 @@
+"""The ``blocks`` command: train, validate, test, predict, list, schema.
+
+Errors meant for the user (a bad config, bad data, a broken checkpoint) are printed as one line
+naming the file and the place, without a traceback, and the command exits with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from blocks.errors import DistilBlocksError
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="the JSON config file")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+                        help="override a config value, e.g. --set stages.0.epochs=2 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="blocks", description="NLP models from JSON, distilled.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="run every stage of a config")
+    _add_config_arguments(train)
+    train.add_argument("--run-dir", help="where to write the run (default: runs/<config name>)")
+    train.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    validate = commands.add_parser("validate", help="check a config and its data without training")
+    _add_config_arguments(validate)
+
+    test = commands.add_parser("test", help="evaluate the models of a run")
+    test.add_argument("run_dir")
+    test.add_argument("--data", help="a labelled file to evaluate on (default: the config's test split)")
+    test.add_argument("--model", action="append", help="model(s) to evaluate (default: every trained model)")
+
+    predict = commands.add_parser("predict", help="label new examples with a run's model")
+    predict.add_argument("run_dir")
+    predict.add_argument("--input", required=True, help="file to label, or - for standard input")
+    predict.add_argument("--model", help="model to use (default: the student, trained by the last stage)")
+    predict.add_argument("--format", choices=["tsv", "jsonl"], default="tsv", help="output format")
+    predict.add_argument("--lines", action="store_true",
+                         help="each input line is one text for the model's single text field")
+    predict.add_argument("--output", help="write here instead of standard output")
+
+    listing = commands.add_parser("list", help="show registered blocks, losses, tokenizers and metrics")
+    listing.add_argument("name", nargs="?", help="show one entry in full")
+    listing.add_argument("--kind", choices=["block", "loss", "tokenizer", "metric"], default=None)
+    listing.add_argument("--import", dest="imports", action="append", default=[],
+                         help="module with custom entries to include")
+
+    schema = commands.add_parser("schema", help="write the JSON Schema of config files (for editors)")
+    schema.add_argument("--output", "-o", help="file to write (default: standard output)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except DistilBlocksError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; continue with `blocks train CONFIG --resume`", file=sys.stderr)
+        return 130
+
+
+def cmd_train(args) -> int:
+    from blocks.config.loader import load_config
+    from blocks.engine.run import train
+
+    config = load_config(args.config, args.overrides)
+    train(config, run_dir=args.run_dir, resume=args.resume, progress=not args.no_progress)
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from blocks.config.loader import load_config
+    from blocks.engine.optim import build_optimizer, build_schedule
+    from blocks.experiment import Experiment, resolve_device
+
+    config = load_config(args.config, args.overrides)
+    experiment = Experiment.prepare(config)
+    resolve_device(config["device"])
+    labels = ", ".join(experiment.task.labels) if experiment.task.labels else "regression"
+    print(f"task: {experiment.task.type} ({labels}); vocabularies: "
+          + ", ".join(f"{n} {len(v):,}" for n, v in experiment.vocabularies.items()))
+    for name, graph in experiment.models.items():
+        print(f"\nmodel '{name}':")
+        print(graph.describe())
+    for index, stage in enumerate(config["stages"]):
+        losses = experiment.build_losses(index)
+        parameters = list(experiment.models[stage["train"]].parameters())
+        optimizer = build_optimizer(parameters, stage["optimizer"], where=f"/stages/{index}/optimizer")
+        build_schedule(optimizer, stage["schedule"], 100, where=f"/stages/{index}/schedule")
+        terms = " + ".join(f"{w:g}·{type(l).registered_name}" for w, l in losses)
+        teachers = f" taught by {', '.join(stage['teachers'])}" if stage["teachers"] else ""
+        print(f"\nstage '{stage['name']}': train '{stage['train']}'{teachers}; loss = {terms}")
+    print(f"\n{args.config}: valid")
+    return 0
+
+
+def cmd_test(args) -> int:
+    from blocks.engine.evaluation import evaluate
+    from blocks.engine.run import load_run, roles
+    from blocks.experiment import resolve_device
+
+    directory, experiment, state = load_run(args.run_dir)
+    device = resolve_device(experiment.config["device"])
+    if args.data:
+        split = experiment.encode_file(args.data, with_labels=True)
+        source = args.data
+    else:
+        from blocks.data.dataset import encode_rows, read_split, split_sources
+
+        sources = split_sources(experiment.config["data"])
+        if "test" not in sources:
+            raise DistilBlocksError("the config has no test split; name a file with --data")
+        rows = read_split(sources["test"])
+        data = experiment.config["data"]
+        split = encode_rows("test", rows, experiment.fields, experiment.vocabularies, experiment.task,
+                            data["label"], data["group"], sources["test"].fields, sources["test"].path)
+        source = sources["test"].path
+    models = args.model or [m for m in roles(experiment.config) if m in state["models"]]
+    results = {}
+    for name in models:
+        if name not in state["models"]:
+            raise DistilBlocksError(f"model '{name}' has not finished training in {args.run_dir} "
+                                    f"(finished: {', '.join(state['models'])})")
+        experiment.models[name].to(device)
+        results[name] = evaluate(experiment, name, split, experiment.config["stages"][-1]["eval_batch_size"],
+                                 device, experiment.config["precision"])
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in results[name].items())
+        print(f"{name}: {shown}")
+    print(json.dumps({"data": source, "examples": len(split), "results": results}))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import torch
+
+    from blocks.engine.evaluation import predict
+    from blocks.engine.run import load_run, roles
+    from blocks.experiment import resolve_device
+
+    directory, experiment, state = load_run(args.run_dir)
+    device = resolve_device(experiment.config["device"])
+    model = args.model or next(m for m, r in roles(experiment.config).items() if r == "student")
+    if model not in state["models"]:
+        raise DistilBlocksError(f"model '{model}' has not finished training in {args.run_dir}")
+    temporary = None
+    path = args.input
+    reader = None
+    if args.input == "-" or args.lines:
+        text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text(encoding="utf-8-sig")
+        if args.lines:
+            fields = {f.field for k, f in experiment.fields.items() if k in experiment.model_inputs[model].values()}
+            if len(fields) != 1:
+                raise DistilBlocksError(f"--lines needs a model reading one text field; '{model}' reads "
+                                        f"{', '.join(sorted(fields))}")
+            field = fields.pop()
+            text = "".join(json.dumps({field: line}) + "\n" for line in text.splitlines() if line.strip())
+            reader = {"format": "jsonl"}
+        handle = tempfile.NamedTemporaryFile("w", suffix=".input", delete=False, encoding="utf-8")
+        handle.write(text)
+        handle.close()
+        temporary = path = handle.name
+    try:
+        split = experiment.encode_file(path, with_labels=False, reader=reader)
+    finally:
+        if temporary:
+            os.unlink(temporary)
+    experiment.models[model].to(device)
+    scores = predict(experiment, model, split, 256, device, experiment.config["precision"])
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    task = experiment.task
+    try:
+        if task.type == "regression":
+            if args.format == "tsv":
+                out.write("score\n")
+            for value in scores.tolist():
+                out.write(f"{value:.6g}\n" if args.format == "tsv" else json.dumps({"score": value}) + "\n")
+        else:
+            labels = task.labels
+            predicted = torch.argmax(scores, dim=-1).tolist()
+            if args.format == "tsv":
+                out.write("label\t" + "\t".join(f"p_{label}" for label in labels) + "\n")
+            for row, index in zip(scores.tolist(), predicted):
+                if args.format == "tsv":
+                    out.write(labels[index] + "\t" + "\t".join(f"{p:.6f}" for p in row) + "\n")
+                else:
+                    out.write(json.dumps({"label": labels[index],
+                                          "probabilities": dict(zip(labels, [round(p, 6) for p in row]))}) + "\n")
+    finally:
+        if args.output:
+            out.close()
+    return 0
+
+
+def cmd_list(args) -> int:
+    import importlib
+
+    from blocks.catalog import load_builtin_entries
+    from blocks.registry import BLOCKS, LOSSES, METRICS, TOKENIZERS
+
+    load_builtin_entries()
+    for module in args.imports:
+        try:
+            importlib.import_module(module)
+        except Exception as error:
+            raise DistilBlocksError(f"--import {module} failed: {type(error).__name__}: {error}") from error
+    registries = {"block": BLOCKS, "loss": LOSSES, "tokenizer": TOKENIZERS, "metric": METRICS}
+    kinds = [args.kind] if args.kind else list(registries)
+    if args.name:
+        for kind in kinds:
+            if args.name in registries[kind]:
+                _print_entry(registries[kind], args.name, full=True)
+                return 0
+        registries[kinds[0]].get(args.name)  # raises with a suggestion
+    for kind in kinds:
+        registry = registries[kind]
+        print(f"{kind}s:")
+        for name in registry.names():
+            _print_entry(registry, name, full=False)
+        print()
+    return 0
+
+
+def _print_entry(registry, name: str, full: bool) -> None:
+    print(f"  {name} — {registry.describe(name)}")
+    for p in registry.parameters(name):
+        default = "required" if p.required else f"default {json.dumps(p.default)}"
+        doc = f": {p.doc}" if p.doc and full else ""
+        print(f"      {p.name} ({p.type_name()}, {default}){doc}")
+
+
+def cmd_schema(args) -> int:
+    from blocks.catalog import load_builtin_entries
+    from blocks.config.schema import full_schema
+
+    load_builtin_entries()
+    text = json.dumps(full_schema(), indent=2)
+    if args.output:
+        Path(args.output).write_text(text + "\n", encoding="utf-8")
+        print(f"wrote {args.output}")
+    else:
+        print(text)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "validate": cmd_validate, "test": cmd_test, "predict": cmd_predict,
+            "list": cmd_list, "schema": cmd_schema}
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""Reading a config file: JSON with exact error positions, ``extends``, ``--set`` overrides,
+the data root, schema validation and defaults.
+
+The result is a plain dict, the *resolved* config, which is what a run directory stores: every
+default filled in, every path absolute, no ``extends`` left.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import jsonschema
+
+from blocks.config.schema import CONFIG_SCHEMA
+from blocks.errors import ConfigError, did_you_mean
+
+DATA_ROOT_VARIABLE = "DISTILBLOCKS_DATA"
+
+
+@dataclass
+class Config:
+    """A resolved config and where it came from."""
+
+    values: dict
+    file: str  # the file the user named (used in error messages)
+    base_dir: Path  # that file's folder: relative paths in block parameters resolve against it
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+
+def read_json(path: str | Path) -> Any:
+    """Parse a JSON file; a syntax error names the file, line and column."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ConfigError("file not found", str(path)) from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read: {error}", str(path)) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"JSON syntax error at line {error.lineno}, column {error.colno}: {error.msg}",
+                          str(path)) from None
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """``override`` on top of ``base``: objects merge key by key, everything else is replaced."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _load_with_extends(path: Path, chain: tuple[Path, ...]) -> dict:
+    path = path.resolve()
+    if path in chain:
+        cycle = " -> ".join(str(p) for p in chain + (path,))
+        raise ConfigError(f"'extends' forms a cycle: {cycle}", str(chain[0]), "/extends")
+    values = read_json(path)
+    if not isinstance(values, dict):
+        raise ConfigError("a config file must hold a JSON object", str(path))
+    _absolutize_data_root(values, path.parent)
+    extends = values.pop("extends", [])
+    if isinstance(extends, str):
+        extends = [extends]
+    if not isinstance(extends, list) or not all(isinstance(e, str) for e in extends):
+        raise ConfigError("'extends' must be a file path or a list of file paths", str(path), "/extends")
+    merged: dict = {}
+    for i, parent in enumerate(extends):
+        parent_path = (path.parent / parent)
+        if not parent_path.is_file():
+            raise ConfigError(f"extended file not found: {parent_path}", str(path), f"/extends/{i}")
+        merged = deep_merge(merged, _load_with_extends(parent_path, chain + (path,)))
+    return deep_merge(merged, values)
+
+
+def _absolutize_data_root(values: dict, folder: Path) -> None:
+    """A relative data root is relative to the file that states it."""
+    data = values.get("data")
+    if isinstance(data, dict) and isinstance(data.get("root"), str) and not os.path.isabs(data["root"]):
+        data["root"] = os.path.normpath(folder / data["root"])
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``stages.0.epochs=3`` or ``/stages/0/epochs=3`` -> (["stages", "0", "epochs"], 3).
+
+    The value is parsed as JSON when it can be (numbers, true/false, null, lists, objects) and
+    taken as a string otherwise.
+    """
+    if "=" not in text:
+        raise ConfigError(f"--set expects path=value, got '{text}'")
+    path, raw = text.split("=", 1)
+    parts = [p for p in (path.strip("/").split("/") if path.startswith("/") else path.split(".")) if p]
+    if not parts:
+        raise ConfigError(f"--set has an empty path in '{text}'")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return parts, value
+
+
+def apply_override(values: dict, parts: list[str], value: Any, text: str) -> None:
+    node: Any = values
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = "/" + "/".join(parts[: depth + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"--set {text}: {where} is not an index of a list of {len(node)} items")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+        else:
+            raise ConfigError(f"--set {text}: {where} is inside a {type(node).__name__}, not an object or list")
+
+
+def _schema_error(error: jsonschema.ValidationError, file: str) -> ConfigError:
+    path = "/" + "/".join(str(p) for p in error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = list(error.schema.get("properties", {}))
+        extra = [k for k in error.instance if k not in allowed] if isinstance(error.instance, dict) else []
+        if extra:
+            key = extra[0]
+            known = ", ".join(allowed)
+            return ConfigError(f"unknown key '{key}'{did_you_mean(key, allowed)} (allowed here: {known})",
+                               file, f"{path.rstrip('/')}/{key}")
+    if error.validator in ("anyOf", "oneOf") and error.context:
+        best = jsonschema.exceptions.best_match(error.context)
+        if best.validator not in ("anyOf", "oneOf"):
+            return ConfigError(f"{best.message}", file, path)
+    if error.validator == "required":
+        return ConfigError(error.message, file, path)
+    return ConfigError(error.message, file, path)
+
+
+def _fill_defaults(schema: dict, value: Any, defs: dict) -> None:
+    """Fill ``default`` values of object properties, recursively (through $ref and arrays)."""
+    if "$ref" in schema:
+        schema = defs[schema["$ref"].rsplit("/", 1)[1]]
+    if "if" in schema:
+        return  # conditional defaults (e.g. per optimizer type) are filled by the builder
+    if isinstance(value, dict):
+        for key, sub in schema.get("properties", {}).items():
+            resolved = defs[sub["$ref"].rsplit("/", 1)[1]] if "$ref" in sub else sub
+            if key not in value and "default" in resolved:
+                value[key] = copy.deepcopy(resolved["default"])
+            if key in value:
+                _fill_defaults(sub, value[key], defs)
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict):
+            for key in value:
+                if key not in schema.get("properties", {}):
+                    _fill_defaults(extra, value[key], defs)
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for item in value:
+            _fill_defaults(schema["items"], item, defs)
+    for option in schema.get("anyOf", []):
+        if isinstance(value, dict) and option.get("type") == "object":
+            _fill_defaults(option, value, defs)
+
+
+def validate_structure(values: dict, file: str) -> None:
+    validator = jsonschema.Draft202012Validator(CONFIG_SCHEMA)
+    errors = list(validator.iter_errors(values))
+    if errors:
+        # The deepest error is the most specific one to show.
+        error = max(errors, key=lambda e: (len(list(e.absolute_path)), e.validator != "anyOf"))
+        raise _schema_error(error, file)
+
+
+def load_config(path: str | Path, overrides: Iterable[str] = (), environ: dict | None = None) -> Config:
+    """Read, merge, override, validate and complete a config file."""
+    environ = os.environ if environ is None else environ
+    path = Path(path)
+    file = str(path)
+    values = _load_with_extends(path, ())
+    if environ.get(DATA_ROOT_VARIABLE):
+        values.setdefault("data", {})["root"] = os.path.abspath(environ[DATA_ROOT_VARIABLE])
+    for text in overrides:
+        parts, value = parse_override(text)
+        if parts == ["data", "root"] and isinstance(value, str):
+            value = os.path.abspath(value)
+        apply_override(values, parts, value, text)
+    values.pop("$schema", None)
+    validate_structure(values, file)
+    _fill_defaults(CONFIG_SCHEMA, values, CONFIG_SCHEMA["$defs"])
+    if "task" not in values:
+        values["task"] = {}
+        _fill_defaults(CONFIG_SCHEMA["$defs"]["task"], values["task"], CONFIG_SCHEMA["$defs"])
+    base_dir = path.resolve().parent
+    values["imports"] = [str(base_dir / name) if name.endswith(".py") and not os.path.isabs(name) else name
+                         for name in values["imports"]]
+    data = values["data"]
+    if not os.path.isabs(data["root"]):
+        data["root"] = os.path.normpath(path.resolve().parent / data["root"])
+    return Config(values=values, file=file, base_dir=path.resolve().parent)

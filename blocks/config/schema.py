@@ -1,0 +1,229 @@
+"""The JSON Schema of a DistilBlocks config file.
+
+The top-level structure is validated here. Each graph node and loss is then validated against
+the schema its registry generates from the block's constructor (see :mod:`blocks.registry`), so
+an editor gets the whole picture from :func:`full_schema` (written by ``blocks schema``).
+"""
+from __future__ import annotations
+
+from blocks.engine.optim import OPTIMIZER_SCHEMA, SCHEDULE_SCHEMA
+
+_PATH_OR_SPLIT = {
+    "anyOf": [
+        {"type": "string", "description": "path relative to data.root"},
+        {"type": "object", "required": ["path"], "additionalProperties": False,
+         "properties": {"path": {"type": "string"},
+                        "reader": {"$ref": "#/$defs/reader"},
+                        "fields": {"$ref": "#/$defs/fields"}}},
+        {"type": "null"},
+    ]
+}
+
+READER_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "description": "How to read the data files (each split may override any key).",
+    "properties": {
+        "format": {"enum": ["auto", "tsv", "csv", "jsonl", "json"], "default": "auto",
+                   "description": "file format; auto = from the extension"},
+        "header": {"type": "boolean", "default": True, "description": "first line names the columns"},
+        "columns": {"anyOf": [{"type": "array", "items": {"type": "string"}}, {"type": "null"}],
+                    "default": None, "description": "column names (for files without a header, or to rename)"},
+        "quoting": {"enum": ["none", "csv"], "default": "none",
+                    "description": "none: quote characters are text; csv: fields may be CSV-quoted"},
+        "encoding": {"type": "string", "default": "utf-8-sig",
+                     "description": "text encoding; utf-8-sig also strips a byte-order mark"},
+        "delimiter": {"anyOf": [{"type": "string", "minLength": 1, "maxLength": 1}, {"type": "null"}],
+                      "default": None, "description": "field separator; default from the format"},
+        "skip_blank": {"type": "boolean", "default": True},
+        "comment": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None,
+                    "description": "skip lines starting with this prefix"},
+    },
+}
+
+FIELDS_SCHEMA = {
+    "type": "object",
+    "description": "logical field name -> column name (or 0-based column index)",
+    "additionalProperties": {"anyOf": [{"type": "string"}, {"type": "integer", "minimum": 0}]},
+}
+
+DATA_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["train"],
+    "properties": {
+        "root": {"type": "string", "default": ".",
+                 "description": "folder the split paths are relative to; overridden by the "
+                                "DISTILBLOCKS_DATA environment variable and by --set data.root=..."},
+        "train": _PATH_OR_SPLIT,
+        "dev": _PATH_OR_SPLIT,
+        "test": _PATH_OR_SPLIT,
+        "reader": {"$ref": "#/$defs/reader"},
+        "fields": {"$ref": "#/$defs/fields"},
+        "label": {"type": "string", "default": "label", "description": "field holding the gold label"},
+        "group": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None,
+                  "description": "field grouping examples for ranking metrics (e.g. a question id)"},
+    },
+}
+
+TASK_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "type": {"enum": ["classification", "regression"], "default": "classification"},
+        "labels": {"anyOf": [{"type": "array", "items": {"type": "string"}, "minItems": 1}, {"type": "null"}],
+                   "default": None, "description": "label set in order; default: discovered from train"},
+        "positive_label": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None,
+                           "description": "label treated as positive by binary metrics; default: the second label"},
+        "metrics": {"type": "array", "items": {"type": "string"}, "minItems": 1, "default": ["accuracy"]},
+    },
+}
+
+INPUT_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["field"],
+    "properties": {
+        "field": {"type": "string", "description": "logical data field to read"},
+        "type": {"enum": ["tokens", "chars"], "default": "tokens",
+                 "description": "tokens: [batch, length] ids; chars: [batch, length, characters] ids"},
+        "tokenizer": {"anyOf": [{"type": "string"},
+                                {"type": "object", "required": ["type"], "properties": {"type": {"type": "string"}}}],
+                      "default": "treebank", "description": "tokenizer name, or {type, ...parameters}"},
+        "lowercase": {"type": "boolean", "default": False},
+        "max_length": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}], "default": None,
+                       "description": "truncate to this many tokens"},
+        "vocab": {"type": "string", "default": "words",
+                  "description": "named vocabulary (inputs naming the same one share it)"},
+        "max_word_length": {"type": "integer", "minimum": 1, "default": 20,
+                            "description": "chars inputs: characters kept per word"},
+    },
+}
+
+NODE_SCHEMA = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {
+        "name": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_.-]*$"},
+        "block": {"type": "string", "description": "registered block name (see `blocks list`)"},
+        "input": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}],
+                  "description": "input name(s) or earlier node name(s); default: the previous node"},
+        "share": {"type": "string", "description": "reuse the block instance (and weights) of this node"},
+    },
+    "oneOf": [{"required": ["block"], "not": {"required": ["share"]}},
+              {"required": ["share"], "not": {"required": ["block"]}}],
+}
+
+MODEL_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["inputs", "graph"],
+    "properties": {
+        "description": {"type": "string"},
+        "inputs": {"type": "object", "minProperties": 1, "additionalProperties": {"$ref": "#/$defs/input"}},
+        "graph": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/node"}},
+        "output": {"type": "string", "description": "node whose value is the model's prediction (logits); "
+                                                    "default: the last node"},
+    },
+}
+
+LOSS_SCHEMA = {
+    "type": "object",
+    "required": ["block"],
+    "properties": {
+        "block": {"type": "string", "description": "registered loss name (see `blocks list --kind loss`)"},
+        "weight": {"type": "number", "default": 1.0},
+    },
+}
+
+STAGE_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "train"],
+    "properties": {
+        "name": {"type": "string", "pattern": "^[A-Za-z0-9_.-]+$"},
+        "train": {"type": "string", "description": "the model this stage trains"},
+        "teachers": {"type": "array", "items": {"type": "string"}, "default": [],
+                     "description": "models that teach, frozen, in inference mode"},
+        "losses": {"type": "array", "items": {"$ref": "#/$defs/loss"}, "minItems": 1,
+                   "default": [{"block": "CrossEntropy"}], "description": "summed with their weights"},
+        "epochs": {"type": "integer", "minimum": 1, "default": 3},
+        "max_steps": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}], "default": None},
+        "batch_size": {"type": "integer", "minimum": 1, "default": 32},
+        "eval_batch_size": {"type": "integer", "minimum": 1, "default": 256},
+        "optimizer": {**OPTIMIZER_SCHEMA, "default": {"type": "adam", "lr": 0.001}},
+        "schedule": {**SCHEDULE_SCHEMA, "default": {"type": "constant", "warmup": 0}},
+        "grad_clip": {"anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "null"}], "default": None,
+                      "description": "clip the gradient norm to this value"},
+        "accumulate": {"type": "integer", "minimum": 1, "default": 1,
+                       "description": "gradient accumulation: batches per optimizer step"},
+        "eval_every": {"type": "integer", "minimum": 0, "default": 0,
+                       "description": "evaluate every N optimizer steps; 0 = at the end of every epoch"},
+        "select": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None,
+                   "description": "dev metric choosing the best checkpoint; default: the first task metric"},
+        "early_stopping": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}], "default": None,
+                           "description": "stop after this many evaluations without improvement"},
+        "log_every": {"type": "integer", "minimum": 1, "default": 50,
+                      "description": "steps between loss reports (and NaN checks)"},
+    },
+}
+
+CONFIG_SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "DistilBlocks config",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["data", "models", "stages"],
+    "properties": {
+        "$schema": {"type": "string"},
+        "name": {"type": "string"},
+        "description": {"type": "string"},
+        "imports": {"type": "array", "items": {"type": "string"}, "default": [],
+                    "description": "modules (dotted names or .py paths relative to the config) defining custom blocks"},
+        "seed": {"type": "integer", "default": 13},
+        "device": {"type": "string", "pattern": "^(auto|cpu|cuda(:[0-9]+)?)$", "default": "auto"},
+        "precision": {"enum": ["fp32", "bf16", "fp16"], "default": "fp32",
+                      "description": "autocast precision on CUDA (CPU always runs fp32)"},
+        "run_dir": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None,
+                    "description": "default: runs/<config file name>"},
+        "task": {"$ref": "#/$defs/task"},
+        "data": {"$ref": "#/$defs/data"},
+        "vocabularies": {"type": "object", "default": {},
+                         "additionalProperties": {"$ref": "#/$defs/vocabulary"}},
+        "models": {"type": "object", "minProperties": 1, "additionalProperties": {"$ref": "#/$defs/model"}},
+        "stages": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/stage"}},
+    },
+    "$defs": {
+        "task": TASK_SCHEMA,
+        "data": DATA_SCHEMA,
+        "reader": READER_SCHEMA,
+        "fields": FIELDS_SCHEMA,
+        "vocabulary": {
+            "type": "object", "additionalProperties": False,
+            "properties": {"min_freq": {"type": "integer", "minimum": 1, "default": 1},
+                           "max_size": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}],
+                                        "default": None}},
+        },
+        "input": INPUT_SCHEMA,
+        "node": NODE_SCHEMA,
+        "model": MODEL_SCHEMA,
+        "loss": LOSS_SCHEMA,
+        "stage": STAGE_SCHEMA,
+    },
+}
+
+
+def full_schema() -> dict:
+    """The config schema with every registered block and loss spelled out (for editors)."""
+    import copy
+
+    from blocks.registry import BLOCKS, LOSSES
+
+    schema = copy.deepcopy(CONFIG_SCHEMA)
+    schema["$defs"]["node"]["anyOf"] = (
+        [BLOCKS.schema(name) for name in BLOCKS.names()]
+        + [{"type": "object", "required": ["name", "share"],
+            "properties": {"name": {}, "input": {}, "share": {"type": "string"}}, "additionalProperties": False}]
+    )
+    schema["$defs"]["loss"]["anyOf"] = [LOSSES.schema(name) for name in LOSSES.names()]
+    return schema

@@ -1,0 +1,166 @@
+"""Loss blocks: what a stage minimises, wired to named outputs of the student and its teachers.
+
+A stage's ``losses`` list is a weighted sum: each entry names a registered loss and its
+``weight``. A loss reads the outputs of the model being trained (``output``, default: that
+model's output node) and, for distillation losses, of a teacher (``teacher``, default: the
+stage's only teacher; ``teacher_output``, default: that teacher's output node).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from blocks.registry import register_loss
+
+
+@dataclass
+class LossContext:
+    """What a loss block learns about its stage when it is built."""
+
+    student: str  # the model this stage trains
+    teachers: list[str]
+    output_of: dict[str, str]  # model name -> its output node
+    task: str = "classification"
+    num_outputs: int = 2
+    output_specs: dict[str, Any] = field(default_factory=dict)
+
+
+class Loss(nn.Module):
+    """Base of loss blocks: ``forward(outputs, batch)`` returns a scalar tensor.
+
+    ``outputs`` maps each model name to the dict of its node values.
+    """
+
+    def __init__(self, stage: LossContext, output: str | None = None):
+        super().__init__()
+        self.model = stage.student
+        self.output = output or stage.output_of[stage.student]
+
+    def student_value(self, outputs: dict) -> torch.Tensor:
+        return _logits(outputs[self.model][self.output])
+
+
+class TeacherLoss(Loss):
+    """A loss comparing the student with one teacher."""
+
+    def __init__(self, stage: LossContext, teacher: str | None = None, output: str | None = None,
+                 teacher_output: str | None = None):
+        super().__init__(stage, output)
+        if teacher is None:
+            if len(stage.teachers) != 1:
+                listed = ", ".join(stage.teachers) or "none"
+                raise ValueError(f"'teacher' must be named when a stage has other than one teacher (teachers: {listed})")
+            teacher = stage.teachers[0]
+        if teacher not in stage.teachers:
+            raise ValueError(f"teacher '{teacher}' is not among the stage's teachers "
+                             f"({', '.join(stage.teachers) or 'none'})")
+        self.teacher = teacher
+        self.teacher_output = teacher_output or stage.output_of[teacher]
+
+    def teacher_value(self, outputs: dict) -> torch.Tensor:
+        return _logits(outputs[self.teacher][self.teacher_output])
+
+    def pair(self, outputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        student, teacher = self.student_value(outputs), self.teacher_value(outputs)
+        if student.shape != teacher.shape:
+            raise ValueError(f"{type(self).__name__}: student '{self.output}' has shape {tuple(student.shape)} "
+                             f"but teacher '{self.teacher_output}' has {tuple(teacher.shape)}")
+        return student.float(), teacher.float()
+
+
+def _logits(value: Any) -> torch.Tensor:
+    """Vector outputs are logits; a sequence output (per-token logits) is not supported here."""
+    if isinstance(value, torch.Tensor):
+        return value
+    raise ValueError("this loss needs a vector output ([batch, classes]); got a sequence")
+
+
+@register_loss("CrossEntropy")
+class CrossEntropy(Loss):
+    """Cross-entropy between the model's logits and the gold labels.
+
+    Args:
+        output: node holding the logits (default: the model's output).
+        label_smoothing: amount of label smoothing in [0, 1).
+    """
+
+    def __init__(self, stage: LossContext, output: str | None = None, label_smoothing: float = 0.0):
+        super().__init__(stage, output)
+        if stage.task != "classification":
+            raise ValueError("CrossEntropy needs a classification task; use MSE for regression")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError("label_smoothing must be in [0, 1)")
+        self.label_smoothing = label_smoothing
+
+    def forward(self, outputs: dict, batch) -> torch.Tensor:
+        return F.cross_entropy(self.student_value(outputs).float(), batch.labels,
+                               label_smoothing=self.label_smoothing)
+
+
+@register_loss("MSE")
+class MeanSquaredError(Loss):
+    """Mean squared error between the model's prediction and the gold score (regression).
+
+    Args:
+        output: node holding the prediction, [batch, 1] or [batch] (default: the model's output).
+    """
+
+    def __init__(self, stage: LossContext, output: str | None = None):
+        super().__init__(stage, output)
+        if stage.task != "regression":
+            raise ValueError("MSE against gold labels needs a regression task; use LogitMSE to match a teacher")
+
+    def forward(self, outputs: dict, batch) -> torch.Tensor:
+        prediction = self.student_value(outputs).float().reshape(-1)
+        return F.mse_loss(prediction, batch.labels.float())
+
+
+@register_loss("KD")
+class KnowledgeDistillation(TeacherLoss):
+    """Soft-label distillation (Hinton et al. 2015): T² · KL(softmax(z_t/T) ‖ softmax(z_s/T)).
+
+    Averaged over the batch. The T² factor keeps the gradient scale independent of T.
+
+    Args:
+        teacher: teacher model (default: the stage's only teacher).
+        temperature: softening temperature T > 0.
+        output: student node holding the logits (default: the student's output).
+        teacher_output: teacher node holding the logits (default: the teacher's output).
+        scale: multiply by T² (the standard form; false reproduces toolkits that omit it).
+    """
+
+    def __init__(self, stage: LossContext, teacher: str | None = None, temperature: float = 2.0,
+                 output: str | None = None, teacher_output: str | None = None, scale: bool = True):
+        super().__init__(stage, teacher, output, teacher_output)
+        if temperature <= 0:
+            raise ValueError("temperature must be > 0")
+        self.temperature = temperature
+        self.scale = scale
+
+    def forward(self, outputs: dict, batch) -> torch.Tensor:
+        student, teacher = self.pair(outputs)
+        t = self.temperature
+        loss = F.kl_div(F.log_softmax(student / t, dim=-1), F.log_softmax(teacher / t, dim=-1),
+                        reduction="batchmean", log_target=True)
+        return loss * (t * t) if self.scale else loss
+
+
+@register_loss("LogitMSE")
+class LogitMeanSquaredError(TeacherLoss):
+    """Mean squared error between student and teacher logits (Tang et al. 2019).
+
+    Averaged over batch and classes.
+
+    Args:
+        teacher: teacher model (default: the stage's only teacher).
+        output: student node holding the logits (default: the student's output).
+        teacher_output: teacher node holding the logits (default: the teacher's output).
+    """
+
+    def forward(self, outputs: dict, batch) -> torch.Tensor:
+        student, teacher = self.pair(outputs)
+        return F.mse_loss(student, teacher)

@@ -1,0 +1,1 @@
+"""The training engine: optimizers and schedules, checkpoints, the training loop."""

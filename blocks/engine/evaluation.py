@@ -1,0 +1,85 @@
+"""Running a model over a split: predictions in the original example order, metrics, speed."""
+from __future__ import annotations
+
+import contextlib
+import time
+
+import torch
+
+from blocks.data.batching import sorted_batches
+from blocks.data.dataset import EncodedSplit
+from blocks.metrics import Predictions, compute_metrics
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16/fp16 autocast on CUDA; a no-op elsewhere (CPU runs fp32)."""
+    if device.type == "cuda" and precision in ("bf16", "fp16"):
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def to_scores(output: torch.Tensor, task_type: str) -> torch.Tensor:
+    """Probabilities [N, C] for classification, predictions [N] for regression."""
+    output = output.float()
+    if task_type == "regression":
+        return output.reshape(-1)
+    return torch.softmax(output, dim=-1)
+
+
+@torch.no_grad()
+def predict(experiment, model_name: str, split: EncodedSplit, batch_size: int, device: torch.device,
+            precision: str = "fp32") -> torch.Tensor:
+    """Scores for every example of ``split``, in the split's order."""
+    model = experiment.models[model_name]
+    was_training = model.training
+    model.eval()
+    output_name = model.output_name
+    chunks, order = [], []
+    for index in sorted_batches(split.lengths, batch_size):
+        batch = split.collate(index).to(device)
+        with autocast(device, precision):
+            values = experiment.model_values(model_name, batch)
+        chunks.append(to_scores(values[output_name], experiment.task.type).cpu())
+        order.append(index)
+    model.train(was_training)
+    scores = torch.cat(chunks)
+    result = torch.empty_like(scores)
+    result[torch.cat(order)] = scores
+    return result
+
+
+def evaluate(experiment, model_name: str, split: EncodedSplit, batch_size: int, device: torch.device,
+             precision: str = "fp32", metrics: list[str] | None = None) -> dict[str, float]:
+    scores = predict(experiment, model_name, split, batch_size, device, precision)
+    predictions = Predictions(scores=scores, labels=split.labels, groups=split.groups,
+                              positive=experiment.task.positive)
+    return compute_metrics(metrics or experiment.config["task"]["metrics"], predictions)
+
+
+@torch.no_grad()
+def throughput(experiment, model_name: str, split: EncodedSplit, batch_size: int, device: torch.device,
+               max_examples: int = 2048, repeats: int = 3) -> float:
+    """Inference examples per second over (up to ``max_examples`` of) a split, best of ``repeats``.
+
+    Batches are collated beforehand so that only the model's forward pass is timed.
+    """
+    model = experiment.models[model_name]
+    was_training = model.training
+    model.eval()
+    count = min(len(split), max_examples)
+    lengths = split.lengths[:count]
+    batches = [split.collate(index).to(device) for index in sorted_batches(lengths, batch_size)]
+    experiment.model_values(model_name, batches[0])  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        for batch in batches:
+            experiment.model_values(model_name, batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    model.train(was_training)
+    return count / best

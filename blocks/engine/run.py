@@ -1,0 +1,196 @@
+"""A run: the config's stages in order, everything written to one run directory."""
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from blocks.config.loader import Config
+from blocks.engine.checkpoint import atomic_write_json, load_checkpoint
+from blocks.engine.evaluation import evaluate, throughput
+from blocks.engine.run_dir import RunDir
+from blocks.engine.trainer import StageTrainer
+from blocks.errors import CheckpointError, ConfigError
+from blocks.experiment import Experiment, resolve_device
+
+
+def default_run_dir(config: Config) -> Path:
+    return Path(config["run_dir"]) if config["run_dir"] else Path("runs") / Path(config.file).stem
+
+
+def _first_difference(a, b, path: str = "") -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            found = _first_difference(a.get(key), b.get(key), f"{path}/{key}")
+            if found:
+                return found
+        return None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            found = _first_difference(x, y, f"{path}/{i}")
+            if found:
+                return found
+        return None
+    return None if a == b else (path or "/")
+
+
+def load_model_weights(experiment: Experiment, run_dir: RunDir, model: str) -> None:
+    path = run_dir.model_weights(model)
+    tensors, _ = load_checkpoint(path)
+    try:
+        experiment.models[model].load_state_dict(tensors)
+    except RuntimeError as error:
+        raise CheckpointError(f"does not fit model '{model}' of this config: {error}", str(path)) from None
+
+
+def train(config: Config, run_dir: str | Path | None = None, resume: bool = False, log=print,
+          progress: bool = True) -> dict:
+    root = Path(run_dir) if run_dir else default_run_dir(config)
+    directory = RunDir(root)
+    if resume:
+        if not directory.exists():
+            raise CheckpointError("there is no run here to resume (config.json is missing)", str(root))
+        saved = directory.read_json(directory.config)
+        comparable = {k: v for k, v in config.values.items() if k != "run_dir"}
+        difference = _first_difference({k: v for k, v in saved.items() if k != "run_dir"}, comparable)
+        if difference:
+            raise ConfigError(f"the config differs from the one the run in {root} started with (at {difference}); "
+                              f"resume with the same config and --set values", config.file, difference)
+    elif directory.exists() or (root.exists() and any(root.iterdir())):
+        raise ConfigError(f"the run directory {root} is not empty; continue that run with --resume, or choose "
+                          f"another directory with --run-dir", config.file, "/run_dir")
+
+    experiment = Experiment.prepare(config, log=log)
+    device = resolve_device(config["device"])
+    root.mkdir(parents=True, exist_ok=True)
+    if resume:
+        for name, vocab in experiment.vocabularies.items():
+            from blocks.data.vocabulary import Vocabulary
+            if Vocabulary.load(directory.vocab / f"{name}.txt") != vocab:
+                raise CheckpointError("the training data changed since the run started (vocabulary differs)",
+                                      str(directory.vocab / f"{name}.txt"))
+    else:
+        atomic_write_json(directory.config, {**config.values, "run_dir": str(root)})
+        atomic_write_json(directory.task, experiment.task.to_json())
+        experiment.save_vocabularies(directory.vocab)
+        atomic_write_json(directory.environment, environment_record(device))
+    log(f"run directory: {root}  device: {device}")
+    experiment.load_pretrained(log)
+
+    state = directory.progress()
+    for model in state["models"]:
+        load_model_weights(experiment, directory, model)
+    stage_results = state.get("stage_results", {})
+    for index, stage in enumerate(config["stages"]):
+        if stage["name"] in state["completed_stages"]:
+            continue
+        trainer = StageTrainer(experiment, index, directory, device, log=log, progress=progress)
+        result = trainer.run(resume=resume)
+        result.pop("history", None)
+        stage_results[stage["name"]] = result
+        state["completed_stages"].append(stage["name"])
+        state["models"][stage["train"]] = stage["name"]
+        state["stage_results"] = stage_results
+        directory.write_progress(state)
+        log(f"stage '{stage['name']}' done: best dev {result['select']} = {_fmt(result['best'])} "
+            f"at step {result['best_step']:,}")
+    summary = summarize(experiment, directory, device, state)
+    atomic_write_json(directory.summary, summary)
+    log(format_summary(summary))
+    return summary
+
+
+def environment_record(device: torch.device) -> dict:
+    import transformers
+
+    return {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "python": platform.python_version(),
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "platform": platform.platform(), "device": str(device),
+            "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "command": sys.argv}
+
+
+def roles(config: Config) -> dict[str, str]:
+    """student = the model trained by the last stage; teachers = models that teach in any stage."""
+    stages = config["stages"]
+    student = stages[-1]["train"]
+    teachers = {t for s in stages for t in s["teachers"]}
+    trained = [s["train"] for s in stages]
+    result = {}
+    for name in dict.fromkeys(trained):
+        result[name] = "student" if name == student else ("teacher" if name in teachers else "model")
+    return result
+
+
+def summarize(experiment: Experiment, directory: RunDir, device: torch.device, state: dict) -> dict:
+    config = experiment.config
+    batch_size = config["stages"][-1]["eval_batch_size"]
+    speed_split = experiment.splits.get("dev") or experiment.splits["train"]
+    models = {}
+    for name, role in roles(config).items():
+        entry = {"role": role, "parameters": experiment.models[name].parameter_count(),
+                 "stage": state["models"].get(name)}
+        for split in ("dev", "test"):
+            if split in experiment.splits and experiment.splits[split].labels is not None:
+                entry[split] = evaluate(experiment, name, experiment.splits[split], batch_size, device,
+                                        config["precision"])
+        entry["examples_per_second_batch64"] = round(throughput(experiment, name, speed_split, 64, device), 1)
+        models[name] = entry
+    student = next(n for n, e in models.items() if e["role"] == "student")
+    teachers = [n for n, e in models.items() if e["role"] == "teacher"]
+    if teachers:
+        teacher_speed = models[teachers[0]]["examples_per_second_batch64"]
+        models[student]["speedup_vs_" + teachers[0]] = round(
+            models[student]["examples_per_second_batch64"] / teacher_speed, 2)
+        models[student]["compression_vs_" + teachers[0]] = round(
+            models[teachers[0]]["parameters"] / models[student]["parameters"], 2)
+    return {"run_dir": str(directory.root), "device": str(device), "models": models,
+            "stages": state.get("stage_results", {}), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def format_summary(summary: dict) -> str:
+    lines = ["", f"results ({summary['device']}):"]
+    for name, entry in summary["models"].items():
+        scores = []
+        for split in ("dev", "test"):
+            if split in entry:
+                scores.append(f"{split} " + ", ".join(f"{k} {v:.4f}" for k, v in entry[split].items()))
+        speed = f"{entry['examples_per_second_batch64']:,.0f} ex/s at batch 64"
+        extra = "".join(f"; {k.replace('_vs_', ' vs ')} {v}x" for k, v in entry.items()
+                        if k.startswith(("speedup", "compression")))
+        lines.append(f"  {name} ({entry['role']}): {entry['parameters']:,} parameters; "
+                     f"{'; '.join(scores)}; {speed}{extra}")
+    return "\n".join(lines)
+
+
+def open_run(run_dir: str | Path) -> tuple[RunDir, Config]:
+    """A finished or partial run's directory and its resolved config."""
+    directory = RunDir(run_dir)
+    if not directory.root.is_dir():
+        raise CheckpointError("run directory not found", str(run_dir))
+    values = directory.read_json(directory.config)
+    return directory, Config(values=values, file=str(directory.config), base_dir=directory.root)
+
+
+def load_run(run_dir: str | Path, log=print) -> tuple[RunDir, Experiment, dict]:
+    """Rebuild a run's experiment with every finished model's weights loaded."""
+    directory, config = open_run(run_dir)
+    experiment = Experiment.from_run_dir(directory.root, config, log=log)
+    state = directory.progress()
+    if not state["models"]:
+        raise CheckpointError("no model has finished training in this run", str(directory.root))
+    for model in state["models"]:
+        load_model_weights(experiment, directory, model)
+    return directory, experiment, state
+
+
+def dumps(record: dict) -> str:
+    return json.dumps(record, ensure_ascii=False)

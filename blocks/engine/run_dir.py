@@ -1,0 +1,71 @@
+"""The layout of a run directory: everything ``test``, ``predict`` and ``--resume`` need.
+
+::
+
+    RUN/
+      config.json            the resolved config (defaults filled, paths absolute)
+      environment.json       versions, device, command line, start time
+      task.json              label set and task type
+      vocab/<name>.txt       vocabularies
+      stages/<stage>/last.safetensors   resumable state: weights, optimizer, schedule, RNG, position
+      stages/<stage>/state.json         the same state, readable
+      models/<model>.safetensors        final weights of each trained model (best dev checkpoint)
+      progress.json          which stages are finished
+      metrics.jsonl          one line per log step and per evaluation
+      summary.json           per-model results, parameter counts and speed
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from blocks.engine.checkpoint import atomic_write_json
+from blocks.errors import CheckpointError
+
+
+class RunDir:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    config = property(lambda self: self.root / "config.json")
+    environment = property(lambda self: self.root / "environment.json")
+    task = property(lambda self: self.root / "task.json")
+    vocab = property(lambda self: self.root / "vocab")
+    progress_file = property(lambda self: self.root / "progress.json")
+    metrics = property(lambda self: self.root / "metrics.jsonl")
+    summary = property(lambda self: self.root / "summary.json")
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / "stages" / stage
+
+    def stage_checkpoint(self, stage: str) -> Path:
+        return self.stage_dir(stage) / "last.safetensors"
+
+    def model_weights(self, model: str) -> Path:
+        return self.root / "models" / f"{model}.safetensors"
+
+    def exists(self) -> bool:
+        return self.config.is_file()
+
+    def read_json(self, path: Path) -> dict:
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise CheckpointError("missing from the run directory", str(path)) from None
+        except json.JSONDecodeError as error:
+            raise CheckpointError(f"is corrupt (line {error.lineno}, column {error.colno}: {error.msg})",
+                                  str(path)) from None
+
+    def progress(self) -> dict:
+        if not self.progress_file.is_file():
+            return {"completed_stages": [], "models": {}}
+        return self.read_json(self.progress_file)
+
+    def write_progress(self, progress: dict) -> None:
+        atomic_write_json(self.progress_file, progress)
+
+    def append_metrics(self, record: dict) -> None:
+        record = {"time": round(time.time(), 3), **record}
+        with open(self.metrics, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")

@@ -1,0 +1,221 @@
+"""A resolved config made concrete: user imports, cross-references, data, vocabularies, graphs.
+
+``Experiment.prepare`` is shared by ``train`` and ``validate`` (data read, vocabularies built
+from train); ``Experiment.from_run_dir`` rebuilds the same objects from a run directory alone
+(vocabularies and label set from files, no training data needed) for ``test`` and ``predict``.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from blocks.catalog import load_builtin_entries
+from blocks.config.loader import Config
+from blocks.data.dataset import (SPLITS, EncodedSplit, Task, build_input_fields, count_tokens, discover_task,
+                                 encode_rows, input_specs, read_split, split_sources)
+from blocks.data.vocabulary import Vocabulary
+from blocks.distill.losses import LossContext
+from blocks.errors import ConfigError, DataError, did_you_mean
+from blocks.graph import Graph, block_params
+from blocks.registry import LOSSES, METRICS
+
+
+def import_user_modules(config: Config) -> None:
+    """Import the modules listed in ``imports`` (dotted names, or .py files relative to the config)."""
+    for i, name in enumerate(config["imports"]):
+        path = f"/imports/{i}"
+        try:
+            if name.endswith(".py"):
+                file = Path(name) if Path(name).is_absolute() else config.base_dir / name
+                if not file.is_file():
+                    raise ConfigError(f"module file not found: {file}", config.file, path)
+                module_name = f"distilblocks_user_{file.stem}"
+                if module_name in sys.modules:
+                    continue
+                spec = importlib.util.spec_from_file_location(module_name, file)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[module_name] = module
+                spec.loader.exec_module(module)
+            else:
+                if str(config.base_dir) not in sys.path:
+                    sys.path.insert(0, str(config.base_dir))
+                importlib.import_module(name)
+        except ConfigError:
+            raise
+        except Exception as error:  # the user's module failed: say which one and why
+            raise ConfigError(f"importing '{name}' failed: {type(error).__name__}: {error}", config.file, path) from error
+
+
+def check_references(config: Config) -> None:
+    """Cross-references the schema cannot express: models, teachers, losses, metrics, blocks."""
+    values, file = config.values, config.file
+    models = values["models"]
+    for name in values["task"]["metrics"]:
+        METRICS.get(name, file, "/task/metrics")
+    trained: set[str] = set()
+    stage_names: set[str] = set()
+    for i, stage in enumerate(values["stages"]):
+        path = f"/stages/{i}"
+        if stage["name"] in stage_names:
+            raise ConfigError(f"stage name '{stage['name']}' is used twice", file, f"{path}/name")
+        stage_names.add(stage["name"])
+        if stage["train"] not in models:
+            raise ConfigError(f"model '{stage['train']}' is not defined{did_you_mean(stage['train'], models)}"
+                              f" (models: {', '.join(models)})", file, f"{path}/train")
+        for j, teacher in enumerate(stage["teachers"]):
+            if teacher not in models:
+                raise ConfigError(f"teacher '{teacher}' is not a model{did_you_mean(teacher, models)}",
+                                  file, f"{path}/teachers/{j}")
+            if teacher == stage["train"]:
+                raise ConfigError(f"model '{teacher}' cannot teach itself", file, f"{path}/teachers/{j}")
+            if teacher not in trained:
+                raise ConfigError(f"teacher '{teacher}' is not trained by an earlier stage", file,
+                                  f"{path}/teachers/{j}")
+        for j, loss in enumerate(stage["losses"]):
+            LOSSES.get(loss["block"], file, f"{path}/losses/{j}/block")
+            params = {k: v for k, v in loss.items() if k not in ("block", "weight")}
+            LOSSES.validate_params(loss["block"], params, file, f"{path}/losses/{j}")
+        select = stage["select"] or values["task"]["metrics"][0]
+        if select != "loss":
+            METRICS.get(select, file, f"{path}/select")
+        trained.add(stage["train"])
+    for model_name, model in models.items():
+        for i, node in enumerate(model["graph"]):
+            if "block" in node:
+                block_params(node, file, f"/models/{model_name}/graph/{i}", num_outputs=2)
+
+
+class Experiment:
+    """Everything built from a config: task, inputs, vocabularies, graphs and encoded splits."""
+
+    def __init__(self, config: Config, task: Task, fields, model_inputs, vocabularies: dict[str, Vocabulary],
+                 splits: dict[str, EncodedSplit]):
+        self.config, self.task = config, task
+        self.fields, self.model_inputs = fields, model_inputs
+        self.vocabularies, self.splits = vocabularies, splits
+        self.models: dict[str, Graph] = {}
+        torch.manual_seed(config["seed"])  # graphs initialise the same way on every build
+        for name, model in config["models"].items():
+            specs = input_specs(fields, model_inputs[name], vocabularies)
+            self.models[name] = Graph(name, model, specs, task.num_outputs, config.file, f"/models/{name}")
+        # Which parameters each model trains (a frozen embedding stays frozen after it taught).
+        self.trainable = {name: {n: p.requires_grad for n, p in graph.named_parameters()}
+                          for name, graph in self.models.items()}
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def prepare(cls, config: Config, splits: tuple[str, ...] = SPLITS, log=print) -> "Experiment":
+        """Check the config, read the data, build vocabularies from train, build the graphs."""
+        load_builtin_entries()
+        import_user_modules(config)
+        check_references(config)
+        values = config.values
+        fields, model_inputs = build_input_fields(values["models"], config.file)
+        sources = split_sources(values["data"])
+        data = values["data"]
+        train_rows = read_split(sources["train"])
+        if not train_rows:
+            raise DataError("the training file holds no examples", sources["train"].path)
+        task = discover_task(values["task"], train_rows, data["label"], sources["train"].fields)
+        counts = count_tokens(fields, train_rows, sources["train"].fields)
+        vocab_options = values["vocabularies"]
+        vocabularies = {}
+        for name, counter in counts.items():
+            options = vocab_options.get(name, {"min_freq": 1, "max_size": None})
+            vocabularies[name] = Vocabulary.build(counter, min_freq=options.get("min_freq", 1),
+                                                  max_size=options.get("max_size"))
+        for name in vocab_options:
+            if name not in vocabularies:
+                raise ConfigError(f"vocabulary '{name}' is not used by any input{did_you_mean(name, vocabularies)}",
+                                  config.file, f"/vocabularies/{name}")
+        encoded = {}
+        for split in splits:
+            if split not in sources:
+                continue
+            rows = train_rows if split == "train" else read_split(sources[split])
+            if not rows:
+                raise DataError(f"the {split} file holds no examples", sources[split].path)
+            encoded[split] = encode_rows(split, rows, fields, vocabularies, task, data["label"], data["group"],
+                                         sources[split].fields, sources[split].path)
+            log(f"{split}: {len(rows):,} examples from {sources[split].path}")
+        return cls(config, task, fields, model_inputs, vocabularies, encoded)
+
+    @classmethod
+    def from_run_dir(cls, run_dir: Path, config: Config, log=print) -> "Experiment":
+        """Rebuild from a run directory: vocabularies and labels from its files, no data read."""
+        load_builtin_entries()
+        import_user_modules(config)
+        fields, model_inputs = build_input_fields(config["models"], config.file)
+        task = Task.from_json(json.loads((run_dir / "task.json").read_text()))
+        vocabularies = {}
+        for key, input_field in fields.items():
+            if input_field.vocab not in vocabularies:
+                vocabularies[input_field.vocab] = Vocabulary.load(run_dir / "vocab" / f"{input_field.vocab}.txt")
+        return cls(config, task, fields, model_inputs, vocabularies, {})
+
+    def encode_file(self, path: str, with_labels: bool, reader: dict | None = None) -> EncodedSplit:
+        """Read and encode another file with the config's reader options (for test / predict)."""
+        from blocks.data.readers import read_rows
+
+        data = self.config["data"]
+        options = {**data.get("reader", {}), **(reader or {})}
+        rows = read_rows(path, **options)
+        if not rows:
+            raise DataError("the file holds no examples", path)
+        label = data["label"] if with_labels else None
+        group = data["group"] if with_labels else None
+        return encode_rows("file", rows, self.fields, self.vocabularies, self.task, label, group,
+                           data.get("fields", {}), path)
+
+    # -- use ----------------------------------------------------------------------------------
+    def model_values(self, name: str, batch) -> dict:
+        """Run one model on a batch: its node values by node name."""
+        inputs = {local: batch.inputs[key] for local, key in self.model_inputs[name].items()}
+        return self.models[name](inputs)
+
+    def build_losses(self, stage_index: int) -> list[tuple[float, nn.Module]]:
+        stage = self.config["stages"][stage_index]
+        context = LossContext(student=stage["train"], teachers=list(stage["teachers"]),
+                              output_of={n: g.output_name for n, g in self.models.items()},
+                              task=self.task.type, num_outputs=self.task.num_outputs,
+                              output_specs={n: g.output_spec for n, g in self.models.items()})
+        losses = []
+        for j, loss in enumerate(stage["losses"]):
+            params = {k: v for k, v in loss.items() if k not in ("block", "weight")}
+            try:
+                block = LOSSES.build(loss["block"], context, params=params)
+            except ValueError as error:
+                raise ConfigError(f"{loss['block']}: {error}", self.config.file,
+                                  f"/stages/{stage_index}/losses/{j}") from None
+            losses.append((float(loss.get("weight", 1.0)), block))
+        return losses
+
+    def save_vocabularies(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, vocab in self.vocabularies.items():
+            vocab.save(folder / f"{name}.txt")
+
+    def load_pretrained(self, log=print) -> None:
+        for model in self.models.values():
+            for block in model.blocks.values():
+                report = block.load_pretrained(self.config.base_dir)
+                if report:
+                    log(report)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' was asked for but CUDA is not available", None, "/device")
+    return torch.device(name)

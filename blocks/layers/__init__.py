@@ -1,0 +1,6 @@
+"""The built-in layer blocks; importing this package registers all of them."""
+from blocks.layers import (attention, combination, convolution, embedding, head, pooling, recurrent,
+                           regularization, transformer)
+
+__all__ = ["attention", "combination", "convolution", "embedding", "head", "pooling", "recurrent",
+           "regularization", "transformer"]

@@ -1,0 +1,71 @@
+"""What travels along the edges of a graph, at build time (:class:`Spec`) and at run time.
+
+At run time an edge carries either
+
+* a :class:`Sequence` — ``values`` of shape ``[batch, length, width]`` (or ``[batch, length]`` of
+  token ids, or ``[batch, length, chars]`` of character ids) together with a boolean ``mask`` of
+  shape ``[batch, length]`` that is True on real positions; or
+* a plain ``torch.Tensor`` of shape ``[batch, width]`` (a *vector*, e.g. a pooled sentence).
+
+At build time every edge has a :class:`Spec` saying which of those it is and how wide, so that
+blocks can size their parameters without the user typing an input width.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from blocks.data.vocabulary import Vocabulary
+
+TOKENS = "tokens"  # Sequence of token ids [B, L]
+CHARS = "chars"  # Sequence of character ids [B, L, C]
+SEQUENCE = "sequence"  # Sequence of features [B, L, D]
+VECTOR = "vector"  # Tensor [B, D]
+KINDS = (TOKENS, CHARS, SEQUENCE, VECTOR)
+
+# A parameter annotated ``int | Literal["labels"]`` may be given as "labels": the graph builder
+# replaces it with the task's number of outputs (label count, or 1 for regression).
+LABELS = "labels"
+
+
+class Sequence(NamedTuple):
+    """A padded batch of sequences and its mask (True = real position)."""
+
+    values: torch.Tensor
+    mask: torch.Tensor
+
+    def lengths(self) -> torch.Tensor:
+        return self.mask.sum(dim=1)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """The build-time description of one edge.
+
+    ``width`` is the feature width for ``sequence`` and ``vector`` edges. For ``tokens`` and
+    ``chars`` edges it is None and ``vocab`` holds the vocabulary the ids index into.
+    """
+
+    kind: str
+    width: int | None = None
+    vocab: "Vocabulary | None" = field(default=None, compare=False, repr=False)
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown edge kind {self.kind!r}; expected one of {KINDS}")
+
+    @property
+    def vocab_size(self) -> int:
+        if self.vocab is None:
+            raise ValueError(f"a {self.kind} edge has no vocabulary")
+        return len(self.vocab)
+
+    def describe(self) -> str:
+        if self.kind in (TOKENS, CHARS):
+            size = len(self.vocab) if self.vocab is not None else "?"
+            return f"{self.kind}(vocab {size})"
+        return f"{self.kind}[{self.width}]"

@@ -1,0 +1,193 @@
+"""Optimizers and learning-rate schedules from config nodes."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from blocks.engine.optim import OPTIMIZER_SCHEMA, SCHEDULE_SCHEMA, build_optimizer, build_schedule
+from blocks.errors import ConfigError
+
+
+def parameter(value: float = 1.0) -> torch.nn.Parameter:
+    return torch.nn.Parameter(torch.tensor([value]))
+
+
+def lr_after(config: dict, total: int, steps: int, lr: float = 1.0) -> float:
+    optimizer = torch.optim.SGD([parameter()], lr=lr)
+    schedule = build_schedule(optimizer, config, total)
+    for _ in range(steps):
+        optimizer.step()
+        schedule.step()
+    return optimizer.param_groups[0]["lr"]
+
+
+def test_default_optimizer_is_adam():
+    optimizer = build_optimizer([parameter()], {})
+    assert type(optimizer) is torch.optim.Adam
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["weight_decay"], group["betas"], group["eps"]) == (1e-3, 0.0, (0.9, 0.999), 1e-8)
+    assert type(build_optimizer([parameter()], None)) is torch.optim.Adam
+
+
+def test_adamw_defaults_and_options():
+    optimizer = build_optimizer([parameter()], {"type": "adamw", "lr": 5e-5, "betas": [0.8, 0.99], "eps": 1e-6})
+    assert type(optimizer) is torch.optim.AdamW
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["weight_decay"], group["betas"], group["eps"]) == (5e-5, 0.01, (0.8, 0.99), 1e-6)
+    group = build_optimizer([parameter()], {"type": "adamw", "weight_decay": 0}).param_groups[0]
+    assert group["weight_decay"] == 0.0
+
+
+def test_sgd_momentum():
+    # loss = p, so the gradient is always 1; lr 0.1, momentum 0.9
+    # step 1: buffer = 1          -> p = 1 - 0.1 * 1   = 0.9
+    # step 2: buffer = 0.9*1 + 1  -> p = 0.9 - 0.1*1.9 = 0.71
+    p = parameter()
+    optimizer = build_optimizer([p], {"type": "sgd", "lr": 0.1, "momentum": 0.9})
+    assert type(optimizer) is torch.optim.SGD
+    for _ in range(2):
+        optimizer.zero_grad()
+        p.sum().backward()
+        optimizer.step()
+    assert p.item() == pytest.approx(0.71)
+    # Nesterov, step 1: buffer = 1, update = g + 0.9 * buffer = 1.9 -> p = 1 - 0.19
+    q = parameter()
+    optimizer = build_optimizer([q], {"type": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True})
+    q.sum().backward()
+    optimizer.step()
+    assert q.item() == pytest.approx(0.81)
+
+
+@pytest.mark.parametrize("config,path,message", [
+    ({"type": "adan"}, "/optimizer/type", "did you mean 'adam'"),
+    ({"lr": 0.1, "weigth_decay": 0.1}, "/optimizer/weigth_decay", "did you mean 'weight_decay'"),
+    ({"momentum": 0.9}, "/optimizer/momentum", "optimizer 'adam' has no option 'momentum'"),
+    ({"type": "sgd", "betas": [0.9, 0.99]}, "/optimizer/betas", "no option 'betas'"),
+    ({"lr": 0}, "/optimizer/lr", "must be > 0"),
+    ({"lr": "fast"}, "/optimizer/lr", "must be a number"),
+    ({"lr": True}, "/optimizer/lr", "must be a number"),
+    ({"betas": [0.9]}, "/optimizer/betas", "two numbers"),
+    ({"weight_decay": -1}, "/optimizer/weight_decay", ">= 0"),
+    ({"type": "sgd", "nesterov": True}, "/optimizer/nesterov", "momentum > 0"),
+])
+def test_optimizer_errors(config, path, message):
+    with pytest.raises(ConfigError, match=message) as error:
+        build_optimizer([parameter()], config)
+    assert error.value.path == path and error.value.file is None
+
+
+def test_error_path_follows_where():
+    with pytest.raises(ConfigError) as error:
+        build_optimizer([parameter()], {"typ": "sgd"}, where="/stages/1/optimizer")
+    assert error.value.path == "/stages/1/optimizer/typ"
+    assert "did you mean 'type'" in str(error.value)
+    with pytest.raises(ConfigError) as error:
+        build_schedule(torch.optim.SGD([parameter()], lr=1), {"warmpu": 3}, 10, where="/stages/1/schedule")
+    assert error.value.path == "/stages/1/schedule/warmpu"
+    assert "did you mean 'warmup'" in str(error.value)
+
+
+def test_linear_schedule():
+    # 10 steps, 2 of warm-up: factor s/2 for s < 2, then (10 - s) / 8
+    config = {"type": "linear", "warmup": 2}
+    assert lr_after(config, 10, 0) == 0.0
+    assert lr_after(config, 10, 1) == pytest.approx(0.5)
+    assert lr_after(config, 10, 2) == pytest.approx(1.0)     # end of warm-up: the full lr
+    assert lr_after(config, 10, 6) == pytest.approx(0.5)     # (10 - 6) / 8
+    assert lr_after(config, 10, 10) == 0.0                   # the end
+    assert lr_after(config, 10, 12) == 0.0                   # never negative
+
+
+def test_linear_schedule_fraction_warmup_and_no_warmup():
+    # 0.2 of 10 steps = 2 steps, as above
+    assert lr_after({"type": "linear", "warmup": 0.2}, 10, 1, lr=0.1) == pytest.approx(0.05)
+    assert lr_after({"type": "linear", "warmup": 0.2}, 10, 6, lr=0.1) == pytest.approx(0.05)
+    # no warm-up: 1 at step 0, (4 - s) / 4 after
+    assert lr_after({"type": "linear"}, 4, 0) == 1.0
+    assert lr_after({"type": "linear"}, 4, 1) == pytest.approx(0.75)
+    assert lr_after({"type": "linear"}, 4, 4) == 0.0
+
+
+def test_constant_schedule():
+    assert lr_after({}, 10, 0, lr=0.3) == pytest.approx(0.3)
+    assert lr_after(None, 10, 7, lr=0.3) == pytest.approx(0.3)
+    # warm-up 4: s / 4, then constant; a warm-up longer than training is allowed
+    assert lr_after({"warmup": 4}, 10, 0) == 0.0
+    assert lr_after({"warmup": 4}, 10, 2) == pytest.approx(0.5)
+    assert lr_after({"type": "constant", "warmup": 4}, 10, 4) == 1.0
+    assert lr_after({"type": "constant", "warmup": 4}, 10, 9) == 1.0
+    assert lr_after({"type": "constant", "warmup": 20}, 10, 5) == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("config,message", [
+    ({"type": "linear", "warmup": 10}, "shorter than training"),
+    ({"type": "linear", "warmup": 0.9999}, "shorter than training"),  # rounds to 10 steps
+    ({"warmup": 1.5}, "must be < 1"),
+    ({"warmup": -1}, "whole number of steps or a fraction"),
+    ({"warmup": "10%"}, "whole number of steps or a fraction"),
+    ({"type": "cosine"}, "unknown schedule type 'cosine'"),
+])
+def test_schedule_errors(config, message):
+    optimizer = torch.optim.SGD([parameter()], lr=1)
+    with pytest.raises(ConfigError, match=message) as error:
+        build_schedule(optimizer, config, 10)
+    assert error.value.path.startswith("/schedule/")
+
+
+def test_schedule_state_dict_round_trip():
+    config = {"type": "linear", "warmup": 3}
+
+    def make():
+        p = parameter()
+        optimizer = build_optimizer([p], {"type": "adamw", "lr": 0.01})
+        return p, optimizer, build_schedule(optimizer, config, 20)
+
+    p, optimizer, schedule = make()
+    for _ in range(7):
+        optimizer.zero_grad()
+        (p * p).sum().backward()
+        optimizer.step()
+        schedule.step()
+    saved_schedule = json.loads(json.dumps(schedule.state_dict()))  # JSON-able
+    saved_optimizer = copy.deepcopy(optimizer.state_dict())  # state_dict() shares the live tensors
+
+    q, resumed, resumed_schedule = make()
+    q.data.copy_(p.data)
+    resumed.load_state_dict(saved_optimizer)
+    resumed_schedule.load_state_dict(saved_schedule)
+    assert resumed.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"]
+    assert resumed_schedule.get_last_lr() == schedule.get_last_lr()
+    for _ in range(5):
+        for param, opt, sched in ((p, optimizer, schedule), (q, resumed, resumed_schedule)):
+            opt.zero_grad()
+            (param * param).sum().backward()
+            opt.step()
+            sched.step()
+        assert resumed.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"]
+        assert torch.equal(p, q)
+    # 12 steps into 20 with 3 of warm-up: (20 - 12) / 17
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * 8 / 17)
+
+
+def test_schemas_validate_configs():
+    jsonschema = pytest.importorskip("jsonschema")
+    optimizer = jsonschema.Draft202012Validator(OPTIMIZER_SCHEMA)
+    schedule = jsonschema.Draft202012Validator(SCHEDULE_SCHEMA)
+    jsonschema.Draft202012Validator.check_schema(OPTIMIZER_SCHEMA)
+    jsonschema.Draft202012Validator.check_schema(SCHEDULE_SCHEMA)
+    for good in ({}, {"type": "adamw", "lr": 2e-5, "betas": [0.9, 0.98]},
+                 {"type": "sgd", "momentum": 0.9, "nesterov": True}):
+        assert optimizer.is_valid(good), good
+        build_optimizer([parameter()], good)
+    for bad in ({"type": "sgd", "eps": 1e-8}, {"momentum": 0.5}, {"lr": 0}, {"typo": 1}, {"type": "rmsprop"}):
+        assert not optimizer.is_valid(bad), bad
+    for good in ({}, {"type": "linear", "warmup": 0.1}, {"type": "constant", "warmup": 100}):
+        assert schedule.is_valid(good), good
+    for bad in ({"warmup": 1.5}, {"warmup": -1}, {"type": "cosine"}, {"steps": 3}):
+        assert not schedule.is_valid(bad), bad
+    for schema in (OPTIMIZER_SCHEMA, SCHEDULE_SCHEMA):
+        assert schema["description"]
+        assert all(prop.get("description") for prop in schema["properties"].values())
