@@ -225,7 +225,7 @@ def cmd_list(args) -> int:
         registries[kinds[0]].get(args.name)  # raises with a suggestion
     for kind in kinds:
         registry = registries[kind]
-        print(f"{kind}s:")
+        print({"block": "blocks", "loss": "losses", "tokenizer": "tokenizers", "metric": "metrics"}[kind] + ":")
         for name in registry.names():
             _print_entry(registry, name, full=False)
         print()

@@ -18,8 +18,20 @@ from blocks.errors import CheckpointError, ConfigError
 from blocks.experiment import Experiment, resolve_device
 
 
-def default_run_dir(config: Config) -> Path:
-    return Path(config["run_dir"]) if config["run_dir"] else Path("runs") / Path(config.file).stem
+def default_run_dir(config: Config, resume: bool) -> Path:
+    """``run_dir`` from the config, else ``runs/<config name>``.
+
+    Without an explicit directory a new run never overwrites an old one: it takes the first free
+    name of ``runs/<name>``, ``runs/<name>-2``, ...; ``--resume`` takes the newest of them.
+    """
+    if config["run_dir"]:
+        return Path(config["run_dir"])
+    base = Path("runs") / Path(config.file).stem
+    candidates = [base] + [base.with_name(f"{base.name}-{n}") for n in range(2, 1000)]
+    taken = [c for c in candidates if c.exists() and any(c.iterdir())]
+    if resume:
+        return taken[-1] if taken else base
+    return next(c for c in candidates if c not in taken)
 
 
 def _first_difference(a, b, path: str = "") -> str | None:
@@ -49,7 +61,7 @@ def load_model_weights(experiment: Experiment, run_dir: RunDir, model: str) -> N
 
 def train(config: Config, run_dir: str | Path | None = None, resume: bool = False, log=print,
           progress: bool = True) -> dict:
-    root = Path(run_dir) if run_dir else default_run_dir(config)
+    root = Path(run_dir) if run_dir else default_run_dir(config, resume)
     directory = RunDir(root)
     if resume:
         if not directory.exists():

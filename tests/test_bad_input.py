@@ -1,0 +1,298 @@
+"""Bad configs, bad data and broken runs, each through the command line: exit status 2 and one
+message naming the file and the place (JSON path or data line), never a traceback."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from blocks.cli import main
+from blocks.engine.checkpoint import load_checkpoint
+
+
+def command(capsys, *argv) -> tuple[int, str]:
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "Traceback" not in captured.out
+    return code, captured.err
+
+
+def validate(project, capsys, values, name="config.json") -> tuple[int, str, str]:
+    path = project.write(values, name)
+    code, err = command(capsys, "validate", path)
+    assert code == 2, err
+    assert err.startswith(f"error: {path}: ")
+    assert len(err.strip().splitlines()) == 1
+    return code, err, str(path)
+
+
+def student_graph(values, *nodes):
+    values["models"]["student"]["graph"] = [
+        {"name": "embed", "block": "Embedding", "input": "tokens", "dim": 8}, *nodes]
+    return values
+
+
+# -- the config ---------------------------------------------------------------------------------
+
+
+def test_valid_config_passes(project, capsys):
+    code, _ = command(capsys, "validate", project.write(project.config()))
+    assert code == 0
+
+
+def test_unknown_block_suggests_the_close_one(project, capsys):
+    values = project.config()
+    values["models"]["student"]["graph"][1] = {"name": "enc", "block": "BiLSMT", "hidden": 4}
+    _, err, path = validate(project, capsys, values)
+    assert f"{path}: /models/student/graph/1/block: unknown block 'BiLSMT'; did you mean 'BiLSTM'?" in err
+
+
+def test_misspelled_parameter(project, capsys):
+    values = project.config()
+    values["models"]["teacher"]["graph"][1] = {"name": "encoder", "block": "BiLSTM", "hiden": 8}
+    _, err, path = validate(project, capsys, values)
+    assert f"{path}: /models/teacher/graph/1/hiden: block 'BiLSTM' has no parameter 'hiden'; " \
+           f"did you mean 'hidden'?" in err
+
+
+def test_mistyped_parameter(project, capsys):
+    values = project.config()
+    values["models"]["teacher"]["graph"][1]["hidden"] = "big"
+    _, err, path = validate(project, capsys, values)
+    assert f"{path}: /models/teacher/graph/1/hidden: block 'BiLSTM': 'big' is not of type 'integer'" in err
+
+
+def test_reference_to_a_missing_node(project, capsys):
+    values = student_graph(project.config(), {"name": "pool", "block": "Pooling", "input": "embd"},
+                           {"name": "logits", "block": "Linear"})
+    _, err, path = validate(project, capsys, values)
+    assert f"{path}: /models/student/graph/1/input: 'embd' is neither a node nor an input of model " \
+           f"'student'; did you mean 'embed'?" in err
+
+
+def test_graph_cycle(project, capsys):
+    values = student_graph(project.config(),
+                           {"name": "a", "block": "LayerNorm", "input": "b"},
+                           {"name": "b", "block": "LayerNorm", "input": "a"},
+                           {"name": "pool", "block": "Pooling", "input": "b"},
+                           {"name": "logits", "block": "Linear"})
+    _, err, path = validate(project, capsys, values)
+    assert f"{path}: /models/student/graph/1: the graph has a cycle: a -> b -> a" in err
+
+
+def test_combine_of_unequal_widths(project, capsys):
+    values = student_graph(project.config(),
+                           {"name": "enc_a", "block": "BiLSTM", "input": "embed", "hidden": 5},
+                           {"name": "enc_b", "block": "BiLSTM", "input": "embed", "hidden": 6},
+                           {"name": "pool_a", "block": "Pooling", "input": "enc_a"},
+                           {"name": "pool_b", "block": "Pooling", "input": "enc_b"},
+                           {"name": "both", "block": "Combine", "input": ["pool_a", "pool_b"]},
+                           {"name": "logits", "block": "Linear"})
+    _, err, path = validate(project, capsys, values)
+    assert f"{path}: /models/student/graph/5: Combine 'both' inputs must have equal widths, got 10 and 12 " \
+           f"(inputs: pool_a: vector[10], pool_b: vector[12])" in err
+
+
+def test_attention_heads_that_do_not_divide_the_width(project, capsys):
+    values = student_graph(project.config(),
+                           {"name": "attend", "block": "MultiHeadSelfAttention", "heads": 3},
+                           {"name": "pool", "block": "Pooling"},
+                           {"name": "logits", "block": "Linear"})
+    _, err, path = validate(project, capsys, values)
+    assert f"{path}: /models/student/graph/1: MultiHeadSelfAttention 'attend' input width 8 does not divide " \
+           f"into 3 heads" in err
+
+
+def test_json_syntax_error(project, capsys):
+    text = json.dumps(project.config(), indent=2).replace('"seed": 3,', '"seed": 3,,')
+    path = project.write(text)
+    code, err = command(capsys, "validate", path)
+    assert code == 2
+    line = text.splitlines().index('  "seed": 3,,') + 1
+    assert f"error: {path}: JSON syntax error at line {line}, column 14" in err
+
+
+def test_unknown_top_level_key(project, capsys):
+    values = project.config()
+    values["stagse"] = values.pop("stages")
+    _, err, path = validate(project, capsys, values)
+    assert f"{path}: /stagse: unknown key 'stagse'; did you mean 'stages'?" in err
+
+
+def test_stage_naming_an_undefined_model(project, capsys):
+    values = project.config()
+    values["stages"][1]["train"] = "studnet"
+    _, err, path = validate(project, capsys, values)
+    assert f"{path}: /stages/1/train: model 'studnet' is not defined; did you mean 'student'?" in err
+
+
+def test_teacher_not_trained_earlier(project, capsys):
+    values = project.config()
+    values["stages"] = values["stages"][1:]
+    _, err, path = validate(project, capsys, values)
+    assert f"{path}: /stages/0/teachers/0: teacher 'teacher' is not trained by an earlier stage" in err
+
+
+def test_unknown_metric(project, capsys):
+    values = project.config()
+    values["task"]["metrics"] = ["acuracy"]
+    _, err, path = validate(project, capsys, values)
+    assert f"{path}: /task/metrics: unknown metric 'acuracy'; did you mean 'accuracy'?" in err
+
+
+# -- the data -------------------------------------------------------------------------------------
+
+
+def test_missing_data_file(project, capsys):
+    values = project.config()
+    values["data"]["dev"] = "missing.tsv"
+    _, err, _ = validate(project, capsys, values)
+    assert f"{project.root / 'data' / 'missing.tsv'}: file not found" in err
+
+
+def test_malformed_row_names_file_and_line(project, capsys):
+    train = project.data / "train.tsv"
+    lines = train.read_text().splitlines()
+    lines[6] += "\textra"  # line 7 of the file
+    train.write_text("\n".join(lines) + "\n")
+    _, err, _ = validate(project, capsys, project.config())
+    assert f"{train}, line 7: expected 2 fields (sentence, label), found 3" in err
+
+
+def test_dev_label_unseen_in_training(project, capsys):
+    dev = project.data / "dev.tsv"
+    lines = dev.read_text().splitlines()
+    lines[11] = "good movie\tpositive"  # line 12
+    dev.write_text("\n".join(lines) + "\n")
+    _, err, _ = validate(project, capsys, project.config())
+    assert f"{dev}, line 12: label 'positive' was not seen in the training data (labels: 0, 1)" in err
+
+
+def test_missing_column(project, capsys):
+    values = project.config()
+    values["data"]["fields"] = {"text": "sentense"}
+    _, err, _ = validate(project, capsys, values)
+    assert f"{project.data / 'train.tsv'}, line 2: no column 'sentense' (for field 'text'); " \
+           f"columns: sentence, label" in err
+
+
+@pytest.mark.parametrize("content", ["sentence\tlabel\n", ""])
+def test_empty_training_file(project, capsys, content):
+    (project.data / "train.tsv").write_text(content)
+    _, err, _ = validate(project, capsys, project.config())
+    assert f"{project.data / 'train.tsv'}: the training file holds no examples" in err
+
+
+def test_single_label_training_file(project, capsys):
+    train = project.data / "train.tsv"
+    train.write_text("sentence\tlabel\ngood movie\t1\ngreat film\t1\n")
+    _, err, _ = validate(project, capsys, project.config())
+    assert f"{train}: classification needs at least two labels; found ['1']" in err
+
+
+# -- training and runs ---------------------------------------------------------------------------
+
+NAN_LOSS = '''
+import torch
+from blocks import register_loss
+from blocks.distill.losses import Loss
+
+
+@register_loss("NaNAfterThree")
+class NaNAfterThree(Loss):
+    """Cross-entropy that turns NaN after three calls."""
+
+    def __init__(self, stage):
+        super().__init__(stage)
+        self.calls = 0
+
+    def forward(self, outputs, batch):
+        self.calls += 1
+        logits = self.student_value(outputs)
+        loss = torch.nn.functional.cross_entropy(logits, batch.labels)
+        return loss * float("nan") if self.calls > 3 else loss
+'''
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(project, capsys):
+    (project.root / "nan_loss.py").write_text(NAN_LOSS)
+    values = project.single_stage()
+    values["imports"] = ["nan_loss.py"]
+    values["stages"][0].update(eval_every=2, losses=[{"block": "NaNAfterThree"}])
+    run_dir = project.root / "nan_run"
+    code, err = command(capsys, "train", project.write(values), "--run-dir", run_dir, "--no-progress")
+    assert code == 2
+    last = run_dir / "stages" / "teacher" / "last.safetensors"
+    assert "stage 'teacher': the loss became NaN or infinite before step 4" in err
+    assert f"the last good checkpoint is kept at {last}" in err
+    tensors, state = load_checkpoint(last)
+    assert state["position"]["step"] == 2
+    assert all(torch.isfinite(t).all() for k, t in tensors.items() if k.startswith("model/"))
+    assert not (run_dir / "models" / "teacher.safetensors").exists()
+    assert not (run_dir / "summary.json").exists()
+
+
+def test_huge_learning_rate_is_reported(project, capsys):
+    values = project.single_stage()
+    values["stages"][0].update(optimizer={"type": "sgd", "lr": 1e30}, epochs=1, log_every=1)
+    code, err = command(capsys, "train", project.write(values), "--run-dir", project.root / "huge", "--no-progress")
+    assert code == 2
+    assert "the loss became NaN or infinite" in err and "no checkpoint had been written yet" in err
+
+
+def test_corrupt_model_weights(run_copy, capsys):
+    weights = run_copy / "models" / "student.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) - 10])
+    code, err = command(capsys, "test", run_copy)
+    assert code == 2
+    assert err.startswith(f"error: {weights}: the checkpoint is truncated or corrupt")
+
+
+def test_missing_run_directory(project, capsys):
+    code, err = command(capsys, "test", project.root / "no_run")
+    assert code == 2
+    assert f"error: {project.root / 'no_run'}: run directory not found" in err
+
+
+def snapshot(folder):
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_non_empty_run_directory_without_resume(project, capsys):
+    run_dir = project.root / "busy"
+    run_dir.mkdir()
+    (run_dir / "notes.txt").write_text("mine")
+    before = snapshot(run_dir)
+    path = project.write(project.config())
+    code, err = command(capsys, "train", path, "--run-dir", run_dir, "--no-progress")
+    assert code == 2
+    assert f"error: {path}: /run_dir: the run directory {run_dir} is not empty; continue that run with --resume" in err
+    assert snapshot(run_dir) == before
+
+
+def test_finished_run_directory_without_resume(run_copy, capsys):
+    before = snapshot(run_copy)
+    code, err = command(capsys, "train", run_copy / "config.json", "--run-dir", run_copy)
+    assert code == 2
+    assert "is not empty; continue that run with --resume" in err
+    assert snapshot(run_copy) == before
+
+
+def test_resume_with_another_config(run_copy, capsys):
+    code, err = command(capsys, "train", run_copy / "config.json", "--run-dir", run_copy, "--resume",
+                        "--set", "seed=4")
+    assert code == 2
+    assert f"error: {run_copy / 'config.json'}: /seed: the config differs from the one the run" in err
+
+
+def test_failing_user_import(project, capsys):
+    (project.root / "broken_module.py").write_text("raise RuntimeError('boom')\n")
+    values = project.config()
+    values["imports"] = ["broken_module.py"]
+    _, err, path = validate(project, capsys, values)
+    assert f"{path}: /imports/0: importing '{project.root / 'broken_module.py'}' failed: RuntimeError: boom" in err
+    assert os.path.exists(project.root / "broken_module.py")

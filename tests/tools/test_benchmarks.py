@@ -1,0 +1,119 @@
+"""Smoke tests of the benchmark scripts in tools/, on a tiny synthetic dataset and tiny models."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from blocks.config.loader import load_config
+from blocks.engine.run import train
+
+TOOLS = Path(__file__).resolve().parents[2] / "tools"
+
+
+def load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(f"distilblocks_tool_{name}", TOOLS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_rows(path: Path, count: int, rng: random.Random) -> None:
+    positive, negative = "good great fine nice fun".split(), "bad awful dull poor boring".split()
+    filler = "the a movie film plot it was is very and".split()
+    lines = ["sentence\tlabel"]
+    for i in range(count):
+        label = i % 2
+        words = [rng.choice(filler) for _ in range(rng.randint(2, 9))] + [rng.choice(positive if label else negative)]
+        rng.shuffle(words)
+        lines.append(" ".join(words) + f"\t{label}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory) -> Path:
+    """A teacher BiLSTM (CrossEntropy stage) and a TextCNN student distilled from it."""
+    folder = tmp_path_factory.mktemp("bench")
+    rng = random.Random(0)
+    write_rows(folder / "train.tsv", 80, rng)
+    write_rows(folder / "dev.tsv", 24, rng)
+    tokens = {"tokens": {"field": "text", "tokenizer": "whitespace"}}
+    config = {
+        "seed": 3,
+        "data": {"root": ".", "train": "train.tsv", "dev": "dev.tsv", "fields": {"text": "sentence"},
+                 "label": "label"},
+        "task": {"metrics": ["accuracy"]},
+        "models": {
+            "teacher": {"inputs": tokens, "graph": [
+                {"name": "embed", "block": "Embedding", "input": "tokens", "dim": 8},
+                {"name": "drop", "block": "Dropout", "p": 0.2},
+                {"name": "encoder", "block": "BiLSTM", "hidden": 8},
+                {"name": "pool", "block": "AttentionPooling", "hidden": 8},
+                {"name": "logits", "block": "MLP", "hidden": [8], "dropout": 0.2}]},
+            "student": {"inputs": tokens, "graph": [
+                {"name": "embed", "block": "Embedding", "input": "tokens", "dim": 8},
+                {"name": "conv", "block": "TextCNN", "filters": 4, "windows": [2, 3]},
+                {"name": "logits", "block": "Linear"}]},
+        },
+        "stages": [
+            {"name": "teacher", "train": "teacher", "losses": [{"block": "CrossEntropy"}], "epochs": 1,
+             "batch_size": 8, "grad_clip": 5.0, "log_every": 2},
+            {"name": "distill", "train": "student", "teachers": ["teacher"], "epochs": 1, "batch_size": 8,
+             "losses": [{"block": "KD", "temperature": 2.0, "weight": 0.5}, {"block": "CrossEntropy", "weight": 0.5}]},
+        ],
+    }
+    path = folder / "tiny.json"
+    path.write_text(json.dumps(config), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_engine_overhead_reports_ratio_and_identical_weights(tiny_config, tmp_path, capsys):
+    bench = load_tool("bench_engine_overhead")
+    code = bench.main(["--config", str(tiny_config), "--max-batches", "3", "--repeats", "1", "--threads", "1",
+                       "--warmup-batches", "1", "--check", "--run-root", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "engine (training loop only) / hand loop:" in out
+    assert "engine (full run)           / hand loop:" in out
+    assert "timed: the first 3 batches" in out
+    assert "final weights engine vs hand: bitwise identical" in out
+    assert "loss trajectories identical over 3 steps" in out
+    assert "| recipe | batches | threads | hand loop (s) |" in out
+    row = out.strip().splitlines()[-1]
+    assert row.startswith("| tiny | 3 (partial epoch) | 1 |") and "≤ 1.10" in row
+    assert not list(tmp_path.iterdir())  # the engine's temporary run directories are removed
+
+
+def test_engine_overhead_refuses_a_distillation_stage(tiny_config):
+    bench = load_tool("bench_engine_overhead")
+    with pytest.raises(SystemExit, match="cannot be reproduced by the hand loop"):
+        bench.main(["--config", str(tiny_config), "--stage", "1", "--max-batches", "2", "--threads", "1"])
+
+
+def test_inference_table(tiny_config, tmp_path, capsys):
+    run_dir = tmp_path / "tinyrun"
+    train(load_config(tiny_config), run_dir=run_dir, progress=False, log=lambda *a: None)
+    capsys.readouterr()
+    bench = load_tool("bench_inference")
+    code = bench.main([str(run_dir), "--examples", "20", "--repeats", "1", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "batch 1: 20 examples in 20 batches, batch 64: 20 examples in 1 batch" in out
+    assert "student vs teacher:" in out and "fewer parameters" in out
+    header = "| run | model (role) | parameters | batch 1 ex/s | batch 1 ms/ex | batch 1 speedup | batch 64 ex/s |"
+    assert header in out
+    rows = [line for line in out.splitlines() if line.startswith("| tinyrun |")]
+    assert len(rows) == 2 and "teacher (teacher)" in rows[0] and "student (student)" in rows[1]
