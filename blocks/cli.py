@@ -157,6 +157,14 @@ def cmd_predict(args) -> int:
     temporary = None
     path = args.input
     reader = None
+    mapping = None
+    if args.input == "-" and not args.lines:
+        # the temporary file's name tells nothing: read standard input in the training data's format
+        from blocks.data.dataset import split_sources
+        from blocks.data.readers import format_of
+
+        train = split_sources(experiment.config["data"])["train"]
+        reader = {"format": format_of(train.path, train.reader.get("format", "auto"))}
     if args.input == "-" or args.lines:
         text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text(encoding="utf-8-sig")
         if args.lines:
@@ -167,12 +175,13 @@ def cmd_predict(args) -> int:
             field = fields.pop()
             text = "".join(json.dumps({field: line}) + "\n" for line in text.splitlines() if line.strip())
             reader = {"format": "jsonl"}
+            mapping = {}  # the rows written above are keyed by the field itself, not the config's column
         handle = tempfile.NamedTemporaryFile("w", suffix=".input", delete=False, encoding="utf-8")
         handle.write(text)
         handle.close()
         temporary = path = handle.name
     try:
-        split = experiment.encode_file(path, with_labels=False, reader=reader)
+        split = experiment.encode_file(path, with_labels=False, reader=reader, fields=mapping)
     finally:
         if temporary:
             os.unlink(temporary)

@@ -159,8 +159,12 @@ class Experiment:
                 vocabularies[input_field.vocab] = Vocabulary.load(run_dir / "vocab" / f"{input_field.vocab}.txt")
         return cls(config, task, fields, model_inputs, vocabularies, {})
 
-    def encode_file(self, path: str, with_labels: bool, reader: dict | None = None) -> EncodedSplit:
-        """Read and encode another file with the config's reader options (for test / predict)."""
+    def encode_file(self, path: str, with_labels: bool, reader: dict | None = None,
+                    fields: dict | None = None) -> EncodedSplit:
+        """Read and encode another file with the config's reader options (for test / predict).
+
+        ``fields`` replaces the config's field -> column mapping (``{}``: columns named as the fields).
+        """
         from blocks.data.readers import read_rows
 
         data = self.config["data"]
@@ -170,8 +174,9 @@ class Experiment:
             raise DataError("the file holds no examples", path)
         label = data["label"] if with_labels else None
         group = data["group"] if with_labels else None
+        mapping = data.get("fields", {}) if fields is None else fields
         return encode_rows("file", rows, self.fields, self.vocabularies, self.task, label, group,
-                           data.get("fields", {}), path)
+                           mapping, path)
 
     # -- use ----------------------------------------------------------------------------------
     def model_values(self, name: str, batch) -> dict:
@@ -193,8 +198,21 @@ class Experiment:
             except ValueError as error:
                 raise ConfigError(f"{loss['block']}: {error}", self.config.file,
                                   f"/stages/{stage_index}/losses/{j}") from None
+            self._check_loss_nodes(block, f"/stages/{stage_index}/losses/{j}")
             losses.append((float(loss.get("weight", 1.0)), block))
         return losses
+
+    def _check_loss_nodes(self, block: nn.Module, path: str) -> None:
+        """A loss may only read nodes that exist in the models it names."""
+        for model_attr, node_attr, key in (("model", "output", "output"),
+                                           ("teacher", "teacher_output", "teacher_output")):
+            model, node = getattr(block, model_attr, None), getattr(block, node_attr, None)
+            if model is None or node is None:
+                continue
+            names = [n.name for n in self.models[model].nodes]
+            if node not in names:
+                raise ConfigError(f"model '{model}' has no node '{node}'{did_you_mean(node, names)}",
+                                  self.config.file, f"{path}/{key}")
 
     def save_vocabularies(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)

@@ -93,6 +93,9 @@ class Project:
         self.root = root
         self.data = write_dataset(root / "data")
 
+    sentences = staticmethod(sentences)
+    write_tsv = staticmethod(write_tsv)
+
     @staticmethod
     def config() -> dict:
         """A fresh (deep) copy of the base config, to modify."""

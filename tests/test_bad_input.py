@@ -19,11 +19,12 @@ def command(capsys, *argv) -> tuple[int, str]:
     return code, captured.err
 
 
-def validate(project, capsys, values, name="config.json") -> tuple[int, str, str]:
+def validate(project, capsys, values, name="config.json", file=None) -> tuple[int, str, str]:
+    """Run ``blocks validate``; the message must start with ``file`` (default: the config file)."""
     path = project.write(values, name)
     code, err = command(capsys, "validate", path)
     assert code == 2, err
-    assert err.startswith(f"error: {path}: ")
+    assert err.startswith(f"error: {file or path}")  # then ": " or ", line N: "
     assert len(err.strip().splitlines()) == 1
     return code, err, str(path)
 
@@ -111,7 +112,7 @@ def test_json_syntax_error(project, capsys):
     code, err = command(capsys, "validate", path)
     assert code == 2
     line = text.splitlines().index('  "seed": 3,,') + 1
-    assert f"error: {path}: JSON syntax error at line {line}, column 14" in err
+    assert f"error: {path}: JSON syntax error at line {line}, column 13: " in err
 
 
 def test_unknown_top_level_key(project, capsys):
@@ -148,7 +149,7 @@ def test_unknown_metric(project, capsys):
 def test_missing_data_file(project, capsys):
     values = project.config()
     values["data"]["dev"] = "missing.tsv"
-    _, err, _ = validate(project, capsys, values)
+    _, err, _ = validate(project, capsys, values, file=project.data / "missing.tsv")
     assert f"{project.root / 'data' / 'missing.tsv'}: file not found" in err
 
 
@@ -157,7 +158,7 @@ def test_malformed_row_names_file_and_line(project, capsys):
     lines = train.read_text().splitlines()
     lines[6] += "\textra"  # line 7 of the file
     train.write_text("\n".join(lines) + "\n")
-    _, err, _ = validate(project, capsys, project.config())
+    _, err, _ = validate(project, capsys, project.config(), file=train)
     assert f"{train}, line 7: expected 2 fields (sentence, label), found 3" in err
 
 
@@ -166,14 +167,14 @@ def test_dev_label_unseen_in_training(project, capsys):
     lines = dev.read_text().splitlines()
     lines[11] = "good movie\tpositive"  # line 12
     dev.write_text("\n".join(lines) + "\n")
-    _, err, _ = validate(project, capsys, project.config())
+    _, err, _ = validate(project, capsys, project.config(), file=dev)
     assert f"{dev}, line 12: label 'positive' was not seen in the training data (labels: 0, 1)" in err
 
 
 def test_missing_column(project, capsys):
     values = project.config()
     values["data"]["fields"] = {"text": "sentense"}
-    _, err, _ = validate(project, capsys, values)
+    _, err, _ = validate(project, capsys, values, file=project.data / "train.tsv")
     assert f"{project.data / 'train.tsv'}, line 2: no column 'sentense' (for field 'text'); " \
            f"columns: sentence, label" in err
 
@@ -181,14 +182,14 @@ def test_missing_column(project, capsys):
 @pytest.mark.parametrize("content", ["sentence\tlabel\n", ""])
 def test_empty_training_file(project, capsys, content):
     (project.data / "train.tsv").write_text(content)
-    _, err, _ = validate(project, capsys, project.config())
+    _, err, _ = validate(project, capsys, project.config(), file=project.data / "train.tsv")
     assert f"{project.data / 'train.tsv'}: the training file holds no examples" in err
 
 
 def test_single_label_training_file(project, capsys):
     train = project.data / "train.tsv"
     train.write_text("sentence\tlabel\ngood movie\t1\ngreat film\t1\n")
-    _, err, _ = validate(project, capsys, project.config())
+    _, err, _ = validate(project, capsys, project.config(), file=train)
     assert f"{train}: classification needs at least two labels; found ['1']" in err
 
 
@@ -235,8 +236,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(project, capsys):
 
 
 def test_huge_learning_rate_is_reported(project, capsys):
-    values = project.single_stage()
-    values["stages"][0].update(optimizer={"type": "sgd", "lr": 1e30}, epochs=1, log_every=1)
+    values = project.config()
+    values["stages"] = [{"name": "only", "train": "student", "epochs": 1, "batch_size": 16, "log_every": 1,
+                         "optimizer": {"type": "adam", "lr": 1e30}}]
     code, err = command(capsys, "train", project.write(values), "--run-dir", project.root / "huge", "--no-progress")
     assert code == 2
     assert "the loss became NaN or infinite" in err and "no checkpoint had been written yet" in err

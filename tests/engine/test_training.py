@@ -157,7 +157,7 @@ def interrupt_on_call(monkeypatch, call: int):
     (4, 3, "stage 'teacher': training 'teacher', 16 steps, resuming at step 8"),  # at the end of epoch 1
     # in the distillation stage: the teacher comes back from models/teacher.safetensors
     (3, 9, "stage 'distill': training 'student' with teacher(s) teacher, 16 steps, resuming at step 6"),
-])
+], ids=["teacher-mid-epoch", "teacher-epoch-end", "distill"])
 def test_resume_after_an_interrupt_gives_the_same_result(project, monkeypatch, eval_every, call, resumed):
     values = project.config()
     for stage in values["stages"]:
@@ -236,3 +236,33 @@ def test_set_in_train_command(project, capsys):
     assert summary["stages"]["teacher"]["steps"] == 3  # 120 examples / 40
     out = capsys.readouterr().out
     assert "stage 'teacher' done" in out and "results (cpu)" in out
+
+
+def test_interrupt_and_resume_through_the_command_line(project, capsys, monkeypatch):
+    import shutil
+
+    values = project.single_stage()
+    values["stages"][0].update(eval_every=4, epochs=1)
+    path = project.write(values)
+    run_dir = project.root / "cli_run"
+    original = interrupt_on_call(monkeypatch, 2)
+    assert main(["train", str(path), "--run-dir", str(run_dir), "--no-progress"]) == 130
+    assert "interrupted; continue with `blocks train CONFIG --resume`" in capsys.readouterr().err
+    monkeypatch.setattr(StageTrainer, "_evaluate_and_save", original)
+
+    assert main(["test", str(run_dir)]) == 2
+    assert f"error: {run_dir}: no model has finished training in this run" in capsys.readouterr().err
+
+    broken = project.root / "broken_run"
+    shutil.copytree(run_dir, broken)
+    last = broken / "stages" / "teacher" / "last.safetensors"
+    last.write_bytes(last.read_bytes()[:100])
+    assert main(["train", str(path), "--run-dir", str(broken), "--resume", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {last}: the checkpoint is truncated or corrupt") and "Traceback" not in err
+
+    assert main(["train", str(path), "--run-dir", str(run_dir), "--resume", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "resuming at step 4" in out
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["stages"]["teacher"]["steps"] == 8
