@@ -69,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; continue with `blocks train CONFIG --resume`", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of our output went away (e.g. `blocks list | head`): stop quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 def cmd_train(args) -> int:
@@ -121,7 +126,8 @@ def cmd_test(args) -> int:
 
         sources = split_sources(experiment.config["data"])
         if "test" not in sources:
-            raise DistilBlocksError("the config has no test split; name a file with --data")
+            raise DistilBlocksError(f"{directory.config}: /data/test: the run's config has no test split; "
+                                    f"name a labelled file with --data")
         rows = read_split(sources["test"])
         data = experiment.config["data"]
         split = encode_rows("test", rows, experiment.fields, experiment.vocabularies, experiment.task,
@@ -131,7 +137,7 @@ def cmd_test(args) -> int:
     results = {}
     for name in models:
         if name not in state["models"]:
-            raise DistilBlocksError(f"model '{name}' has not finished training in {args.run_dir} "
+            raise DistilBlocksError(f"{directory.progress_file}: model '{name}' has not finished training "
                                     f"(finished: {', '.join(state['models'])})")
         experiment.models[name].to(device)
         results[name] = evaluate(experiment, name, split, experiment.config["stages"][-1]["eval_batch_size"],
@@ -153,7 +159,8 @@ def cmd_predict(args) -> int:
     device = resolve_device(experiment.config["device"])
     model = args.model or next(m for m, r in roles(experiment.config).items() if r == "student")
     if model not in state["models"]:
-        raise DistilBlocksError(f"model '{model}' has not finished training in {args.run_dir}")
+        raise DistilBlocksError(f"{directory.progress_file}: model '{model}' has not finished training "
+                                f"(finished: {', '.join(state['models'])})")
     temporary = None
     path = args.input
     reader = None
@@ -174,7 +181,8 @@ def cmd_predict(args) -> int:
                                         f"{', '.join(sorted(fields))}")
             field = fields.pop()
             text = "".join(json.dumps({field: line}) + "\n" for line in text.splitlines() if line.strip())
-            reader = {"format": "jsonl"}
+            # One JSON object per line, keyed by the field itself: none of the config's column options apply.
+            reader = {"format": "jsonl", "header": True, "columns": None, "delimiter": None, "comment": None}
             mapping = {}  # the rows written above are keyed by the field itself, not the config's column
         handle = tempfile.NamedTemporaryFile("w", suffix=".input", delete=False, encoding="utf-8")
         handle.write(text)

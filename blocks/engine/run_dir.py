@@ -20,7 +20,7 @@ import json
 import time
 from pathlib import Path
 
-from blocks.engine.checkpoint import atomic_write_json
+from blocks.engine.checkpoint import atomic_write_json, atomic_write_text
 from blocks.errors import CheckpointError
 
 
@@ -69,3 +69,19 @@ class RunDir:
         record = {"time": round(time.time(), 3), **record}
         with open(self.metrics, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
+
+    def drop_metrics_after(self, stage: str, step: int) -> None:
+        """On resume: forget log lines of ``stage`` written after its checkpoint at ``step``
+        (they are written again as the run replays those steps)."""
+        if not self.metrics.is_file():
+            return
+        kept = []
+        for line in self.metrics.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by the interruption
+            if record.get("stage") == stage and record.get("step", 0) > step:
+                continue
+            kept.append(line)
+        atomic_write_text(self.metrics, "".join(f"{line}\n" for line in kept))

@@ -135,6 +135,7 @@ class StageTrainer:
                 self.scaler.load_state_dict(state["scaler"])
             rng_from_tensors({k[len("rng/"):]: v for k, v in tensors.items() if k.startswith("rng/")}, state["rng"])
             self.state = StageState(**state["position"])
+            self.run_dir.drop_metrics_after(self.stage["name"], self.state.step)
         except (KeyError, RuntimeError, ValueError, TypeError) as error:
             raise CheckpointError(f"does not match this stage's model or optimizer ({error})", str(path)) from None
         return True

@@ -162,6 +162,7 @@ def test_resume_after_an_interrupt_gives_the_same_result(project, monkeypatch, e
     values = project.config()
     for stage in values["stages"]:
         stage["eval_every"] = eval_every
+        stage["log_every"] = 1
     values["stages"][0]["optimizer"]["lr"] = 0.01
     summary_a = run(project, values, run_dir="a")
 
@@ -192,6 +193,12 @@ def test_resume_after_an_interrupt_gives_the_same_result(project, monkeypatch, e
         assert summary_b["models"][model]["dev"] == summary_a["models"][model]["dev"]
         assert_same_tensors(weights(project.root / "a" / "models" / f"{model}.safetensors"),
                             weights(root_b / "models" / f"{model}.safetensors"))
+    # the metrics log reads as if the run had never stopped: no step logged twice, same losses
+    def events(root):
+        lines = (root / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if k != "time"} for line in lines]
+
+    assert events(root_b) == events(project.root / "a")
     for stage in ("teacher", "distill"):
         state_a = json.loads((project.root / "a" / "stages" / stage / "state.json").read_text())
         state_b = json.loads((root_b / "stages" / stage / "state.json").read_text())
