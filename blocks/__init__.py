@@ -5,3 +5,7 @@ from blocks.registry import register_block, register_loss, register_metric, regi
 from blocks.values import CHARS, LABELS, SEQUENCE, TOKENS, VECTOR, Sequence, Spec
 
 __version__ = "0.1.0"
+
+__all__ = ["Block", "expect_inputs", "ConfigError", "DataError", "DistilBlocksError", "WidthError",
+           "register_block", "register_loss", "register_metric", "register_tokenizer",
+           "CHARS", "LABELS", "SEQUENCE", "TOKENS", "VECTOR", "Sequence", "Spec"]

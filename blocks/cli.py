@@ -56,6 +56,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     schema = commands.add_parser("schema", help="write the JSON Schema of config files (for editors)")
     schema.add_argument("--output", "-o", help="file to write (default: standard output)")
+
+    export = commands.add_parser(
+        "export", help="export a run's model to ONNX or TorchScript, checked against PyTorch",
+        description="Export a trained model for deployment. The exported graph takes, for each model input in "
+                    "the config's order, <input>_ids (int64 [batch, length], or [batch, length, chars] for a "
+                    "chars input) and <input>_mask (bool [batch, length], True on real positions) and returns "
+                    "the output node's scores [batch, outputs]; batch and length are dynamic. A sidecar "
+                    "<file>.json next to it lists the inputs, labels and vocabulary files. The export is run "
+                    "next to PyTorch on examples of the dev split and fails if the outputs differ by more "
+                    "than 1e-4.")
+    export.add_argument("run_dir")
+    export.add_argument("--format", required=True, choices=["onnx", "torchscript"],
+                        help="onnx (needs: pip install distilblocks[export]) or torchscript (a torch.jit .pt file)")
+    export.add_argument("--model", help="model to export (default: the student, trained by the last stage)")
+    export.add_argument("--output", help="file to write (default: RUN_DIR/export/<model>.onnx or .pt)")
+
+    bench = commands.add_parser(
+        "bench", help="CPU latency and throughput of a run's models, side by side",
+        description="Time every trained model of a run in one process on the run's dev split: latency at "
+                    "batch size 1 (ms per example) and throughput at batch size 64 (examples/s), forward "
+                    "passes only, interleaved repeats, best kept; with the student's speedup over the teacher.")
+    bench.add_argument("run_dir")
+    bench.add_argument("--examples", type=int, default=1000,
+                       help="examples timed at batch 64 (default 1000); batch 1 times the first min(N, 300)")
+    bench.add_argument("--repeats", type=int, default=3, help="interleaved timed passes, best kept (default 3)")
+    bench.add_argument("--threads", type=int, default=None, help="torch threads (default: every usable core)")
     return parser
 
 
@@ -152,12 +178,12 @@ def cmd_predict(args) -> int:
     import torch
 
     from blocks.engine.evaluation import predict
-    from blocks.engine.run import load_run, roles
+    from blocks.engine.run import final_model, load_run
     from blocks.experiment import resolve_device
 
     directory, experiment, state = load_run(args.run_dir)
     device = resolve_device(experiment.config["device"])
-    model = args.model or next(m for m, r in roles(experiment.config).items() if r == "student")
+    model = args.model or final_model(experiment.config)
     if model not in state["models"]:
         raise DistilBlocksError(f"{directory.progress_file}: model '{model}' has not finished training "
                                 f"(finished: {', '.join(state['models'])})")
@@ -271,8 +297,23 @@ def cmd_schema(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from blocks.export import export_model
+
+    export_model(args.run_dir, args.format, model=args.model, output=args.output)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from blocks.engine.benchmark import bench_run
+
+    result = bench_run(args.run_dir, examples=args.examples, repeats=args.repeats, threads=args.threads)
+    print(json.dumps(result))
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "validate": cmd_validate, "test": cmd_test, "predict": cmd_predict,
-            "list": cmd_list, "schema": cmd_schema}
+            "list": cmd_list, "schema": cmd_schema, "export": cmd_export, "bench": cmd_bench}
 
 
 if __name__ == "__main__":  # pragma: no cover

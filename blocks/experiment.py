@@ -17,13 +17,17 @@ from torch import nn
 
 from blocks.catalog import load_builtin_entries
 from blocks.config.loader import Config
-from blocks.data.dataset import (SPLITS, EncodedSplit, Task, build_input_fields, count_tokens, discover_task,
+from blocks.data.pretrained_tokenizer import slug
+from blocks.data.dataset import (PRETRAINED, SPLITS, EncodedSplit, Task, build_input_fields, count_tokens, discover_task,
                                  encode_rows, input_specs, read_split, split_sources)
 from blocks.data.vocabulary import Vocabulary
 from blocks.distill.losses import LossContext
+from blocks.engine.checkpoint import atomic_write_json
 from blocks.errors import ConfigError, DataError, did_you_mean
 from blocks.graph import Graph, block_params
 from blocks.registry import LOSSES, METRICS
+
+PRETRAINED_FOLDER = "pretrained"
 
 
 def import_user_modules(config: Config) -> None:
@@ -116,7 +120,7 @@ class Experiment:
         import_user_modules(config)
         check_references(config)
         values = config.values
-        fields, model_inputs = build_input_fields(values["models"], config.file)
+        fields, model_inputs = build_input_fields(values["models"], config.file, config.base_dir)
         sources = split_sources(values["data"])
         data = values["data"]
         train_rows = read_split(sources["train"])
@@ -130,6 +134,9 @@ class Experiment:
             options = vocab_options.get(name, {"min_freq": 1, "max_size": None})
             vocabularies[name] = Vocabulary.build(counter, min_freq=options.get("min_freq", 1),
                                                   max_size=options.get("max_size"))
+        for input_field in fields.values():
+            if input_field.type == PRETRAINED:
+                vocabularies[input_field.vocab] = input_field.tokenizer.vocabulary
         for name in vocab_options:
             if name not in vocabularies:
                 raise ConfigError(f"vocabulary '{name}' is not used by any input{did_you_mean(name, vocabularies)}",
@@ -151,11 +158,17 @@ class Experiment:
         """Rebuild from a run directory: vocabularies and labels from its files, no data read."""
         load_builtin_entries()
         import_user_modules(config)
-        fields, model_inputs = build_input_fields(config["models"], config.file)
+        index_file = run_dir / PRETRAINED_FOLDER / "index.json"
+        locations = ({written: str(run_dir / PRETRAINED_FOLDER / folder)
+                      for written, folder in json.loads(index_file.read_text()).items()}
+                     if index_file.is_file() else {})
+        fields, model_inputs = build_input_fields(config["models"], config.file, config.base_dir, locations)
         task = Task.from_json(json.loads((run_dir / "task.json").read_text()))
         vocabularies = {}
         for key, input_field in fields.items():
-            if input_field.vocab not in vocabularies:
+            if input_field.type == PRETRAINED:
+                vocabularies[input_field.vocab] = input_field.tokenizer.vocabulary
+            elif input_field.vocab not in vocabularies:
                 vocabularies[input_field.vocab] = Vocabulary.load(run_dir / "vocab" / f"{input_field.vocab}.txt")
         return cls(config, task, fields, model_inputs, vocabularies, {})
 
@@ -215,9 +228,20 @@ class Experiment:
                                   self.config.file, f"{path}/{key}")
 
     def save_vocabularies(self, folder: Path) -> None:
+        """Word vocabularies into ``folder``; pretrained tokenizers (with their model configs) into
+        ``pretrained/`` beside it, so that the run directory alone can rebuild every input."""
         folder.mkdir(parents=True, exist_ok=True)
         for name, vocab in self.vocabularies.items():
-            vocab.save(folder / f"{name}.txt")
+            if isinstance(vocab, Vocabulary):
+                vocab.save(folder / f"{name}.txt")
+        index = {}
+        for input_field in self.fields.values():
+            if input_field.type == PRETRAINED and input_field.tokenizer.written not in index:
+                name = slug(input_field.tokenizer.written)
+                input_field.tokenizer.save(folder.parent / PRETRAINED_FOLDER / name)
+                index[input_field.tokenizer.written] = name
+        if index:
+            atomic_write_json(folder.parent / PRETRAINED_FOLDER / "index.json", index)
 
     def load_pretrained(self, log=print) -> None:
         for model in self.models.values():

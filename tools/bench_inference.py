@@ -30,89 +30,17 @@ import os
 import platform
 import shlex
 import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from blocks.data.batching import sorted_batches
-from blocks.data.dataset import EncodedSplit, encode_rows, read_split, split_sources
-from blocks.engine.run import load_run, roles
+from blocks.engine.benchmark import (Entry, available_cores, batch_indexes, busy, comparison_line,  # noqa: F401
+                                     comparisons, cpu_name, describe_sizes, examples_split, format_table,
+                                     load_average, markdown_table, measure, run_entries, speed_table)
 from blocks.errors import DistilBlocksError
 
-
-# -- machine ----------------------------------------------------------------------------------
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def load_average() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except (AttributeError, OSError):
-        return "n/a"
-
-
-# -- what is measured -------------------------------------------------------------------------
-@dataclass
-class Entry:
-    run: str
-    model: str
-    role: str
-    parameters: int
-    experiment: object
-    batches: dict  # batch size -> pre-collated batches (shared by the models of one run)
-    examples: dict  # batch size -> number of examples in those batches
-    best: dict = field(default_factory=dict)  # batch size -> best seconds
-
-    @property
-    def label(self) -> str:
-        return f"{self.model} ({self.role})"
-
-    def forward(self, batches) -> None:
-        for batch in batches:
-            self.experiment.model_values(self.model, batch)
-
-    def speed(self, batch_size: int) -> float:
-        return self.examples[batch_size] / self.best[batch_size]
-
-
-def examples_split(experiment, run_dir: str, split_name: str, data: str | None) -> tuple[EncodedSplit, str]:
-    """The examples to run the models on: --data FILE, or the config's split read as ``blocks test`` does."""
-    if data:
-        return experiment.encode_file(data, with_labels=False), data
-    config = experiment.config
-    sources = split_sources(config["data"])
-    if split_name not in sources:
-        raise DistilBlocksError(f"the config of {run_dir} has no {split_name} split "
-                                f"(it has {', '.join(sources)}); choose one with --split or a file with --data")
-    source = sources[split_name]
-    rows = read_split(source)
-    if not rows:
-        raise DistilBlocksError(f"the {split_name} file holds no examples: {source.path}")
-    split = encode_rows(split_name, rows, experiment.fields, experiment.vocabularies, experiment.task,
-                        None, None, source.fields, source.path)
-    return split, source.path
-
-
-def batch_indexes(lengths: torch.Tensor, batch_size: int, order: str) -> list[torch.Tensor]:
-    if order == "sorted":
-        return sorted_batches(lengths, batch_size)
-    return list(torch.split(torch.arange(len(lengths)), batch_size))
+# The measuring core (batches, interleaved best-of timing, tables) lives in
+# blocks/engine/benchmark.py, shared with `blocks bench`; this script adds several runs and options.
 
 
 def run_labels(run_dirs: list[str]) -> list[str]:
@@ -160,11 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"software: Python {platform.python_version()}, torch {torch.__version__}; device cpu; torch threads "
           f"{torch.get_num_threads()} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})")
     print(f"load average before (1, 5, 15 min): {load_average()}")
-    try:
-        if os.getloadavg()[0] >= 0.75:
-            print("WARNING: other processes are using the CPU; the timings are noisy. Measure on an idle machine.")
-    except (AttributeError, OSError):
-        pass
+    if busy():
+        print("WARNING: other processes are using the CPU; the timings are noisy. Measure on an idle machine.")
     print(f"method: batches pre-collated, torch.inference_mode(), model.eval(); best of {args.repeats} interleaved "
           f"repeat(s) after a warm-up pass; batches {args.order}"
           + (" by length" if args.order == "sorted" else " (file order)"))
@@ -173,84 +98,32 @@ def main(argv: list[str] | None = None) -> int:
     entries: list[Entry] = []
     try:
         for run_dir, label in zip(args.run_dirs, run_labels(args.run_dirs)):
-            directory, experiment, state = load_run(run_dir, log=lambda *a: None)
-            split, source = examples_split(experiment, run_dir, args.split, args.data)
-            count = min(len(split), args.examples)
-            batches, examples = {}, {}
-            for size in args.batch_sizes:
-                n = min(count, args.batch1_examples) if size == 1 else count
-                indexes = batch_indexes(split.lengths[:n], size, args.order)
-                batches[size] = [split.collate(index).to(device) for index in indexes]
-                examples[size] = n
-            role_of = roles(experiment.config)
-            models = [m for m in role_of if m in state["models"]]
-            if args.model:
-                missing = [m for m in args.model if m not in state["models"]]
-                if len(missing) == len(args.model):
-                    raise DistilBlocksError(f"none of {', '.join(args.model)} finished training in {run_dir} "
-                                            f"(finished: {', '.join(state['models'])})")
-                models = [m for m in models if m in args.model]
-            sizes = ", ".join(f"batch {s}: {examples[s]:,} examples in {len(batches[s]):,} batch"
-                              + ("es" if len(batches[s]) != 1 else "")
-                              for s in args.batch_sizes)
-            print(f"run {label}: models {', '.join(models)}; {len(split):,} examples from {source}; {sizes}")
-            for name in models:
-                model = experiment.models[name].to(device)
-                model.eval()
-                entries.append(Entry(label, name, role_of[name], model.parameter_count(), experiment,
-                                     batches, examples))
+            found, about = run_entries(run_dir, label, args.batch_sizes, args.examples, args.batch1_examples,
+                                       split_name=args.split, data=args.data, order=args.order,
+                                       models=args.model, device=device)
+            print(f"run {label}: models {', '.join(about['models'])}; {about['split_size']:,} examples from "
+                  f"{about['source']}; {describe_sizes(about['batches'], about['examples'])}")
+            entries += found
     except DistilBlocksError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
-    with torch.inference_mode():
-        for entry in entries:  # warm-up: one untimed pass (few batches) at every size
-            for size in args.batch_sizes:
-                entry.forward(entry.batches[size][:20])
-        for _ in range(args.repeats):
-            for size in args.batch_sizes:
-                for entry in entries:
-                    start = time.perf_counter()
-                    entry.forward(entry.batches[size])
-                    elapsed = time.perf_counter() - start
-                    entry.best[size] = min(entry.best.get(size, float("inf")), elapsed)
+    measure(entries, args.batch_sizes, args.repeats)
 
-    slowest = {size: min(e.speed(size) for e in entries) for size in args.batch_sizes}
     print()
     print("results (examples/s, best of repeats; speedup = vs the slowest model at that batch size; "
           "ms/ex at batch 1 = latency of one example)")
-    headers = ["run", "model (role)", "parameters"]
-    for size in args.batch_sizes:
-        headers += [f"batch {size} ex/s"] + (["batch 1 ms/ex"] if size == 1 else []) + [f"batch {size} speedup"]
-    rows = []
-    for e in entries:
-        row = [e.run, e.label, f"{e.parameters:,}"]
-        for size in args.batch_sizes:
-            speed = e.speed(size)
-            row += [f"{speed:,.1f}"] + ([f"{1000 / speed:.2f}"] if size == 1 else []) + [f"{speed / slowest[size]:.2f}x"]
-        rows.append(row)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    left = {0, 1}
-    for row in [headers] + rows:
-        print("  " + "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
-
-    for run in dict.fromkeys(e.run for e in entries):
-        members = [e for e in entries if e.run == run]
-        teachers = [e for e in members if e.role == "teacher"]
-        students = [e for e in members if e.role == "student"]
-        for student in students:
-            for teacher in teachers:
-                parts = [f"batch {s} {student.speed(s) / teacher.speed(s):.2f}x faster" for s in args.batch_sizes]
-                print(f"  {run}: {student.model} vs {teacher.model}: " + ", ".join(parts)
-                      + f"; {teacher.parameters / student.parameters:.2f}x fewer parameters")
+    headers, rows, left = speed_table(entries, args.batch_sizes)
+    for line in format_table(headers, rows, left):
+        print(line)
+    for found in comparisons(entries, args.batch_sizes):
+        print(f"  {found['run']}: {comparison_line(found)}")
     print(f"load average after (1, 5, 15 min): {load_average()}")
 
     print()
     print(f"Markdown (paste into docs; CPU, {threads} thread(s), torch {torch.__version__}):")
-    print("| " + " | ".join(headers) + " |")
-    print("|" + "|".join("---" if i in left else "---:" for i in range(len(headers))) + "|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    for line in markdown_table(headers, rows, left):
+        print(line)
     return 0
 
 

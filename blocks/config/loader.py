@@ -153,8 +153,8 @@ def _fill_defaults(schema: dict, value: Any, defs: dict) -> None:
     """Fill ``default`` values of object properties, recursively (through $ref and arrays)."""
     if "$ref" in schema:
         schema = defs[schema["$ref"].rsplit("/", 1)[1]]
-    if "if" in schema:
-        return  # conditional defaults (e.g. per optimizer type) are filled by the builder
+    if schema.get("x-fill-defaults") is False:
+        return  # defaults that depend on other choices (e.g. the optimizer type) are filled elsewhere
     if isinstance(value, dict):
         for key, sub in schema.get("properties", {}).items():
             resolved = defs[sub["$ref"].rsplit("/", 1)[1]] if "$ref" in sub else sub
@@ -173,6 +173,24 @@ def _fill_defaults(schema: dict, value: Any, defs: dict) -> None:
     for option in schema.get("anyOf", []):
         if isinstance(value, dict) and option.get("type") == "object":
             _fill_defaults(option, value, defs)
+
+
+FINE_TUNING_BLOCKS = ("PretrainedEncoder",)
+
+
+def _fill_training_defaults(values: dict) -> None:
+    """Optimizer and schedule defaults per stage: fine-tuning settings for pretrained encoders."""
+    for stage in values["stages"]:
+        graph = values["models"].get(stage["train"], {}).get("graph", [])
+        pretrained = any(node.get("block") in FINE_TUNING_BLOCKS for node in graph)
+        if "optimizer" not in stage:
+            stage["optimizer"] = {"type": "adamw", "lr": 2e-5} if pretrained else {"type": "adam", "lr": 0.001}
+        stage["optimizer"].setdefault("type", "adam")
+        stage["optimizer"].setdefault("lr", 2e-5 if pretrained else 0.001)
+        if "schedule" not in stage:
+            stage["schedule"] = {"type": "linear", "warmup": 0.1} if pretrained else {"type": "constant", "warmup": 0}
+        stage["schedule"].setdefault("type", "constant")
+        stage["schedule"].setdefault("warmup", 0)
 
 
 def validate_structure(values: dict, file: str) -> None:
@@ -203,6 +221,7 @@ def load_config(path: str | Path, overrides: Iterable[str] = (), environ: dict |
     if "task" not in values:
         values["task"] = {}
         _fill_defaults(CONFIG_SCHEMA["$defs"]["task"], values["task"], CONFIG_SCHEMA["$defs"])
+    _fill_training_defaults(values)
     base_dir = path.resolve().parent
     values["imports"] = [str(base_dir / name) if name.endswith(".py") and not os.path.isabs(name) else name
                          for name in values["imports"]]

@@ -85,11 +85,16 @@ INPUT_SCHEMA = {
     "required": ["field"],
     "properties": {
         "field": {"type": "string", "description": "logical data field to read"},
-        "type": {"enum": ["tokens", "chars"], "default": "tokens",
-                 "description": "tokens: [batch, length] ids; chars: [batch, length, characters] ids"},
+        "type": {"enum": ["tokens", "chars", "pretrained"], "default": "tokens",
+                 "description": "tokens: [batch, length] ids; chars: [batch, length, characters] ids; "
+                                "pretrained: the word-piece ids of a pretrained model's own tokenizer"},
         "tokenizer": {"anyOf": [{"type": "string"},
                                 {"type": "object", "required": ["type"], "properties": {"type": {"type": "string"}}}],
-                      "default": "treebank", "description": "tokenizer name, or {type, ...parameters}"},
+                      "default": "treebank",
+                      "description": "tokenizer name, or {type, ...parameters}; for pretrained inputs the model "
+                                     "folder (relative to the config), pkg://package/folder, or a Hub id"},
+        "pair_field": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None,
+                       "description": "pretrained inputs: a second field, encoded with the first as a sentence pair"},
         "lowercase": {"type": "boolean", "default": False},
         "max_length": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}], "default": None,
                        "description": "truncate to this many tokens"},
@@ -98,6 +103,9 @@ INPUT_SCHEMA = {
         "max_word_length": {"type": "integer", "minimum": 1, "default": 20,
                             "description": "chars inputs: characters kept per word"},
     },
+    "if": {"properties": {"type": {"const": "pretrained"}}, "required": ["type"]},
+    "then": {"required": ["tokenizer"], "properties": {"tokenizer": {"type": "string"}}},
+    "else": {"properties": {"pair_field": {"type": "null"}}},
 }
 
 NODE_SCHEMA = {
@@ -151,8 +159,10 @@ STAGE_SCHEMA = {
         "max_steps": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}], "default": None},
         "batch_size": {"type": "integer", "minimum": 1, "default": 32},
         "eval_batch_size": {"type": "integer", "minimum": 1, "default": 256},
-        "optimizer": {**OPTIMIZER_SCHEMA, "default": {"type": "adam", "lr": 0.001}},
-        "schedule": {**SCHEDULE_SCHEMA, "default": {"type": "constant", "warmup": 0}},
+        # No default here: the loader picks adam (lr 1e-3, constant) or, for a model with a
+        # PretrainedEncoder, fine-tuning defaults (adamw, lr 2e-5, linear warm-up 10%).
+        "optimizer": {**OPTIMIZER_SCHEMA, "x-fill-defaults": False},
+        "schedule": {**SCHEDULE_SCHEMA, "x-fill-defaults": False},
         "grad_clip": {"anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "null"}], "default": None,
                       "description": "clip the gradient norm to this value"},
         "accumulate": {"type": "integer", "minimum": 1, "default": 1,
@@ -165,6 +175,16 @@ STAGE_SCHEMA = {
                            "description": "stop after this many evaluations without improvement"},
         "log_every": {"type": "integer", "minimum": 1, "default": 50,
                       "description": "steps between loss reports (and NaN checks)"},
+        "cache_teachers": {"type": "boolean", "default": True,
+                           "description": "compute the teachers' outputs the losses read once and keep them on "
+                                          "disk (RUN/cache) instead of running the teachers every step; false "
+                                          "when the inputs change between epochs (e.g. data augmentation)"},
+        "cache_dtype": {"enum": ["float16", "float32"], "default": "float16",
+                        "description": "storage type of cached teacher hidden states (the teachers' output "
+                                       "nodes, the logits, are always stored as float32)"},
+        "find_unused_parameters": {"type": "boolean", "default": False,
+                                   "description": "multi-process training (torchrun): let DistributedDataParallel "
+                                                  "allow parameters that get no gradient in a step"},
     },
 }
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from blocks.data.batching import pad_chars, pad_ids
+from blocks.data.pretrained_tokenizer import PretrainedTokenizer, resolve_pretrained
 from blocks.data.readers import Row, read_rows
 from blocks.data.vocabulary import Vocabulary
 from blocks.errors import ConfigError, DataError
@@ -22,6 +23,7 @@ from blocks.registry import TOKENIZERS
 from blocks.values import CHARS, TOKENS, Sequence, Spec
 
 SPLITS = ("train", "dev", "test")
+PRETRAINED = "pretrained"
 
 
 @dataclass
@@ -46,7 +48,11 @@ class Task:
 
 @dataclass
 class InputField:
-    """One model input: a data field read through a tokenizer into a vocabulary."""
+    """One model input: a data field read through a tokenizer into a vocabulary.
+
+    For ``pretrained`` inputs the tokenizer is a :class:`PretrainedTokenizer`, the vocabulary is
+    its own id space, and ``pair_field`` may name a second field encoded as a sentence pair.
+    """
 
     key: str  # shared by every model input with the same definition
     field: str
@@ -56,6 +62,7 @@ class InputField:
     max_length: int | None
     vocab: str
     max_word_length: int
+    pair_field: str | None = None
 
     def tokens(self, text: str) -> list[str]:
         if self.lowercase:
@@ -91,8 +98,13 @@ class Batch:
         return len(self.index)
 
 
-def build_input_fields(models: dict, file: str | None) -> tuple[dict[str, InputField], dict[str, dict[str, str]]]:
-    """Every distinct input definition, and for each model its input names -> input keys."""
+def build_input_fields(models: dict, file: str | None, base_dir=None, locations: dict[str, str] | None = None
+                       ) -> tuple[dict[str, InputField], dict[str, dict[str, str]]]:
+    """Every distinct input definition, and for each model its input names -> input keys.
+
+    ``locations`` maps pretrained tokenizer locations as written in the config to folders that
+    replace them (a run directory's copies).
+    """
     fields: dict[str, InputField] = {}
     by_definition: dict[str, str] = {}
     model_inputs: dict[str, dict[str, str]] = {}
@@ -102,6 +114,18 @@ def build_input_fields(models: dict, file: str | None) -> tuple[dict[str, InputF
         for input_name, definition in model["inputs"].items():
             path = f"/models/{model_name}/inputs/{input_name}"
             canonical = json.dumps(definition, sort_keys=True)
+            if canonical not in by_definition and definition["type"] == PRETRAINED:
+                key = f"input{len(by_definition)}"
+                by_definition[canonical] = key
+                written = definition["tokenizer"]
+                location = (locations or {}).get(written) or resolve_pretrained(written, base_dir, file,
+                                                                                 f"{path}/tokenizer")
+                tokenizer = PretrainedTokenizer(location, definition["max_length"], file, f"{path}/tokenizer")
+                tokenizer.written = written
+                fields[key] = InputField(
+                    key=key, field=definition["field"], type=PRETRAINED, tokenizer=tokenizer, lowercase=False,
+                    max_length=tokenizer.max_length, vocab=f"pretrained:{written}",
+                    max_word_length=definition["max_word_length"], pair_field=definition["pair_field"])
             if canonical not in by_definition:
                 key = f"input{len(by_definition)}"
                 by_definition[canonical] = key
@@ -110,6 +134,9 @@ def build_input_fields(models: dict, file: str | None) -> tuple[dict[str, InputF
                     tokenizer=build_tokenizer(definition["tokenizer"], file, f"{path}/tokenizer"),
                     lowercase=definition["lowercase"], max_length=definition["max_length"],
                     vocab=definition["vocab"], max_word_length=definition["max_word_length"])
+            if definition["type"] == PRETRAINED:
+                model_inputs[model_name][input_name] = by_definition[canonical]
+                continue
             kind = vocab_kinds.setdefault(definition["vocab"], (definition["type"], path))
             if kind[0] != definition["type"]:
                 raise ConfigError(f"vocabulary '{definition['vocab']}' is used for {kind[0]} at {kind[1]} and for "
@@ -205,6 +232,8 @@ def count_tokens(fields: dict[str, InputField], rows: list[Row], mapping: dict) 
     """Token (or character) counts per vocabulary over the given rows."""
     counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for input_field in fields.values():
+        if input_field.type == PRETRAINED:
+            continue  # a pretrained tokenizer brings its vocabulary
         counter = counts[input_field.vocab]
         for row in rows:
             tokens = input_field.tokens(field_value(row, input_field.field, mapping))
@@ -253,6 +282,12 @@ def encode_rows(name: str, rows: list[Row], fields: dict[str, InputField], vocab
     """Tokenize and index every input; parse labels (None when ``label_field`` is None)."""
     ids: dict[str, list[torch.Tensor]] = {}
     for key, input_field in fields.items():
+        if input_field.type == PRETRAINED:
+            texts = [field_value(row, input_field.field, mapping) for row in rows]
+            pairs = ([field_value(row, input_field.pair_field, mapping) for row in rows]
+                     if input_field.pair_field else None)
+            ids[key] = input_field.tokenizer.encode(texts, pairs)
+            continue
         vocab = vocabularies[input_field.vocab]
         encoded = []
         for row in rows:
@@ -305,5 +340,6 @@ def input_specs(fields: dict[str, InputField], model_inputs: dict[str, str],
     for input_name, key in model_inputs.items():
         input_field = fields[key]
         kind = CHARS if input_field.type == CHARS else TOKENS
-        specs[input_name] = Spec(kind, None, vocabularies[input_field.vocab])
+        extra = {"pretrained": input_field.tokenizer.location} if input_field.type == PRETRAINED else {}
+        specs[input_name] = Spec(kind, None, vocabularies[input_field.vocab], extra)
     return specs

@@ -43,6 +43,14 @@ class Loss(nn.Module):
     def student_value(self, outputs: dict) -> torch.Tensor:
         return _logits(outputs[self.model][self.output])
 
+    def teacher_nodes(self) -> list[tuple[str, str]]:
+        """The (teacher, node) pairs this loss reads from ``outputs``.
+
+        The trainer computes exactly these teacher values (once, into the teacher cache, when the
+        stage caches its teachers), so a custom loss that reads a teacher must list what it reads.
+        """
+        return []
+
 
 class TeacherLoss(Loss):
     """A loss comparing the student with one teacher."""
@@ -60,6 +68,9 @@ class TeacherLoss(Loss):
                              f"({', '.join(stage.teachers) or 'none'})")
         self.teacher = teacher
         self.teacher_output = teacher_output or stage.output_of[teacher]
+
+    def teacher_nodes(self) -> list[tuple[str, str]]:
+        return [(self.teacher, self.teacher_output)]
 
     def teacher_value(self, outputs: dict) -> torch.Tensor:
         return _logits(outputs[self.teacher][self.teacher_output])

@@ -1,6 +1,12 @@
-"""A run: the config's stages in order, everything written to one run directory."""
+"""A run: the config's stages in order, everything written to one run directory.
+
+Under ``torchrun`` (several processes) :func:`train` joins the process group itself (see
+:mod:`blocks.engine.distributed`): every rank reads the data and trains; rank 0 alone logs and
+writes the run directory, the others wait for it at barriers.
+"""
 from __future__ import annotations
 
+import copy
 import json
 import platform
 import sys
@@ -10,6 +16,7 @@ from pathlib import Path
 import torch
 
 from blocks.config.loader import Config
+from blocks.engine import distributed
 from blocks.engine.checkpoint import atomic_write_json, load_checkpoint
 from blocks.engine.evaluation import evaluate, throughput
 from blocks.engine.run_dir import RunDir
@@ -59,14 +66,51 @@ def load_model_weights(experiment: Experiment, run_dir: RunDir, model: str) -> N
         raise CheckpointError(f"does not fit model '{model}' of this config: {error}", str(path)) from None
 
 
+def _with_current_defaults(saved: dict) -> dict:
+    """A saved config with the defaults of keys added to the schema since it was written."""
+    from blocks.config.loader import _fill_defaults
+    from blocks.config.schema import CONFIG_SCHEMA
+
+    filled = copy.deepcopy(saved)
+    try:
+        _fill_defaults(CONFIG_SCHEMA, filled, CONFIG_SCHEMA["$defs"])
+    except (KeyError, TypeError, AttributeError):
+        return saved
+    return filled
+
+
+def _quiet(*args, **kwargs) -> None:
+    pass
+
+
 def train(config: Config, run_dir: str | Path | None = None, resume: bool = False, log=print,
           progress: bool = True) -> dict:
+    """Run every stage of ``config`` into a run directory; returns the summary.
+
+    Started by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment), every process calls this:
+    it joins the process group, trains its share of each batch, and leaves the group at the end.
+    """
+    dist, device = distributed.setup(resolve_device(config["device"]))
+    try:
+        summary = _train(config, run_dir, resume, log if dist.is_main else _quiet, progress and dist.is_main,
+                         dist, device)
+    except BaseException:
+        distributed.teardown(dist)
+        raise
+    distributed.teardown(dist, finished=True)
+    return summary
+
+
+def _train(config: Config, run_dir, resume: bool, log, progress: bool, dist: distributed.Distributed,
+           device: torch.device) -> dict:
+    # Every rank checks the directory before rank 0 writes anything (then a barrier), so all of
+    # them see the same directory and take the same decisions.
     root = Path(run_dir) if run_dir else default_run_dir(config, resume)
     directory = RunDir(root)
     if resume:
         if not directory.exists():
             raise CheckpointError("there is no run here to resume (config.json is missing)", str(root))
-        saved = directory.read_json(directory.config)
+        saved = _with_current_defaults(directory.read_json(directory.config))
         comparable = {k: v for k, v in config.values.items() if k != "run_dir"}
         difference = _first_difference({k: v for k, v in saved.items() if k != "run_dir"}, comparable)
         if difference:
@@ -77,20 +121,21 @@ def train(config: Config, run_dir: str | Path | None = None, resume: bool = Fals
                           f"another directory with --run-dir", config.file, "/run_dir")
 
     experiment = Experiment.prepare(config, log=log)
-    device = resolve_device(config["device"])
-    root.mkdir(parents=True, exist_ok=True)
     if resume:
         for name, vocab in experiment.vocabularies.items():
             from blocks.data.vocabulary import Vocabulary
-            if Vocabulary.load(directory.vocab / f"{name}.txt") != vocab:
+            if isinstance(vocab, Vocabulary) and Vocabulary.load(directory.vocab / f"{name}.txt") != vocab:
                 raise CheckpointError("the training data changed since the run started (vocabulary differs)",
                                       str(directory.vocab / f"{name}.txt"))
-    else:
+    dist.barrier()
+    if not resume and dist.is_main:
+        root.mkdir(parents=True, exist_ok=True)
         atomic_write_json(directory.config, {**config.values, "run_dir": str(root)})
         atomic_write_json(directory.task, experiment.task.to_json())
         experiment.save_vocabularies(directory.vocab)
-        atomic_write_json(directory.environment, environment_record(device))
-    log(f"run directory: {root}  device: {device}")
+        atomic_write_json(directory.environment, environment_record(device, dist))
+    log(f"run directory: {root}  device: {device}"
+        + (f"  processes: {dist.world_size} ({dist.backend})" if dist.enabled else ""))
     experiment.load_pretrained(log)
 
     state = directory.progress()
@@ -100,30 +145,43 @@ def train(config: Config, run_dir: str | Path | None = None, resume: bool = Fals
     for index, stage in enumerate(config["stages"]):
         if stage["name"] in state["completed_stages"]:
             continue
-        trainer = StageTrainer(experiment, index, directory, device, log=log, progress=progress)
+        trainer = StageTrainer(experiment, index, directory, device, log=log, progress=progress, dist=dist)
         result = trainer.run(resume=resume)
+        del trainer  # with several processes: drops the DistributedDataParallel wrapper and its hooks
         result.pop("history", None)
         stage_results[stage["name"]] = result
         state["completed_stages"].append(stage["name"])
         state["models"][stage["train"]] = stage["name"]
         state["stage_results"] = stage_results
-        directory.write_progress(state)
+        if dist.is_main:
+            directory.write_progress(state)
         log(f"stage '{stage['name']}' done: best dev {result['select']} = {_fmt(result['best'])} "
             f"at step {result['best_step']:,}")
-    summary = summarize(experiment, directory, device, state)
-    atomic_write_json(directory.summary, summary)
-    log(format_summary(summary))
-    return summary
+    summary = None
+    if dist.is_main:  # the others wait: the summary evaluates and times the models
+        summary = summarize(experiment, directory, device, state)
+        atomic_write_json(directory.summary, summary)
+        log(format_summary(summary))
+    return dist.broadcast(summary)
 
 
-def environment_record(device: torch.device) -> dict:
+def environment_record(device: torch.device, dist: distributed.Distributed = distributed.SINGLE) -> dict:
     import transformers
 
-    return {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "python": platform.python_version(),
-            "torch": torch.__version__, "transformers": transformers.__version__,
-            "platform": platform.platform(), "device": str(device),
-            "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-            "command": sys.argv}
+    record = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "python": platform.python_version(),
+              "torch": torch.__version__, "transformers": transformers.__version__,
+              "platform": platform.platform(), "device": str(device),
+              "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+              "command": sys.argv}
+    if dist.enabled:
+        record["processes"] = dist.world_size
+        record["backend"] = dist.backend
+    return record
+
+
+def final_model(config: Config) -> str:
+    """The model a run delivers: the one trained by the last stage (the student, when distilling)."""
+    return config["stages"][-1]["train"]
 
 
 def roles(config: Config) -> dict[str, str]:
@@ -134,7 +192,10 @@ def roles(config: Config) -> dict[str, str]:
     trained = [s["train"] for s in stages]
     result = {}
     for name in dict.fromkeys(trained):
-        result[name] = "student" if name == student else ("teacher" if name in teachers else "model")
+        if not teachers:
+            result[name] = "model"  # no distillation in this run
+        else:
+            result[name] = "student" if name == student else ("teacher" if name in teachers else "model")
     return result
 
 
@@ -152,7 +213,7 @@ def summarize(experiment: Experiment, directory: RunDir, device: torch.device, s
                                         config["precision"])
         entry["examples_per_second_batch64"] = round(throughput(experiment, name, speed_split, 64, device), 1)
         models[name] = entry
-    student = next(n for n, e in models.items() if e["role"] == "student")
+    student = final_model(config)
     teachers = [n for n, e in models.items() if e["role"] == "teacher"]
     if teachers:
         teacher_speed = models[teachers[0]]["examples_per_second_batch64"]

@@ -13,6 +13,11 @@
       progress.json          which stages are finished
       metrics.jsonl          one line per log step and per evaluation
       summary.json           per-model results, parameter counts and speed
+      cache/<key>/           teacher outputs computed once (see blocks.engine.teacher_cache);
+                             safe to delete: rebuilt when needed
+
+With several processes (torchrun) only rank 0 writes here; the others read (checkpoints on
+resume, the teacher cache), so a multi-node run needs this folder on a shared file system.
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ class RunDir:
     progress_file = property(lambda self: self.root / "progress.json")
     metrics = property(lambda self: self.root / "metrics.jsonl")
     summary = property(lambda self: self.root / "summary.json")
+    cache = property(lambda self: self.root / "cache")
 
     def stage_dir(self, stage: str) -> Path:
         return self.root / "stages" / stage

@@ -4,9 +4,20 @@ The loop keeps Python work per step small: batches are collated from pre-indexed
 loss is read back (``.item()``) only every ``log_every`` steps, and a NaN/inf check accumulates on
 the device between those reads. Every evaluation writes a resumable checkpoint (weights,
 optimizer, schedule, RNG, position in the epoch), so a killed run continues to the same result.
+
+Teachers either run in the loop (every step, under ``no_grad`` in eval mode) or, with
+``"cache_teachers": true`` (the default), once per stage into the teacher cache on disk
+(:mod:`blocks.engine.teacher_cache`), which each step then slices by the batch's example indexes.
+
+With several processes (``torchrun``, see :mod:`blocks.engine.distributed`) the trained model is
+wrapped in ``DistributedDataParallel``; every rank builds the same global batches of
+``batch_size * world_size`` examples and takes its slice of each; rank 0 alone evaluates on dev
+(the metrics are broadcast, so every rank takes the same early-stopping decision) and writes
+logs and checkpoints.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -18,9 +29,11 @@ from tqdm import tqdm
 from blocks.data.batching import bucket_batches
 from blocks.engine.checkpoint import (atomic_write_json, load_checkpoint, optimizer_from_tensors,
                                       optimizer_to_tensors, rng_from_tensors, rng_to_tensors, save_checkpoint)
+from blocks.engine.distributed import SINGLE, Distributed, batches_per_epoch, epoch_slices
 from blocks.engine.evaluation import autocast, evaluate
 from blocks.engine.optim import build_optimizer, build_schedule
 from blocks.engine.run_dir import RunDir
+from blocks.engine.teacher_cache import CachedOutputs, open_or_build, requested_nodes
 from blocks.errors import CheckpointError, TrainingError
 from blocks.metrics import higher_is_better
 
@@ -47,9 +60,13 @@ def epoch_generator(seed: int, stage_index: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + stage_index * 10_007 + epoch)
 
 
+def _quiet(*args, **kwargs) -> None:
+    pass
+
+
 class StageTrainer:
     def __init__(self, experiment, stage_index: int, run_dir: RunDir, device: torch.device, log=print,
-                 progress: bool = True):
+                 progress: bool = True, dist: Distributed = SINGLE):
         self.experiment = experiment
         self.config = experiment.config.values
         self.stage_index = stage_index
@@ -57,8 +74,10 @@ class StageTrainer:
         self.run_dir = run_dir
         self.device = device
         self.precision = self.config["precision"]
-        self.log = log
-        self.show_progress = progress
+        self.dist = dist
+        self.main = dist.is_main  # rank 0 (or the only process) logs and writes
+        self.log = log if self.main else _quiet
+        self.show_progress = progress and self.main
         self.model_name = self.stage["train"]
         self.model = experiment.models[self.model_name]
         self.teachers = list(self.stage["teachers"])
@@ -69,11 +88,17 @@ class StageTrainer:
         train = experiment.splits["train"]
         self.train_split = train
         self.dev_split = experiment.splits.get("dev")
-        batches_per_epoch = math.ceil(len(train) / self.stage["batch_size"])
-        self.steps_per_epoch = math.ceil(batches_per_epoch / self.stage["accumulate"])
+        batches = batches_per_epoch(len(train), self.stage["batch_size"], dist.world_size)
+        if batches == 0:
+            raise TrainingError(f"stage '{self.stage['name']}': {len(train)} training example(s) cannot be shared "
+                                f"by {dist.world_size} processes")
+        self.steps_per_epoch = math.ceil(batches / self.stage["accumulate"])
         total = self.steps_per_epoch * self.stage["epochs"]
         self.total_steps = min(total, self.stage["max_steps"] or total)
         self.state = StageState()
+        self.ddp = None  # the model wrapped in DistributedDataParallel (several processes only)
+        self.teacher_cache = None
+        self.cache_seconds = 0.0
 
     # -- set-up -------------------------------------------------------------------------------
     def _prepare(self) -> None:
@@ -88,6 +113,15 @@ class StageTrainer:
             parameter.requires_grad_(trainable[parameter_name])
         parameters = [p for p in list(self.model.parameters()) + list(self.loss_modules.parameters())
                       if p.requires_grad]
+        # Trainable parameters of loss blocks are outside the DDP-wrapped model: their gradients
+        # are averaged over the ranks by hand before each optimizer step.
+        self.loss_parameters = [p for p in self.loss_modules.parameters() if p.requires_grad]
+        if self.dist.enabled and any(p.requires_grad for p in self.model.parameters()):
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.ddp = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=bool(self.stage.get("find_unused_parameters", False)))
         where = f"/stages/{self.stage_index}"
         self.optimizer = build_optimizer(parameters, self.stage["optimizer"], where=f"{where}/optimizer")
         self.schedule = build_schedule(self.optimizer, self.stage["schedule"], self.total_steps,
@@ -101,20 +135,36 @@ class StageTrainer:
         return tensors
 
     def save(self) -> None:
+        """Write the resumable checkpoint (rank 0; with several processes every rank must call it:
+        each one's random state is gathered into the file)."""
+        rng_tensors, rng_meta = rng_to_tensors()
+        ranks = self.dist.all_gather((rng_tensors, rng_meta)) if self.dist.enabled else []
+        if not self.main:
+            return
         tensors = self._trainable_state()
         optimizer_tensors, optimizer_meta = optimizer_to_tensors(self.optimizer.state_dict())
         tensors.update({f"optimizer/{k}": v for k, v in optimizer_tensors.items()})
-        rng_tensors, rng_meta = rng_to_tensors()
         tensors.update({f"rng/{k}": v for k, v in rng_tensors.items()})
         state = {"stage": self.stage["name"], "model": self.model_name, "position": self.state.to_json(),
                  "optimizer": optimizer_meta, "rng": rng_meta, "schedule": self.schedule.state_dict(),
-                 "scaler": self.scaler.state_dict() if self.scaler else None}
+                 "scaler": self.scaler.state_dict() if self.scaler else None,
+                 "world_size": self.dist.world_size}
+        if ranks:  # the other ranks' random states, under rng/rank<r>.*
+            state["rng_ranks"] = {}
+            for rank, (other_tensors, other_meta) in enumerate(ranks):
+                if rank == 0:
+                    continue
+                prefix = f"rank{rank}"
+                tensors.update({f"rng/{prefix}.{k}": v for k, v in other_tensors.items()})
+                state["rng_ranks"][str(rank)] = {**other_meta, "prefix": f"{prefix}.{other_meta['prefix']}"}
         stage_dir = self.run_dir.stage_dir(self.stage["name"])
         stage_dir.mkdir(parents=True, exist_ok=True)
         save_checkpoint(self.run_dir.stage_checkpoint(self.stage["name"]), tensors, state)
         atomic_write_json(stage_dir / "state.json", {k: v for k, v in state.items() if k != "rng"})
 
     def save_best(self) -> None:
+        if not self.main:
+            return
         path = self.run_dir.stage_dir(self.stage["name"]) / "best.safetensors"
         save_checkpoint(path, {k: v for k, v in self._trainable_state().items()},
                         {"stage": self.stage["name"], "model": self.model_name, "step": self.state.step,
@@ -126,6 +176,11 @@ class StageTrainer:
         if not path.is_file():
             return False
         tensors, state = load_checkpoint(path)
+        saved_world = state.get("world_size", 1)
+        if saved_world != self.dist.world_size:
+            raise CheckpointError(f"was written by a run of {saved_world} process(es); resume it with as many "
+                                  f"(this run has {self.dist.world_size}: the batches, and so the steps, depend "
+                                  f"on the number of processes)", str(path))
         try:
             self._load_trainable(tensors)
             optimizer = {k[len("optimizer/"):]: v for k, v in tensors.items() if k.startswith("optimizer/")}
@@ -133,9 +188,11 @@ class StageTrainer:
             self.schedule.load_state_dict(state["schedule"])
             if self.scaler and state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
-            rng_from_tensors({k[len("rng/"):]: v for k, v in tensors.items() if k.startswith("rng/")}, state["rng"])
+            rng_meta = state.get("rng_ranks", {}).get(str(self.dist.rank), state["rng"])
+            rng_from_tensors({k[len("rng/"):]: v for k, v in tensors.items() if k.startswith("rng/")}, rng_meta)
             self.state = StageState(**state["position"])
-            self.run_dir.drop_metrics_after(self.stage["name"], self.state.step)
+            if self.main:
+                self.run_dir.drop_metrics_after(self.stage["name"], self.state.step)
         except (KeyError, RuntimeError, ValueError, TypeError) as error:
             raise CheckpointError(f"does not match this stage's model or optimizer ({error})", str(path)) from None
         return True
@@ -157,7 +214,9 @@ class StageTrainer:
         name = stage["name"]
         self.log(f"stage '{name}': training '{self.model_name}'"
                  + (f" with teacher(s) {', '.join(self.teachers)}" if self.teachers else "")
-                 + f", {self.total_steps:,} steps" + (f", resuming at step {self.state.step:,}" if self.state.step else ""))
+                 + f", {self.total_steps:,} steps" + (f", resuming at step {self.state.step:,}" if self.state.step else "")
+                 + (f", {self.dist.world_size} processes" if self.dist.enabled else ""))
+        self._open_teacher_cache()
         accumulate = stage["accumulate"]
         bar = tqdm(total=self.total_steps, initial=self.state.step, desc=name, unit="step", leave=False,
                    disable=not self.show_progress, dynamic_ncols=True)
@@ -168,22 +227,25 @@ class StageTrainer:
         examples = 0
         stop = False
         while self.state.epoch < stage["epochs"] and not stop:
-            batches = bucket_batches(self.train_split.lengths, stage["batch_size"],
-                                     epoch_generator(self.config["seed"], self.stage_index, self.state.epoch))
+            batches = self.epoch_batches(self.state.epoch)
             first = self.state.batch_in_epoch
             for position in range(first, len(batches)):
                 batch = self.train_split.collate(batches[position])
                 if self.device.type == "cuda":
                     batch = batch.pin_memory()
                 batch = batch.to(self.device)
-                loss = self._loss(batch)
-                (loss / accumulate).backward() if self.scaler is None else self.scaler.scale(loss / accumulate).backward()
+                boundary = (position + 1) % accumulate == 0 or position == len(batches) - 1
+                # with several processes, gradients are averaged over the ranks at the last
+                # micro-batch of an optimizer step only
+                sync = self.ddp.no_sync() if self.ddp is not None and not boundary else contextlib.nullcontext()
+                with sync:
+                    loss = self._loss(batch)
+                    (loss / accumulate).backward() if self.scaler is None else self.scaler.scale(loss / accumulate).backward()
                 detached = loss.detach()
                 nonfinite |= ~torch.isfinite(detached)
                 running += detached
                 running_count += 1
                 examples += len(batch)
-                boundary = (position + 1) % accumulate == 0 or position == len(batches) - 1
                 if not boundary:
                     continue
                 self._optimizer_step()
@@ -193,9 +255,9 @@ class StageTrainer:
                 if self.state.step % stage["log_every"] == 0:
                     value = self._check_finite(running, running_count, nonfinite)
                     bar.set_postfix(loss=f"{value:.4f}", **self._best_postfix())
-                    self.run_dir.append_metrics({"event": "train", "stage": name, "step": self.state.step,
-                                                 "epoch": self.state.epoch, "loss": value,
-                                                 "lr": self.schedule.get_last_lr()[0]})
+                    self._append_metrics({"event": "train", "stage": name, "step": self.state.step,
+                                          "epoch": self.state.epoch, "loss": value,
+                                          "lr": self.schedule.get_last_lr()[0]})
                     running.zero_()
                     running_count = 0
                 if stage["eval_every"] and self.state.step % stage["eval_every"] == 0:
@@ -219,14 +281,66 @@ class StageTrainer:
         self.save()
         result = self._finish(already_done=False)
         result["train_seconds"] = round(elapsed, 2)
+        examples *= self.dist.world_size
         result["train_examples_per_second"] = round(examples / elapsed, 1) if elapsed > 0 else None
+        if self.teacher_cache is not None:
+            result["teacher_cache_seconds"] = round(self.cache_seconds, 2)
+        if self.dist.enabled:
+            result["processes"] = self.dist.world_size
+        self.ddp = None
         return result
+
+    def epoch_batches(self, epoch: int) -> list[torch.Tensor]:
+        """This process's batches of ``epoch``, in order: the bucketed batches of the whole epoch
+        (``batch_size * world_size`` examples each), then this rank's slice of each."""
+        size = self.stage["batch_size"] * self.dist.world_size
+        batches = bucket_batches(self.train_split.lengths, size,
+                                 epoch_generator(self.config["seed"], self.stage_index, epoch))
+        return epoch_slices(batches, self.dist)
+
+    def _open_teacher_cache(self) -> None:
+        """Compute (or reuse) the teacher outputs the losses read, when the stage caches them."""
+        self.teacher_cache = None
+        if not self.teachers or not self.stage.get("cache_teachers", True):
+            return
+        nodes = requested_nodes(self.losses, self.teachers)
+        if nodes is None:
+            self.log(f"stage '{self.stage['name']}': teachers run every step (a loss block does not declare the "
+                     f"teacher nodes it reads)")
+            return
+        if not nodes:
+            self.log(f"stage '{self.stage['name']}': teachers run every step (no loss block declares a teacher "
+                     f"node it reads)")
+            return
+        examples_seen = self.total_steps * self.stage["batch_size"] * self.stage["accumulate"]
+        if examples_seen < len(self.train_split):
+            self.log(f"stage '{self.stage['name']}': teachers run every step (the stage sees {examples_seen:,} "
+                     f"examples, fewer than the {len(self.train_split):,} a cache would compute)")
+            return
+        started = time.perf_counter()
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # teachers in eval mode draw nothing; make sure of it
+            self.teacher_cache = open_or_build(
+                self.run_dir.root, self.experiment, self.train_split, nodes, self.device, self.precision,
+                self.stage.get("cache_dtype", "float16"), self.stage["eval_batch_size"],
+                progress=self.show_progress, log=self.log, dist=self.dist)
+        self.cache_seconds = time.perf_counter() - started
+
+    def _student_values(self, batch) -> dict:
+        if self.ddp is None:
+            return self.experiment.model_values(self.model_name, batch)
+        inputs = {local: batch.inputs[key] for local, key in self.experiment.model_inputs[self.model_name].items()}
+        return self.ddp(inputs)
 
     def _loss(self, batch) -> torch.Tensor:
         experiment = self.experiment
         with autocast(self.device, self.precision):
-            outputs = {self.model_name: experiment.model_values(self.model_name, batch)}
-            if self.teachers:
+            outputs = {self.model_name: self._student_values(batch)}
+            if self.teacher_cache is not None:
+                cached = self.teacher_cache.outputs(batch.index, self.device)
+                for teacher in self.teachers:
+                    outputs[teacher] = cached.get(teacher) or CachedOutputs(teacher, {})
+            elif self.teachers:
                 with torch.no_grad():
                     for teacher in self.teachers:
                         outputs[teacher] = experiment.model_values(teacher, batch)
@@ -237,6 +351,8 @@ class StageTrainer:
         return total
 
     def _optimizer_step(self) -> None:
+        if self.dist.enabled and self.loss_parameters:
+            self._average_loss_gradients()
         clip = self.stage["grad_clip"]
         if self.scaler is not None:
             if clip:
@@ -251,9 +367,36 @@ class StageTrainer:
         self.schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
 
+    def _average_loss_gradients(self) -> None:
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.loss_parameters]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        self.dist.all_sum(flat)
+        flat /= self.dist.world_size
+        offset = 0
+        for parameter in self.loss_parameters:
+            count = parameter.numel()
+            parameter.grad = flat[offset:offset + count].view_as(parameter).clone()
+            offset += count
+
+    def _append_metrics(self, record: dict) -> None:
+        if self.main:
+            self.run_dir.append_metrics(record)
+
+    def _write(self, bar, text: str) -> None:
+        if self.main:
+            bar.write(text)
+
     def _check_finite(self, running: torch.Tensor, count: int, nonfinite: torch.Tensor) -> float:
-        value = running.item() / max(count, 1)
-        if bool(nonfinite) or not math.isfinite(value):
+        """The mean loss since the last check (over every rank); stops every rank on NaN/inf."""
+        if self.dist.enabled:
+            packed = torch.stack([running.detach().float(), nonfinite.float()])
+            self.dist.all_sum(packed)
+            value = packed[0].item() / self.dist.world_size / max(count, 1)
+            bad = packed[1].item() > 0
+        else:
+            value = running.item() / max(count, 1)
+            bad = bool(nonfinite)
+        if bad or not math.isfinite(value):
             kept = self.run_dir.stage_checkpoint(self.stage["name"])
             where = f"the last good checkpoint is kept at {kept}" if kept.is_file() else "no checkpoint had been written yet"
             raise TrainingError(f"stage '{self.stage['name']}': the loss became NaN or infinite before step "
@@ -276,8 +419,12 @@ class StageTrainer:
             metrics = {}
             improved = True
         else:
-            metrics = evaluate(self.experiment, self.model_name, self.dev_split, stage["eval_batch_size"],
-                               self.device, self.precision)
+            # rank 0 evaluates; the others take its metrics, so every rank decides the same
+            metrics = None
+            if self.main:
+                metrics = evaluate(self.experiment, self.model_name, self.dev_split, stage["eval_batch_size"],
+                                   self.device, self.precision)
+            metrics = self.dist.broadcast(metrics)
             value = metrics[self.select]
             best = self.state.best
             improved = best is None or (value > best if self.maximize else value < best)
@@ -289,31 +436,33 @@ class StageTrainer:
         else:
             self.state.evaluations_without_improvement += 1
         self.state.history.append({"step": self.state.step, "epoch": self.state.epoch, **metrics})
-        self.run_dir.append_metrics({"event": "eval", "stage": stage["name"], "model": self.model_name,
-                                     "split": "dev", "step": self.state.step, "epoch": self.state.epoch,
-                                     "metrics": metrics})
+        self._append_metrics({"event": "eval", "stage": stage["name"], "model": self.model_name,
+                              "split": "dev", "step": self.state.step, "epoch": self.state.epoch,
+                              "metrics": metrics})
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-        bar.write(f"  {stage['name']} step {self.state.step:,} (epoch {self.state.epoch}): dev {shown}"
-                  + (" *" if improved and metrics else ""))
+        self._write(bar, f"  {stage['name']} step {self.state.step:,} (epoch {self.state.epoch}): dev {shown}"
+                    + (" *" if improved and metrics else ""))
         bar.set_postfix(**self._best_postfix())
         patience = stage["early_stopping"]
         stop = bool(patience) and self.state.evaluations_without_improvement >= patience
         if stop:
-            bar.write(f"  early stopping: no improvement of {self.select} in {patience} evaluations")
+            self._write(bar, f"  early stopping: no improvement of {self.select} in {patience} evaluations")
         self.save()
         return stop
 
     def _finish(self, already_done: bool) -> dict:
         """Load the best weights into the model and publish them as the model's weights."""
         best_path = self.run_dir.stage_dir(self.stage["name"]) / "best.safetensors"
+        self.dist.barrier()  # rank 0 has written it
         tensors, _ = load_checkpoint(best_path)
         self._load_trainable(tensors)
         model_tensors = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
-        path = self.run_dir.model_weights(self.model_name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(path, model_tensors, {"model": self.model_name, "stage": self.stage["name"],
-                                              "step": self.state.best_step, "metric": self.select,
-                                              "value": self.state.best})
+        if self.main:
+            path = self.run_dir.model_weights(self.model_name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(path, model_tensors, {"model": self.model_name, "stage": self.stage["name"],
+                                                  "step": self.state.best_step, "metric": self.select,
+                                                  "value": self.state.best})
         return {"stage": self.stage["name"], "model": self.model_name, "select": self.select,
                 "best": self.state.best, "best_step": self.state.best_step, "steps": self.state.step,
                 "history": self.state.history}

@@ -1,6 +1,6 @@
 """The built-in layer blocks; importing this package registers all of them."""
-from blocks.layers import (attention, combination, convolution, embedding, head, pooling, recurrent,
-                           regularization, transformer)
+from blocks.layers import (attention, combination, convolution, embedding, head, pooling, pretrained,
+                           recurrent, regularization, transformer)
 
-__all__ = ["attention", "combination", "convolution", "embedding", "head", "pooling", "recurrent",
+__all__ = ["attention", "combination", "convolution", "embedding", "head", "pooling", "pretrained", "recurrent",
            "regularization", "transformer"]

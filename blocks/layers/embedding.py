@@ -53,16 +53,32 @@ class Embedding(Block):
         pretrained: path of a GloVe-format text file (``word v1 v2 ...`` per line; a word2vec
             ``count dim`` header line is skipped), relative to the config file; vocabulary tokens
             found there (exactly, else lowercased) start from those vectors.
+        init_from_pretrained: start from the input-embedding matrix of the pretrained model whose
+            tokenizer produced the input (an input of "type": "pretrained"; dim must equal that
+            model's embedding size), so a student reads the teacher's word pieces with the
+            teacher's vectors.
     """
 
     def __init__(self, inputs: list[Spec], dim: int = 300, trainable: bool = True,
-                 pretrained: str | None = None):
+                 pretrained: str | None = None, init_from_pretrained: bool = False):
         super().__init__()
         expect_inputs(inputs, 1, (TOKENS,))
         self.vocab = _vocabulary(inputs[0])
         self.pad_index = getattr(self.vocab, "pad_index", 0)
         self.dim = dim
         self.pretrained = pretrained
+        self.pretrained_model = None
+        if init_from_pretrained:
+            if pretrained is not None:
+                raise WidthError("give either 'pretrained' (a vectors file) or 'init_from_pretrained', not both")
+            from blocks.layers.pretrained import load_config, pretrained_location
+
+            self.pretrained_model = pretrained_location(inputs[0])
+            config = load_config(self.pretrained_model)
+            size = getattr(config, "embedding_size", None) or config.hidden_size
+            if size != dim:
+                raise WidthError(f"init_from_pretrained needs dim {size} (the embedding size of "
+                                 f"{self.pretrained_model}), got dim {dim}")
         self.embedding = nn.Embedding(len(self.vocab), dim, padding_idx=self.pad_index)
         self.embedding.weight.requires_grad_(trainable)
         self.output_spec = Spec(SEQUENCE, dim)
@@ -72,6 +88,15 @@ class Embedding(Block):
 
     def load_pretrained(self, base_dir: Path) -> str | None:
         """Copy the vectors of ``pretrained`` into the rows of the tokens it contains."""
+        if self.pretrained_model is not None:
+            from blocks.layers.pretrained import input_embedding_matrix
+
+            matrix = input_embedding_matrix(self.pretrained_model)
+            rows = min(len(matrix), self.embedding.num_embeddings)
+            with torch.no_grad():
+                self.embedding.weight[:rows] = matrix[:rows].to(self.embedding.weight)
+                self.embedding.weight[self.pad_index] = 0
+            return f"Embedding: {rows:,} word-piece vectors from {self.pretrained_model}"
         if self.pretrained is None:
             return None
         path = Path(self.pretrained)

@@ -1,0 +1,529 @@
+"""Teacher outputs computed once and kept on disk, instead of running the teachers every step.
+
+Frozen teachers run in eval mode, so their outputs on the (unchanging) training set are the same
+every epoch. When a stage has ``"cache_teachers": true`` (the default), the trainer asks each loss
+block which teacher nodes it reads (:meth:`blocks.distill.losses.Loss.teacher_nodes`), computes
+those values once for every training example and stores them in ::
+
+    RUN/cache/<key>/
+      meta.json                      key, what went into it, shapes, dtypes, byte sizes, checksums
+      00-<teacher>-<node>.values.bin one raw little-endian file per (teacher, node) ...
+      01-<teacher>-<node>.values.bin
+      01-<teacher>-<node>.mask.bin   ... sequence nodes also keep their mask (uint8) and the
+      01-<teacher>-<node>.offsets.bin    [N+1] int64 offsets of each example's positions
+
+The files are memory-mapped (``torch.from_file``), so several processes read the same pages.
+Each training step slices them with the batch's example indexes and hands the losses the same
+structure a teacher forward gives: ``outputs[teacher][node]`` is a ``[batch, ...]`` tensor, or a
+:class:`blocks.values.Sequence` ``[batch, length, ...]`` with its mask, in the dtype the teacher
+produced.
+
+``<key>`` is a SHA-256 over: the encoded training inputs the teachers read (every example's ids
+and lengths, in order), each teacher's config and weights (``state_dict`` bytes), the requested
+nodes and the storage policy (``cache_dtype``, ``precision``, device type). Any change gives a
+new key, so a cache is reused across epochs, stages and resumes exactly when it is still valid.
+Opening a cache checks ``meta.json`` (the key and what went into it) and every file's size and
+SHA-256; a truncated, altered or foreign file is never used: the line ``rebuilding teacher
+cache: <reason>`` is logged and the cache is built again.
+
+Storage: a teacher's output node (its logits) is stored as float32 whatever ``cache_dtype``
+says; other nodes (hidden states) as float16 under ``"cache_dtype": "float16"`` (the default; a
+value beyond float16's range keeps float32, bfloat16 values stay bfloat16). Sequence nodes are
+stored flattened: for each example its positions up to its last real one, with the mask.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from blocks.data.batching import sorted_batches
+from blocks.engine.checkpoint import atomic_write_json
+from blocks.engine.distributed import SINGLE, Distributed
+from blocks.engine.evaluation import autocast
+from blocks.errors import TrainingError
+from blocks.values import Sequence
+
+FORMAT = 1
+_CHUNK = 1 << 24  # bytes per write / hash read
+
+
+# -- what the losses read ---------------------------------------------------------------------
+def requested_nodes(losses, teachers: list[str]) -> dict[str, list[str]] | None:
+    """teacher -> sorted node names the loss blocks read; None when a loss cannot say.
+
+    Loss blocks derived from :class:`blocks.distill.losses.Loss` declare what they read with
+    ``teacher_nodes()``; a loss module without that method makes the stage run its teachers in
+    the loop (None).
+    """
+    found: dict[str, set[str]] = {}
+    for _, loss in losses:
+        declare = getattr(loss, "teacher_nodes", None)
+        if declare is None:
+            return None
+        for teacher, node in declare():
+            if teacher not in teachers:
+                raise TrainingError(f"{type(loss).__name__} reads teacher '{teacher}', which is not a teacher of "
+                                    f"this stage ({', '.join(teachers) or 'none'})")
+            found.setdefault(teacher, set()).add(node)
+    return {teacher: sorted(nodes) for teacher, nodes in sorted(found.items())}
+
+
+class CachedOutputs(dict):
+    """One teacher's cached node values; reading a node the losses did not declare says so."""
+
+    def __init__(self, teacher: str, values: dict):
+        super().__init__(values)
+        self.teacher = teacher
+
+    def __missing__(self, node):
+        raise TrainingError(
+            f"a loss read node '{node}' of teacher '{self.teacher}', which no loss block declared in "
+            f"teacher_nodes() (cached: {', '.join(self) or 'none'}); declare it in the loss block's "
+            f"teacher_nodes(), or set \"cache_teachers\": false in the stage")
+
+
+# -- the key ------------------------------------------------------------------------------------
+def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """The raw bytes of a tensor (CPU, contiguous), without numpy."""
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    if flat.numel() == 0:
+        return b""
+    if flat.dtype == torch.bool:
+        flat = flat.to(torch.uint8)
+    raw = flat.view(torch.uint8)
+    out = bytearray(raw.numel())
+    torch.frombuffer(out, dtype=torch.uint8).copy_(raw)
+    return bytes(out)
+
+
+def data_digest(split, input_keys) -> str:
+    """SHA-256 of the encoded inputs ``input_keys`` of ``split``: every example's ids and shape, in order."""
+    digest = hashlib.sha256()
+    digest.update(f"examples {len(split)}\n".encode())
+    for key in sorted(set(input_keys)):
+        sequences = split.ids[key]
+        digest.update(f"input {key} {split.input_types[key]} pad {split.pad_index[key]}\n".encode())
+        digest.update(json.dumps([list(t.shape) for t in sequences], separators=(",", ":")).encode())
+        if sequences:
+            digest.update(_tensor_bytes(torch.cat([torch.as_tensor(t).reshape(-1).long() for t in sequences])))
+    return digest.hexdigest()
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of a model's state_dict: names, dtypes, shapes and bytes."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name} {tensor.dtype} {list(tensor.shape)}\n".encode())
+        digest.update(_tensor_bytes(tensor))
+    return digest.hexdigest()
+
+
+def cache_components(experiment, split, nodes: dict[str, list[str]], cache_dtype: str, precision: str,
+                     device: torch.device) -> dict:
+    """Everything the cached values depend on (hashed into the key, kept in meta.json)."""
+    input_keys = {key for teacher in nodes for key in experiment.model_inputs[teacher].values()}
+    return {
+        "format": FORMAT,
+        "data": data_digest(split, input_keys),
+        "teachers": {teacher: {"weights": weights_digest(experiment.models[teacher]),
+                               "config": hashlib.sha256(json.dumps(experiment.config["models"][teacher],
+                                                                   sort_keys=True).encode()).hexdigest()}
+                     for teacher in nodes},
+        "nodes": [[teacher, node] for teacher in nodes for node in nodes[teacher]],
+        "policy": {"cache_dtype": cache_dtype, "precision": precision, "device": device.type},
+    }
+
+
+def key_of(components: dict) -> str:
+    return hashlib.sha256(json.dumps(components, sort_keys=True).encode()).hexdigest()[:32]
+
+
+# -- files ----------------------------------------------------------------------------------------
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+           "float64": torch.float64, "int64": torch.int64, "int32": torch.int32, "uint8": torch.uint8,
+           "bool": torch.bool}
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    name = str(dtype).replace("torch.", "")
+    if name not in _DTYPES:
+        raise TrainingError(f"cannot cache teacher values of dtype {dtype}")
+    return name
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:60]
+
+
+def _write_tensor(path: Path, tensor: torch.Tensor) -> dict:
+    """Write a tensor's raw bytes; its file record (name, dtype, shape, bytes, sha256)."""
+    tensor = tensor.detach().to("cpu").contiguous()
+    digest = hashlib.sha256()
+    flat = tensor.reshape(-1)
+    if flat.dtype == torch.bool:
+        flat = flat.to(torch.uint8)
+    step = max(1, _CHUNK // max(flat.element_size(), 1))
+    with open(path, "wb") as handle:
+        for start in range(0, flat.numel(), step):
+            data = _tensor_bytes(flat[start:start + step])
+            handle.write(data)
+            digest.update(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return {"name": path.name, "dtype": _dtype_name(tensor.dtype), "shape": list(tensor.shape),
+            "bytes": tensor.numel() * tensor.element_size(), "sha256": digest.hexdigest()}
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while True:
+            chunk = handle.read(_CHUNK)
+            if not chunk:
+                break
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _map(folder: Path, record: dict) -> torch.Tensor:
+    """A file as a read-only, memory-mapped tensor (copy-on-write: the file never changes)."""
+    dtype = _DTYPES[record["dtype"]]
+    storage_dtype = torch.uint8 if dtype == torch.bool else dtype
+    numel = math.prod(record["shape"])
+    if numel == 0:
+        return torch.empty(record["shape"], dtype=dtype)
+    tensor = torch.from_file(str(folder / record["name"]), shared=False, size=numel, dtype=storage_dtype)
+    tensor = tensor.view(record["shape"])
+    return tensor.bool() if dtype == torch.bool else tensor
+
+
+def _size(count: int) -> str:
+    return f"{count / 1e6:,.1f} MB" if count >= 1e6 else f"{count / 1e3:,.1f} kB"
+
+
+class InvalidCache(Exception):
+    """The cache on disk cannot be used (message: why)."""
+
+
+# -- building -----------------------------------------------------------------------------------
+class _Collector:
+    """Gathers one (teacher, node)'s values for every example, in example order."""
+
+    def __init__(self, teacher: str, node: str, size: int, is_output: bool):
+        self.teacher, self.node, self.size, self.is_output = teacher, node, size, is_output
+        self.kind = None
+        self.dtype = None
+        self.vectors: torch.Tensor | None = None
+        self.rows: list = [None] * size  # sequences: per example (values [n, ...], mask [n])
+
+    def add(self, value, index: torch.Tensor) -> None:
+        if isinstance(value, Sequence):
+            kind = "sequence"
+        elif isinstance(value, torch.Tensor) and value.dim() >= 1:
+            kind = "vector"
+        else:
+            raise TrainingError(f"cannot cache node '{self.node}' of teacher '{self.teacher}': its value is a "
+                                f"{type(value).__name__}; set \"cache_teachers\": false in the stage")
+        if self.kind is None:
+            self.kind = kind
+            self.dtype = (value.values if kind == "sequence" else value).dtype
+        if kind == "vector":
+            value = value.detach().to("cpu")
+            if self.vectors is None:
+                self.vectors = torch.zeros((self.size, *value.shape[1:]), dtype=value.dtype)
+            self.vectors[index] = value
+            return
+        values, mask = value.values.detach().to("cpu"), value.mask.detach().to("cpu")
+        positions = torch.arange(1, mask.shape[1] + 1)
+        kept = (mask.long() * positions).max(dim=1).values if mask.shape[1] else torch.zeros(len(index), dtype=torch.long)
+        for row, (example, count) in enumerate(zip(index.tolist(), kept.tolist())):
+            self.rows[example] = (values[row, :count].clone(), mask[row, :count].clone())
+
+    def storage_dtype(self, cache_dtype: str, values: torch.Tensor) -> torch.dtype:
+        if not self.dtype.is_floating_point:
+            return self.dtype
+        if self.is_output or cache_dtype == "float32":
+            return torch.float32 if self.dtype != torch.float64 else torch.float64
+        if self.dtype in (torch.float16, torch.bfloat16):
+            return self.dtype
+        if values.numel() and bool((~torch.isfinite(values.to(torch.float16)) & torch.isfinite(values)).any()):
+            return torch.float32  # beyond float16's range: keep full precision
+        return torch.float16
+
+    def write(self, folder: Path, number: int, cache_dtype: str) -> dict:
+        stem = f"{number:02d}-{_safe(self.teacher)}-{_safe(self.node)}"
+        entry = {"teacher": self.teacher, "node": self.node, "kind": self.kind,
+                 "value_dtype": _dtype_name(self.dtype)}
+        if self.kind == "vector":
+            dtype = self.storage_dtype(cache_dtype, self.vectors)
+            entry["files"] = {"values": _write_tensor(folder / f"{stem}.values.bin", self.vectors.to(dtype))}
+            return entry
+        counts = torch.tensor([row[0].shape[0] for row in self.rows], dtype=torch.long)
+        offsets = torch.zeros(len(self.rows) + 1, dtype=torch.long)
+        offsets[1:] = torch.cumsum(counts, 0)
+        trailing = next((tuple(row[0].shape[1:]) for row in self.rows if row[0].dim() >= 1), ())
+        values = torch.cat([row[0] for row in self.rows]) if self.rows else torch.zeros((0, *trailing))
+        mask = torch.cat([row[1] for row in self.rows]).to(torch.uint8)
+        dtype = self.storage_dtype(cache_dtype, values)
+        entry["files"] = {"values": _write_tensor(folder / f"{stem}.values.bin", values.to(dtype)),
+                          "mask": _write_tensor(folder / f"{stem}.mask.bin", mask),
+                          "offsets": _write_tensor(folder / f"{stem}.offsets.bin", offsets)}
+        return entry
+
+
+@torch.no_grad()
+def compute(experiment, split, nodes: dict[str, list[str]], device: torch.device, precision: str,
+            batch_size: int, progress: bool = True) -> list[_Collector]:
+    """Run the teachers once over ``split`` (eval mode, no_grad); the requested values of every example."""
+    collectors = []
+    for teacher, names in nodes.items():
+        output = experiment.models[teacher].output_name
+        collectors += [_Collector(teacher, node, len(split), node == output) for node in names]
+    states = {}
+    for teacher in nodes:
+        model = experiment.models[teacher]
+        states[teacher] = model.training
+        model.eval()
+    bar = tqdm(total=len(split), desc="teacher cache", unit="ex", leave=False, disable=not progress,
+               dynamic_ncols=True)
+    try:
+        for index in sorted_batches(split.lengths, batch_size):
+            batch = split.collate(index).to(device)
+            with autocast(device, precision):
+                values = {teacher: experiment.model_values(teacher, batch) for teacher in nodes}
+            for collector in collectors:
+                teacher_values = values[collector.teacher]
+                if collector.node not in teacher_values:
+                    raise TrainingError(f"teacher '{collector.teacher}' has no node '{collector.node}'")
+                collector.add(teacher_values[collector.node], index)
+            bar.update(len(index))
+    finally:
+        bar.close()
+        for teacher, training in states.items():
+            experiment.models[teacher].train(training)
+    return collectors
+
+
+# -- the cache ----------------------------------------------------------------------------------
+@dataclass
+class _Entry:
+    teacher: str
+    node: str
+    kind: str
+    value_dtype: torch.dtype
+    values: torch.Tensor
+    mask: torch.Tensor | None = None
+    offsets: torch.Tensor | None = None
+
+
+class TeacherCache:
+    """An opened (validated, memory-mapped) cache; :meth:`outputs` gives a batch's teacher values."""
+
+    def __init__(self, folder: Path, meta: dict):
+        self.folder, self.meta = folder, meta
+        self.key = meta["key"]
+        self.entries: list[_Entry] = []
+        for record in meta["entries"]:
+            files = record["files"]
+            entry = _Entry(record["teacher"], record["node"], record["kind"], _DTYPES[record["value_dtype"]],
+                           _map(folder, files["values"]))
+            if record["kind"] == "sequence":
+                entry.mask = _map(folder, files["mask"])
+                entry.offsets = _map(folder, files["offsets"]).clone()  # small: keep in memory
+            self.entries.append(entry)
+        self.teachers = list(dict.fromkeys(e.teacher for e in self.entries))
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(f["bytes"] for record in self.meta["entries"] for f in record["files"].values())
+
+    def outputs(self, index: torch.Tensor, device: torch.device) -> dict[str, dict]:
+        """teacher -> {node: value} for the examples ``index`` (what a teacher forward would give)."""
+        index = index.to("cpu")
+        result: dict[str, dict] = {}
+        for entry in self.entries:
+            if entry.kind == "vector":
+                value = entry.values[index].to(device=device, dtype=entry.value_dtype, non_blocking=True)
+            else:
+                value = self._sequence(entry, index, device)
+            result.setdefault(entry.teacher, {})[entry.node] = value
+        return {teacher: CachedOutputs(teacher, values) for teacher, values in result.items()}
+
+    @staticmethod
+    def _sequence(entry: _Entry, index: torch.Tensor, device: torch.device) -> Sequence:
+        starts = entry.offsets[index]
+        counts = entry.offsets[index + 1] - starts
+        batch = len(index)
+        length = max(1, int(counts.max())) if batch else 1
+        trailing = tuple(entry.values.shape[1:])
+        values = torch.zeros((batch, length, *trailing), dtype=entry.value_dtype)
+        mask = torch.zeros((batch, length), dtype=torch.bool)
+        total = int(counts.sum())
+        if total:
+            rows = torch.repeat_interleave(torch.arange(batch), counts)
+            first = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+            columns = torch.arange(total) - first
+            source = torch.repeat_interleave(starts, counts) + columns
+            values[rows, columns] = entry.values[source].to(entry.value_dtype)
+            mask[rows, columns] = entry.mask[source].bool()
+        return Sequence(values.to(device, non_blocking=True), mask.to(device, non_blocking=True))
+
+
+def _validate(folder: Path, key: str, components: dict, checksums: bool) -> dict:
+    """meta.json of a usable cache, or InvalidCache saying what is wrong."""
+    meta_path = folder / "meta.json"
+    if not meta_path.is_file():
+        raise InvalidCache(f"{meta_path} is missing")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        entries = meta["entries"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        raise InvalidCache(f"{meta_path} is corrupt") from None
+    if meta.get("format") != FORMAT:
+        raise InvalidCache(f"{folder} was written in another format ({meta.get('format')})")
+    if meta.get("key") != key or meta.get("components") != components:
+        raise InvalidCache(f"{folder} was built for other data, teacher weights or outputs "
+                           f"(key {meta.get('key')}, expected {key})")
+    wanted = [tuple(pair) for pair in components["nodes"]]
+    if sorted((e.get("teacher"), e.get("node")) for e in entries) != sorted(wanted):
+        raise InvalidCache(f"{meta_path} does not list the requested teacher nodes")
+    for entry in entries:
+        for record in entry["files"].values():
+            path = folder / record["name"]
+            if not path.is_file():
+                raise InvalidCache(f"{path} is missing")
+            size = path.stat().st_size
+            expected = math.prod(record["shape"]) * _element_size(record["dtype"])
+            if record["bytes"] != expected:
+                raise InvalidCache(f"{meta_path} is inconsistent for {record['name']}")
+            if size != record["bytes"]:
+                what = "truncated" if size < record["bytes"] else "longer than recorded"
+                raise InvalidCache(f"{path} is {what} ({size:,} of {record['bytes']:,} bytes)")
+            if checksums and _file_sha256(path) != record["sha256"]:
+                raise InvalidCache(f"{path} does not match its checksum (altered or from another cache)")
+    return meta
+
+
+def _element_size(dtype_name: str) -> int:
+    dtype = _DTYPES.get(dtype_name)
+    if dtype is None:
+        raise InvalidCache(f"unknown dtype {dtype_name!r} in meta.json")
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _what_changed(old: dict, new: dict) -> str | None:
+    """Why an existing cache for the same teachers and nodes no longer fits (None: unrelated cache)."""
+    if old.get("format") != new["format"] or old.get("nodes") != new["nodes"]:
+        return None
+    if set(old.get("teachers", {})) != set(new["teachers"]):
+        return None
+    changes = []
+    if old.get("data") != new["data"]:
+        changes.append("the training inputs changed")
+    for teacher, record in new["teachers"].items():
+        previous = old["teachers"][teacher]
+        if previous.get("config") != record["config"]:
+            changes.append(f"the config of teacher '{teacher}' changed")
+        elif previous.get("weights") != record["weights"]:
+            changes.append(f"the weights of teacher '{teacher}' changed")
+    if old.get("policy") != new["policy"]:
+        changes.append("the cache dtype, precision or device changed")
+    return "; ".join(changes) or None
+
+
+def _stale_caches(root: Path, components: dict) -> list[tuple[Path, str]]:
+    """Caches in ``root`` for the same teachers and nodes that no longer fit, with what changed."""
+    found = []
+    if not root.is_dir():
+        return found
+    for folder in sorted(root.iterdir()):
+        if not folder.is_dir() or folder.name.startswith("."):
+            continue
+        try:
+            old = json.loads((folder / "meta.json").read_text(encoding="utf-8"))["components"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        reason = _what_changed(old, components)
+        if reason:
+            found.append((folder, reason))
+    return found
+
+
+def _build(root: Path, key: str, components: dict, experiment, split, nodes, device, precision, cache_dtype,
+           batch_size, progress) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    staging = root / f".building-{key}-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    try:
+        started = time.perf_counter()
+        collectors = compute(experiment, split, nodes, device, precision, batch_size, progress)
+        entries = [c.write(staging, number, cache_dtype) for number, c in enumerate(collectors)]
+        meta = {"format": FORMAT, "key": key, "components": components, "examples": len(split),
+                "entries": entries, "build_batch_size": batch_size,
+                "build_seconds": round(time.perf_counter() - started, 3),
+                "built": time.strftime("%Y-%m-%d %H:%M:%S")}
+        atomic_write_json(staging / "meta.json", meta)
+        target = root / key
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def open_or_build(run_root: Path, experiment, split, nodes: dict[str, list[str]], device: torch.device,
+                  precision: str, cache_dtype: str, batch_size: int, progress: bool = True, log=print,
+                  dist: Distributed = SINGLE) -> TeacherCache:
+    """The valid cache of these teacher nodes on ``split``, built first if needed.
+
+    With several processes, rank 0 checks (and if needed builds) the cache while the others wait
+    at a barrier; then every rank opens it.
+    """
+    root = Path(run_root) / "cache"
+    components = cache_components(experiment, split, nodes, cache_dtype, precision, device)
+    key = key_of(components)
+    folder = root / key
+    if dist.is_main:
+        try:
+            meta = _validate(folder, key, components, checksums=True)
+            log(f"teacher cache: reusing {folder} ({meta['examples']:,} examples)")
+        except InvalidCache as problem:
+            if folder.exists():
+                log(f"rebuilding teacher cache: {problem}")
+            else:
+                stale = _stale_caches(root, components)
+                for old, reason in stale:
+                    shutil.rmtree(old, ignore_errors=True)
+                if stale:
+                    log(f"rebuilding teacher cache: {stale[0][1]}")
+                else:
+                    described = ", ".join(f"{t}.{n}" for t in nodes for n in nodes[t])
+                    log(f"building teacher cache of {described} for {len(split):,} examples in {folder}")
+            started = time.perf_counter()
+            _build(root, key, components, experiment, split, nodes, device, precision, cache_dtype, batch_size,
+                   progress)
+            meta = _validate(folder, key, components, checksums=False)
+            cache = TeacherCache(folder, meta)
+            log(f"teacher cache built in {time.perf_counter() - started:.1f} s ({_size(cache.size_bytes)})")
+    dist.barrier()
+    if not dist.is_main:
+        try:
+            meta = _validate(folder, key, components, checksums=False)
+        except InvalidCache as problem:
+            raise TrainingError(f"process {dist.rank} cannot read the teacher cache rank 0 built: {problem}; "
+                                f"multi-node runs need the run directory on a shared file system") from None
+    return TeacherCache(folder, meta)

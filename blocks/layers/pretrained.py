@@ -1,0 +1,146 @@
+"""Pretrained transformer encoders (``transformers.AutoModel``) as a block."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from blocks.block import Block, expect_inputs
+from blocks.errors import ConfigError, WidthError
+from blocks.layers.masking import masked_mean, zero_padding
+from blocks.registry import register_block
+from blocks.values import SEQUENCE, TOKENS, VECTOR, Sequence, Spec
+
+_LAYER_KEY = re.compile(r"(^|\.)layer\.(\d+)\.")
+
+
+def pretrained_location(spec: Spec) -> str:
+    location = spec.extra.get("pretrained")
+    if location is None:
+        raise WidthError('reads the ids of a pretrained tokenizer: give it an input with "type": "pretrained"')
+    return location
+
+
+def load_config(location: str):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(location, local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"'{location}' holds no pretrained model config: {str(error).splitlines()[0]}") from None
+
+
+def load_model(location: str):
+    from transformers import AutoModel
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # our own log line reports the load
+
+    try:
+        return AutoModel.from_pretrained(location, local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"cannot load pretrained weights from '{location}': {str(error).splitlines()[0]}") from None
+
+
+@register_block("PretrainedEncoder")
+class PretrainedEncoder(Block):
+    """A pretrained transformer encoder (BERT, MiniLM, ...) fine-tuned as part of a graph.
+
+    Input: tokens from an input of ``"type": "pretrained"`` (the model's own tokenizer; sentence
+    pairs get their segment ids from the separator token). Output: vector ``[batch, hidden]``
+    (``cls`` or ``mean`` pooling) or the sequence ``[batch, length, hidden]`` (``none``). The
+    weights come from the tokenizer's model folder when training starts; afterwards they live in
+    the run directory.
+
+    Args:
+        pooling: cls (first token), mean (over real tokens) or none (the whole sequence).
+        layers: indexes of the pretrained layers to keep, in order (e.g. [0, 2, 4] keeps three of
+            six, PKD style); default: all.
+        freeze_embeddings: keep the embedding layer fixed.
+        freeze_layers: keep the first N kept layers fixed.
+        gradient_checkpointing: recompute activations in the backward pass to save memory.
+    """
+
+    def __init__(self, inputs: list[Spec], pooling: Literal["cls", "mean", "none"] = "cls",
+                 layers: list[int] | None = None, freeze_embeddings: bool = False, freeze_layers: int = 0,
+                 gradient_checkpointing: bool = False):
+        super().__init__()
+        from transformers import AutoModel
+
+        expect_inputs(inputs, 1, (TOKENS,))
+        self.location = pretrained_location(inputs[0])
+        config = load_config(self.location)
+        total = config.num_hidden_layers
+        self.kept_layers = list(range(total)) if layers is None else list(layers)
+        if not self.kept_layers or any(not 0 <= i < total for i in self.kept_layers):
+            raise WidthError(f"layers must be indexes in 0..{total - 1} of the pretrained model's {total} layers")
+        if not 0 <= freeze_layers <= len(self.kept_layers):
+            raise WidthError(f"freeze_layers must be between 0 and the {len(self.kept_layers)} kept layers")
+        vocab_size = len(inputs[0].vocab)
+        if vocab_size > config.vocab_size:
+            raise WidthError(f"the tokenizer has {vocab_size:,} tokens but the model's embeddings only "
+                             f"{config.vocab_size:,}: tokenizer and weights do not match")
+        config.num_hidden_layers = len(self.kept_layers)
+        try:
+            self.model = AutoModel.from_config(config, add_pooling_layer=False)
+        except TypeError:  # models without a pooler
+            self.model = AutoModel.from_config(config)
+        if gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+        if freeze_embeddings:
+            self.model.get_input_embeddings().requires_grad_(False)
+            embeddings = getattr(self.model, "embeddings", None)
+            if embeddings is not None:
+                embeddings.requires_grad_(False)
+        for name, parameter in self.model.named_parameters():
+            match = _LAYER_KEY.search(name)
+            if match and int(match.group(2)) < freeze_layers:
+                parameter.requires_grad_(False)
+        self.pooling = pooling
+        self.sep_index = getattr(inputs[0].vocab, "sep_index", None)
+        self.use_segments = getattr(config, "type_vocab_size", 0) >= 2 and self.sep_index is not None
+        self.output_spec = Spec(SEQUENCE if pooling == "none" else VECTOR, config.hidden_size)
+
+    def forward(self, tokens: Sequence):
+        ids, mask = tokens
+        arguments = {"input_ids": ids, "attention_mask": mask.long()}
+        if self.use_segments:
+            # [CLS] a [SEP] b [SEP]: everything after the first separator is segment 1.
+            separators = (ids == self.sep_index).long()
+            arguments["token_type_ids"] = ((separators.cumsum(dim=1) - separators) > 0).long() * mask.long()
+        hidden = self.model(**arguments).last_hidden_state
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        if self.pooling == "mean":
+            return masked_mean(hidden, mask)
+        return Sequence(zero_padding(hidden, mask), mask)
+
+    def load_pretrained(self, base_dir: Path) -> str | None:
+        """Copy the pretrained weights in, renumbering the kept layers."""
+        source = load_model(self.location).state_dict()
+        target = self.model.state_dict()
+        loaded = {}
+        for key in target:
+            match = _LAYER_KEY.search(key)
+            source_key = key
+            if match:
+                original = self.kept_layers[int(match.group(2))]
+                source_key = key[:match.start(2)] + str(original) + key[match.end(2):]
+            if source_key in source and source[source_key].shape == target[key].shape:
+                loaded[key] = source[source_key]
+        missing = [k for k in target if k not in loaded and not k.endswith("position_ids")]
+        if missing:
+            raise ConfigError(f"pretrained weights in '{self.location}' lack {len(missing)} tensors the model "
+                              f"needs (first: {missing[0]})")
+        self.model.load_state_dict(loaded, strict=False)
+        total = len({int(m.group(2)) for k in source for m in [_LAYER_KEY.search(k)] if m})
+        return (f"PretrainedEncoder: {self.location} loaded, {len(self.kept_layers)} of {total} layers "
+                f"({', '.join(map(str, self.kept_layers))})")
+
+
+def input_embedding_matrix(location: str) -> torch.Tensor:
+    """The input (word-piece) embedding matrix of a pretrained model."""
+    return load_model(location).get_input_embeddings().weight.detach().clone()
+

@@ -1,0 +1,296 @@
+"""The teacher-output cache: same results as teachers in the loop, reuse, and rebuilds when stale or damaged."""
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from blocks.config.loader import load_config
+from blocks.distill.losses import Loss, TeacherLoss
+from blocks.engine import teacher_cache
+from blocks.engine.checkpoint import load_checkpoint
+from blocks.engine.run import load_model_weights, train
+from blocks.engine.run_dir import RunDir
+from blocks.engine.teacher_cache import CachedOutputs, open_or_build, requested_nodes
+from blocks.engine.trainer import StageTrainer
+from blocks.errors import TrainingError
+from blocks.experiment import Experiment
+from blocks.registry import LOSSES
+from blocks.values import Sequence
+
+from tests.conftest import FILLER, NEGATIVE, POSITIVE
+
+
+def quiet(*args, **kwargs):
+    pass
+
+
+def run(project, values, run_dir, resume=False, log=quiet):
+    config = load_config(project.write(values, f"{run_dir}.json"), environ={})
+    return train(config, run_dir=project.root / run_dir, resume=resume, progress=False, log=log)
+
+
+def weights(path):
+    tensors, _ = load_checkpoint(path)
+    return {k: v.clone() for k, v in tensors.items()}
+
+
+def variable_length_data(project, count=120, seed=5):
+    """Sentences of 1 to 11 words, so that batches are padded (the fixture's are all 5 words)."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(count):
+        cue = POSITIVE if i % 2 else NEGATIVE
+        words = rng.sample(FILLER, rng.randint(0, 8)) + rng.sample(cue, rng.randint(1, 3))
+        rng.shuffle(words)
+        rows.append((" ".join(words), str(i % 2)))
+    project.write_tsv(project.data / "train.tsv", rows)
+
+
+class TeacherForwards:
+    """Counts teacher forward passes made while a stage with teachers trains (not the summary's)."""
+
+    def __init__(self, monkeypatch, teacher="teacher"):
+        self.count = 0
+        self.inside = False
+        original_values = Experiment.model_values
+        original_run = StageTrainer.run
+
+        def model_values(experiment, name, batch):
+            if name == teacher and self.inside:
+                self.count += 1
+            return original_values(experiment, name, batch)
+
+        def stage_run(trainer, resume):
+            self.inside = bool(trainer.teachers)
+            try:
+                return original_run(trainer, resume)
+            finally:
+                self.inside = False
+
+        monkeypatch.setattr(Experiment, "model_values", model_values)
+        monkeypatch.setattr(StageTrainer, "run", stage_run)
+
+
+@pytest.mark.parametrize("variable_lengths", [False, True], ids=["fixture-data", "variable-lengths"])
+def test_cached_teacher_gives_the_same_student_as_teacher_in_the_loop(project, monkeypatch, variable_lengths):
+    if variable_lengths:
+        variable_length_data(project)
+    counter = TeacherForwards(monkeypatch)
+    values = project.config()
+    values["stages"][1]["cache_teachers"] = False
+    loop = run(project, values, "loop")
+    loop_forwards, counter.count = counter.count, 0
+    values["stages"][1]["cache_teachers"] = True
+    cached = run(project, values, "cached")
+    assert loop_forwards == 16 and counter.count == 1  # every step vs once (120 examples, one batch of 256)
+    assert not (project.root / "loop" / "cache").exists()
+    assert len(list((project.root / "cached" / "cache").iterdir())) == 1
+
+    a = weights(project.root / "loop" / "models" / "student.safetensors")
+    b = weights(project.root / "cached" / "models" / "student.safetensors")
+    for key in a:
+        if variable_lengths:
+            # the teacher sees other paddings in the cache's batches: last-bit differences only
+            assert torch.allclose(a[key], b[key], rtol=0, atol=1e-6), key
+        else:
+            assert torch.equal(a[key], b[key]), key  # float32 logits: bit for bit
+    assert loop["models"]["student"]["dev"] == cached["models"]["student"]["dev"]
+    assert cached["stages"]["distill"]["teacher_cache_seconds"] >= 0
+
+
+def test_the_cache_is_reused_by_later_stages_and_on_resume(project, monkeypatch):
+    values = project.config()
+    again = dict(values["stages"][1], name="distill2", epochs=1)
+    values["stages"].append(again)
+    counter = TeacherForwards(monkeypatch)
+    messages = []
+    run(project, values, "a", log=messages.append)
+    assert counter.count == 1  # built in 'distill', reused in 'distill2'
+    assert sum(m.startswith("building teacher cache of teacher.logits") for m in messages) == 1
+    assert sum(m.startswith("teacher cache: reusing") for m in messages) == 1
+
+    original = StageTrainer._evaluate_and_save
+    calls = {"n": 0}
+
+    def interrupting(self, bar):
+        calls["n"] += 1
+        if calls["n"] == 4:  # the second evaluation of 'distill'
+            raise KeyboardInterrupt
+        return original(self, bar)
+
+    monkeypatch.setattr(StageTrainer, "_evaluate_and_save", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        run(project, values, "b")
+    monkeypatch.setattr(StageTrainer, "_evaluate_and_save", original)
+    counter.count = 0
+    messages.clear()
+    run(project, values, "b", resume=True, log=messages.append)
+    assert "stage 'distill': training 'student' with teacher(s) teacher, 16 steps, resuming at step 8" in messages
+    assert counter.count == 0  # the resumed stages read the cache the interrupted run built
+    assert sum(m.startswith("teacher cache: reusing") for m in messages) == 2
+    assert not any("building teacher cache" in m or "rebuilding" in m for m in messages)
+    a = weights(project.root / "a" / "models" / "student.safetensors")
+    b = weights(project.root / "b" / "models" / "student.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture
+def prepared(run_copy):
+    """(run dir, experiment with the trained teacher loaded, train split) of a finished run."""
+    config = load_config(run_copy / "config.json", environ={})
+    experiment = Experiment.prepare(config, log=quiet)
+    load_model_weights(experiment, RunDir(run_copy), "teacher")
+    return run_copy, experiment, experiment.splits["train"]
+
+
+def teacher_logits(experiment, split, index):
+    model = experiment.models["teacher"]
+    model.eval()
+    with torch.no_grad():
+        return experiment.model_values("teacher", split.collate(index))["logits"]
+
+
+def test_stale_or_damaged_caches_are_rebuilt_never_used(prepared, monkeypatch, capsys):
+    root, experiment, split = prepared
+    builds = {"n": 0}
+    compute = teacher_cache.compute
+
+    def counting(*args, **kwargs):
+        builds["n"] += 1
+        return compute(*args, **kwargs)
+
+    monkeypatch.setattr(teacher_cache, "compute", counting)
+    messages = []
+
+    def open_cache(progress=False):
+        messages.clear()
+        cache = open_or_build(root, experiment, split, {"teacher": ["logits"]}, torch.device("cpu"), "fp32",
+                              "float16", 64, progress=progress, log=messages.append)
+        index = torch.tensor([3, 0, 77, 119])
+        cached = cache.outputs(index, torch.device("cpu"))["teacher"]["logits"]
+        assert torch.allclose(cached, teacher_logits(experiment, split, index), rtol=0, atol=1e-6)
+        return cache
+
+    cache = open_cache()  # the run built it during its distillation stage
+    assert builds["n"] == 0 and messages[0].startswith("teacher cache: reusing")
+    values_file = cache.folder / "00-teacher-logits.values.bin"
+    size = values_file.stat().st_size
+    assert size == len(split) * 2 * 4  # float32 logits, whatever cache_dtype says
+
+    values_file.write_bytes(values_file.read_bytes()[:size // 2])
+    open_cache(progress=True)
+    assert builds["n"] == 1
+    assert messages[0] == f"rebuilding teacher cache: {values_file} is truncated ({size // 2:,} of {size:,} bytes)"
+    assert values_file.stat().st_size == size
+    assert "teacher cache" in capsys.readouterr().err  # the progress bar
+
+    data = bytearray(values_file.read_bytes())
+    data[:8] = bytes(8)
+    values_file.write_bytes(bytes(data))
+    open_cache()
+    assert builds["n"] == 2
+    assert messages[0] == f"rebuilding teacher cache: {values_file} does not match its checksum (altered or from another cache)"
+
+    meta_file = cache.folder / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    meta["components"]["teachers"]["teacher"]["weights"] = "0" * 64  # a cache of another teacher
+    meta_file.write_text(json.dumps(meta))
+    open_cache()
+    assert builds["n"] == 3 and messages[0].startswith(f"rebuilding teacher cache: {cache.folder} was built for other")
+
+    meta_file.write_text("{not json")
+    open_cache()
+    assert builds["n"] == 4 and messages[0] == f"rebuilding teacher cache: {meta_file} is corrupt"
+
+    open_cache()
+    assert builds["n"] == 4  # valid again
+
+    with torch.no_grad():
+        next(experiment.models["teacher"].parameters()).add_(0.25)  # the teacher changed
+    new = open_cache()
+    assert builds["n"] == 5
+    assert messages[0] == "rebuilding teacher cache: the weights of teacher 'teacher' changed"
+    assert new.folder != cache.folder and not cache.folder.exists()  # the stale cache is removed
+
+
+class HiddenMatch(Loss):
+    """Test loss: the student's pooled vector against the mean of the teacher's encoder states
+    (a Sequence) and its pooled vector (first 8 features each)."""
+
+    def __init__(self, stage, declare: bool = True):
+        super().__init__(stage)
+        self.teacher = stage.teachers[0]
+        self.declare = declare
+
+    def teacher_nodes(self):
+        return [(self.teacher, "encoder"), (self.teacher, "pool")] if self.declare else []
+
+    def forward(self, outputs, batch):
+        encoder = outputs[self.teacher]["encoder"]
+        assert isinstance(encoder, Sequence) and encoder.mask.dtype == torch.bool
+        mask = encoder.mask.unsqueeze(-1).float()
+        mean = (encoder.values * mask).sum(1) / mask.sum(1).clamp(min=1)
+        student = outputs[self.model]["pool"]
+        return F.mse_loss(student, mean[:, :8]) + F.mse_loss(student, outputs[self.teacher]["pool"][:, :8])
+
+
+def test_hidden_states_and_sequences_through_the_cache(project, monkeypatch):
+    variable_length_data(project)
+    monkeypatch.setitem(LOSSES._entries, "HiddenMatch", HiddenMatch)
+    HiddenMatch.registered_name = "HiddenMatch"
+    values = project.config()
+    values["stages"][1]["losses"] = [{"block": "HiddenMatch", "weight": 0.5}, {"block": "CrossEntropy"}]
+    results = {}
+    for name, cache, dtype in (("loop", False, "float16"), ("fp32", True, "float32"), ("fp16", True, "float16")):
+        values["stages"][1].update(cache_teachers=cache, cache_dtype=dtype)
+        results[name] = run(project, values, name)
+    loop = weights(project.root / "loop" / "models" / "student.safetensors")
+    for name, tolerance in (("fp32", 1e-6), ("fp16", 1e-2)):
+        other = weights(project.root / name / "models" / "student.safetensors")
+        for key in loop:
+            assert torch.allclose(loop[key], other[key], rtol=0, atol=tolerance), (name, key)
+    (folder,) = (project.root / "fp16" / "cache").iterdir()
+    meta = json.loads((folder / "meta.json").read_text())
+    stored = {e["node"]: (e["kind"], e["files"]["values"]["dtype"], e["value_dtype"]) for e in meta["entries"]}
+    assert stored == {"encoder": ("sequence", "float16", "float32"), "pool": ("vector", "float16", "float32")}
+
+    # the cached Sequence has the loop's shape, mask and (to float16 precision) values
+    config = load_config(project.root / "fp16" / "config.json", environ={})
+    experiment = Experiment.prepare(config, log=quiet)
+    load_model_weights(experiment, RunDir(project.root / "fp16"), "teacher")
+    split = experiment.splits["train"]
+    cache = open_or_build(project.root / "fp16", experiment, split, {"teacher": ["encoder", "pool"]},
+                          torch.device("cpu"), "fp32", "float16", 256, progress=False, log=quiet)
+    experiment.models["teacher"].eval()
+    index = torch.tensor([5, 1, 99, 42, 7])
+    with torch.no_grad():
+        direct = experiment.model_values("teacher", split.collate(index))
+    cached = cache.outputs(index, torch.device("cpu"))["teacher"]
+    assert cached["encoder"].values.shape == direct["encoder"].values.shape
+    assert torch.equal(cached["encoder"].mask, direct["encoder"].mask)
+    on = direct["encoder"].mask.unsqueeze(-1)
+    assert torch.allclose(cached["encoder"].values * on, direct["encoder"].values * on, rtol=1e-3, atol=1e-3)
+    assert cached["pool"].dtype == torch.float32
+    assert torch.allclose(cached["pool"], direct["pool"], rtol=1e-3, atol=1e-3)
+
+    # a loss that reads a teacher node it did not declare is told so (when another loss's nodes are
+    # cached; with no declared node at all the teachers simply run every step)
+    values["stages"][1]["losses"] = [{"block": "HiddenMatch", "declare": False}, {"block": "KD"}]
+    values["stages"][1].update(cache_teachers=True)
+    with pytest.raises(TrainingError, match="which no loss block declared in teacher_nodes"):
+        run(project, values, "undeclared")
+
+
+def test_loss_blocks_declare_the_teacher_nodes_they_read(project):
+    experiment = project.prepare()
+    losses = experiment.build_losses(1)
+    assert [loss.teacher_nodes() for _, loss in losses] == [[("teacher", "logits")], []]
+    assert isinstance(losses[0][1], TeacherLoss)
+    assert requested_nodes(losses, ["teacher"]) == {"teacher": ["logits"]}
+    assert requested_nodes([(1.0, torch.nn.Identity())], ["teacher"]) is None  # cannot say: no cache
+    with pytest.raises(TrainingError, match="no loss block declared"):
+        CachedOutputs("teacher", {"logits": torch.zeros(1)})["pool"]
