@@ -18,6 +18,6 @@ setup(
         "nltk>=3.8",
         "tqdm>=4.60",
     ],
-    extras_require={"test": ["pytest>=7"], "export": ["onnx", "onnxruntime", "onnxscript"]},
+    extras_require={"test": ["pytest>=7", "scipy", "scikit-learn"], "export": ["onnx", "onnxruntime", "onnxscript"]},
     entry_points={"console_scripts": ["blocks=blocks.cli:main"]},
 )

@@ -65,7 +65,8 @@ def report(out: Path) -> str:
                     f"{metric} {mean_std([s['models'][name][split][metric] for s in summaries])}"
                     for metric in metrics) or "—")
             speed = statistics.mean(s["models"][name]["examples_per_second_batch64"] for s in summaries)
-            lines.append(f"| {recipe} | {name} ({first['role']}) | {len(summaries)} | {cells[0]} | {cells[1]} | "
+            role = first["role"] if len(models) > 1 else "model"  # one model: no teacher or student
+            lines.append(f"| {recipe} | {name} ({role}) | {len(summaries)} | {cells[0]} | {cells[1]} | "
                          f"{first['parameters']:,} | {speed:,.0f} |")
     return "\n".join(lines)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -273,3 +274,19 @@ def test_interrupt_and_resume_through_the_command_line(project, capsys, monkeypa
     assert "resuming at step 4" in out
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["stages"]["teacher"]["steps"] == 8
+
+
+def test_default_run_directories_never_overwrite_and_resume_takes_the_newest(project):
+    from blocks.engine.run import default_run_dir
+
+    config = project.load(project.single_stage())
+    first = default_run_dir(config, resume=False)
+    assert first == Path("runs") / "config"
+    train(config, progress=False, log=quiet)
+    assert (project.root / "runs" / "config" / "summary.json").is_file()
+    second = default_run_dir(config, resume=False)
+    assert second == Path("runs") / "config-2"
+    train(config, progress=False, log=quiet)
+    assert (project.root / "runs" / "config-2" / "summary.json").is_file()
+    assert default_run_dir(config, resume=True) == Path("runs") / "config-2"
+    assert default_run_dir(config, resume=False) == Path("runs") / "config-3"
