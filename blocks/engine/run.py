@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from blocks.config.loader import Config
+from blocks.data.vocabulary import Vocabulary
 from blocks.engine import distributed
 from blocks.engine.checkpoint import atomic_write_json, load_checkpoint
 from blocks.engine.evaluation import evaluate, throughput
@@ -123,7 +124,6 @@ def _train(config: Config, run_dir, resume: bool, log, progress: bool, dist: dis
     experiment = Experiment.prepare(config, log=log)
     if resume:
         for name, vocab in experiment.vocabularies.items():
-            from blocks.data.vocabulary import Vocabulary
             if isinstance(vocab, Vocabulary) and Vocabulary.load(directory.vocab / f"{name}.txt") != vocab:
                 raise CheckpointError("the training data changed since the run started (vocabulary differs)",
                                       str(directory.vocab / f"{name}.txt"))
