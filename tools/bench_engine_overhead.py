@@ -38,8 +38,6 @@ import argparse
 import contextlib
 import gc
 import io
-import os
-import platform
 import shlex
 import statistics
 import sys
@@ -57,90 +55,13 @@ from blocks.engine.optim import build_schedule
 from blocks.engine.run_dir import RunDir
 from blocks.engine.trainer import StageTrainer, epoch_generator
 from blocks.errors import DistilBlocksError
+from blocks.engine.benchmark import (NestedTimer, available_cores, busy_warning, load_average, machine_lines,
+                                     snapshot, synchronize)
 from blocks.experiment import Experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "model_zoo" / "sst2" / "bilstm_attention.json"
 TARGET = 1.10
-
-
-# -- machine ----------------------------------------------------------------------------------
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def load_average() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except (AttributeError, OSError):
-        return "n/a"
-
-
-def machine_lines(device: torch.device) -> list[str]:
-    lines = [f"machine: {platform.platform()}; CPU: {cpu_name()}; {os.cpu_count()} logical CPUs "
-             f"({available_cores()} usable by this process)",
-             f"software: Python {platform.python_version()}, torch {torch.__version__}; device {device}; "
-             f"torch threads {torch.get_num_threads()} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})"]
-    if device.type == "cuda":
-        lines.append(f"GPU: {torch.cuda.get_device_name(device)}")
-    return lines
-
-
-def busy_warning() -> str | None:
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return None
-    if load >= 0.75:
-        return (f"WARNING: the 1-minute load average is {load:.2f} before the benchmark starts: other processes "
-                f"are using the CPU, so the timings are noisy. Measure on an idle machine.")
-    return None
-
-
-# -- timing helpers ---------------------------------------------------------------------------
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class NestedTimer:
-    """Accumulates the time spent in wrapped callables, counting nested calls once."""
-
-    def __init__(self):
-        self.total = 0.0
-        self.calls = 0
-        self._depth = 0
-
-    def wrap(self, function):
-        def timed(*args, **kwargs):
-            outermost = self._depth == 0
-            self._depth += 1
-            start = time.perf_counter()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                self._depth -= 1
-                if outermost:
-                    self.total += time.perf_counter() - start
-                    self.calls += 1
-        return timed
-
-
-def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def compare_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[str, bool]:

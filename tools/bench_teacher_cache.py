@@ -51,77 +51,13 @@ from blocks.engine.run_dir import RunDir
 from blocks.engine.teacher_cache import TeacherCache
 from blocks.engine.trainer import StageTrainer
 from blocks.errors import DistilBlocksError
+from blocks.engine.benchmark import (NestedTimer, available_cores, busy_warning, cpu_name, load_average,
+                                     snapshot, synchronize)
 from blocks.experiment import Experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "model_zoo" / "sst2" / "transformer_kd_bilstm.json"
 TARGET = 5.0
-
-
-# -- machine ----------------------------------------------------------------------------------
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def load_average() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except (AttributeError, OSError):
-        return "n/a"
-
-
-def busy_warning() -> str | None:
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return None
-    if load >= 0.75:
-        return (f"WARNING: the 1-minute load average is {load:.2f} before the benchmark starts: other processes "
-                f"are using the CPU, so the timings are noisy. Measure on an idle machine.")
-    return None
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class Timer:
-    """Accumulates the time spent in wrapped callables, counting nested calls once."""
-
-    def __init__(self):
-        self.total = 0.0
-        self._depth = 0
-
-    def wrap(self, function):
-        def timed(*args, **kwargs):
-            outermost = self._depth == 0
-            self._depth += 1
-            start = time.perf_counter()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                self._depth -= 1
-                if outermost:
-                    self.total += time.perf_counter() - start
-        return timed
-
-
-def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def compare_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[str, bool]:
@@ -181,14 +117,14 @@ def side(experiment: Experiment, stage_index: int, device: torch.device, initial
     gc.collect()
     messages: list[str] = []
     captured = io.StringIO()
-    reads = Timer()  # slicing the cache each step
+    reads = NestedTimer()  # slicing the cache each step
     original_outputs = TeacherCache.outputs
     TeacherCache.outputs = reads.wrap(original_outputs)
     with contextlib.ExitStack() as restore, \
             tempfile.TemporaryDirectory(prefix="bench-cache-", dir=run_root) as folder:
         restore.callback(setattr, TeacherCache, "outputs", original_outputs)
         trainer = StageTrainer(experiment, stage_index, RunDir(folder), device, log=messages.append, progress=False)
-        end, build = Timer(), Timer()
+        end, build = NestedTimer(), NestedTimer()
         for method in ("_evaluate_and_save", "save", "save_best", "_finish"):
             setattr(trainer, method, end.wrap(getattr(trainer, method)))
         trainer._open_teacher_cache = build.wrap(trainer._open_teacher_cache)

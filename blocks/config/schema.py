@@ -175,10 +175,11 @@ STAGE_SCHEMA = {
                            "description": "stop after this many evaluations without improvement"},
         "log_every": {"type": "integer", "minimum": 1, "default": 50,
                       "description": "steps between loss reports (and NaN checks)"},
-        "cache_teachers": {"type": "boolean", "default": True,
+        "cache_teachers": {"enum": ["auto", True, False], "default": "auto",
                            "description": "compute the teachers' outputs the losses read once and keep them on "
-                                          "disk (RUN/cache) instead of running the teachers every step; false "
-                                          "when the inputs change between epochs (e.g. data augmentation)"},
+                                          "disk (RUN/cache) instead of running the teachers every step. auto: "
+                                          "cache unless the stage sees fewer examples than one epoch; true: "
+                                          "always; false: never (e.g. data augmentation that changes every epoch)"},
         "cache_dtype": {"enum": ["float16", "float32"], "default": "float16",
                         "description": "storage type of cached teacher hidden states (the teachers' output "
                                        "nodes, the logits, are always stored as float32)"},

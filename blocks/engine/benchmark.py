@@ -59,6 +59,59 @@ def busy() -> bool:
         return False
 
 
+def machine_lines(device: torch.device) -> list[str]:
+    lines = [f"machine: {platform.platform()}; CPU: {cpu_name()}; {os.cpu_count()} logical CPUs "
+             f"({available_cores()} usable by this process)",
+             f"software: Python {platform.python_version()}, torch {torch.__version__}; device {device}; "
+             f"torch threads {torch.get_num_threads()} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})"]
+    if device.type == "cuda":
+        lines.append(f"GPU: {torch.cuda.get_device_name(device)}")
+    return lines
+
+
+def busy_warning() -> str | None:
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+    if load >= 0.75:
+        return (f"WARNING: the 1-minute load average is {load:.2f} before the benchmark starts: other processes "
+                f"are using the CPU, so the timings are noisy. Measure on an idle machine.")
+    return None
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class NestedTimer:
+    """Accumulates the time spent in wrapped callables, counting nested calls once."""
+
+    def __init__(self):
+        self.total = 0.0
+        self.calls = 0
+        self._depth = 0
+
+    def wrap(self, function):
+        def timed(*args, **kwargs):
+            outermost = self._depth == 0
+            self._depth += 1
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self._depth -= 1
+                if outermost:
+                    self.total += time.perf_counter() - start
+                    self.calls += 1
+        return timed
+
+
+def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
 # -- what is measured -------------------------------------------------------------------------
 @dataclass
 class Entry:

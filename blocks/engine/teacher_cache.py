@@ -1,7 +1,7 @@
 """Teacher outputs computed once and kept on disk, instead of running the teachers every step.
 
 Frozen teachers run in eval mode, so their outputs on the (unchanging) training set are the same
-every epoch. When a stage has ``"cache_teachers": true`` (the default), the trainer asks each loss
+every epoch. When a stage caches (``"cache_teachers"``: ``"auto"``, the default, or ``true``), the trainer asks each loss
 block which teacher nodes it reads (:meth:`blocks.distill.losses.Loss.teacher_nodes`), computes
 those values once for every training example and stores them in ::
 

@@ -5,9 +5,10 @@ loss is read back (``.item()``) only every ``log_every`` steps, and a NaN/inf ch
 the device between those reads. Every evaluation writes a resumable checkpoint (weights,
 optimizer, schedule, RNG, position in the epoch), so a killed run continues to the same result.
 
-Teachers either run in the loop (every step, under ``no_grad`` in eval mode) or, with
-``"cache_teachers": true`` (the default), once per stage into the teacher cache on disk
-(:mod:`blocks.engine.teacher_cache`), which each step then slices by the batch's example indexes.
+Teachers either run in the loop (every step, under ``no_grad`` in eval mode) or once per stage
+into the teacher cache on disk (:mod:`blocks.engine.teacher_cache`), which each step then slices
+by the batch's example indexes: ``"cache_teachers": "auto"`` (the default) caches when the stage
+sees at least one epoch, ``true`` always, ``false`` never.
 
 With several processes (``torchrun``, see :mod:`blocks.engine.distributed`) the trained model is
 wrapped in ``DistributedDataParallel``; every rank builds the same global batches of
@@ -301,7 +302,8 @@ class StageTrainer:
     def _open_teacher_cache(self) -> None:
         """Compute (or reuse) the teacher outputs the losses read, when the stage caches them."""
         self.teacher_cache = None
-        if not self.teachers or not self.stage.get("cache_teachers", True):
+        policy = self.stage.get("cache_teachers", "auto")
+        if not self.teachers or policy is False:
             return
         nodes = requested_nodes(self.losses, self.teachers)
         if nodes is None:
@@ -313,7 +315,7 @@ class StageTrainer:
                      f"node it reads)")
             return
         examples_seen = self.total_steps * self.stage["batch_size"] * self.stage["accumulate"]
-        if examples_seen < len(self.train_split):
+        if policy == "auto" and examples_seen < len(self.train_split):
             self.log(f"stage '{self.stage['name']}': teachers run every step (the stage sees {examples_seen:,} "
                      f"examples, fewer than the {len(self.train_split):,} a cache would compute)")
             return

@@ -294,3 +294,21 @@ def test_loss_blocks_declare_the_teacher_nodes_they_read(project):
     assert requested_nodes([(1.0, torch.nn.Identity())], ["teacher"]) is None  # cannot say: no cache
     with pytest.raises(TrainingError, match="no loss block declared"):
         CachedOutputs("teacher", {"logits": torch.zeros(1)})["pool"]
+
+
+def test_auto_policy_keeps_the_teacher_in_the_loop_for_stages_shorter_than_an_epoch(project):
+    from blocks.config.loader import load_config
+    from blocks.engine.run import train
+
+    values = project.config()
+    values["stages"][1]["max_steps"] = 2  # 2 batches of 16 < 120 training examples
+    messages = []
+    train(load_config(project.write(values), environ={}), run_dir=project.root / "short", progress=False,
+          log=messages.append)
+    assert any("teachers run every step (the stage sees 32 examples" in m for m in messages)
+    assert not (project.root / "short" / "cache").exists()
+
+    values["stages"][1]["cache_teachers"] = True  # an explicit true always caches
+    train(load_config(project.write(values), environ={}), run_dir=project.root / "forced", progress=False,
+          log=lambda *a: None)
+    assert any((project.root / "forced" / "cache").iterdir())
