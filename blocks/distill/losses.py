@@ -8,13 +8,16 @@ stage's only teacher; ``teacher_output``, default: that teacher's output node).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from blocks.distill.schedules import make_schedule
+from blocks.errors import did_you_mean
 from blocks.registry import register_loss
+from blocks.values import SEQUENCE, VECTOR, Sequence, Spec
 
 
 @dataclass
@@ -27,6 +30,7 @@ class LossContext:
     task: str = "classification"
     num_outputs: int = 2
     output_specs: dict[str, Any] = field(default_factory=dict)
+    node_specs: dict[str, dict[str, Spec]] = field(default_factory=dict)  # model -> node -> Spec
 
 
 class Loss(nn.Module):
@@ -42,6 +46,9 @@ class Loss(nn.Module):
 
     def student_value(self, outputs: dict) -> torch.Tensor:
         return _logits(outputs[self.model][self.output])
+
+    def set_step(self, step: int) -> None:
+        """Told the current optimizer step before each call; a scheduled loss updates itself here."""
 
     def teacher_nodes(self) -> list[tuple[str, str]]:
         """The (teacher, node) pairs this loss reads from ``outputs``.
@@ -81,6 +88,13 @@ class TeacherLoss(Loss):
             raise ValueError(f"{type(self).__name__}: student '{self.output}' has shape {tuple(student.shape)} "
                              f"but teacher '{self.teacher_output}' has {tuple(teacher.shape)}")
         return student.float(), teacher.float()
+
+
+def _check_positive(spec: dict, schedule, name: str) -> None:
+    """A temperature schedule must stay > 0 (its extremes are at step 0 and where it ends)."""
+    probes = [0, int(spec.get("steps", 0) or 0)] if spec.get("type") != "step" else [0, 10 ** 6]
+    if any(schedule(step) <= 0 for step in probes) or spec.get("end", 1.0) <= 0:
+        raise ValueError(f"{name}: values must stay > 0")
 
 
 def _logits(value: Any) -> torch.Tensor:
@@ -142,15 +156,30 @@ class KnowledgeDistillation(TeacherLoss):
         output: student node holding the logits (default: the student's output).
         teacher_output: teacher node holding the logits (default: the teacher's output).
         scale: multiply by T² (the standard form; false reproduces toolkits that omit it).
+        temperature_schedule: a schedule of T over optimizer steps, overriding temperature, e.g.
+            {"type": "linear", "start": 4.0, "end": 1.0, "steps": 1000}.
     """
 
     def __init__(self, stage: LossContext, teacher: str | None = None, temperature: float = 2.0,
-                 output: str | None = None, teacher_output: str | None = None, scale: bool = True):
+                 output: str | None = None, teacher_output: str | None = None, scale: bool = True,
+                 temperature_schedule: dict | None = None):
         super().__init__(stage, teacher, output, teacher_output)
         if temperature <= 0:
             raise ValueError("temperature must be > 0")
         self.temperature = temperature
         self.scale = scale
+        self.schedule = None
+        if temperature_schedule is not None:
+            try:
+                self.schedule = make_schedule(temperature_schedule)
+            except ValueError as error:
+                raise ValueError(f"temperature_schedule: {error}") from None
+            _check_positive(temperature_schedule, self.schedule, "temperature_schedule")
+            self.temperature = self.schedule(0)
+
+    def set_step(self, step: int) -> None:
+        if self.schedule is not None:
+            self.temperature = self.schedule(step)
 
     def forward(self, outputs: dict, batch) -> torch.Tensor:
         student, teacher = self.pair(outputs)
