@@ -202,7 +202,8 @@ class Experiment:
         context = LossContext(student=stage["train"], teachers=list(stage["teachers"]),
                               output_of={n: g.output_name for n, g in self.models.items()},
                               task=self.task.type, num_outputs=self.task.num_outputs,
-                              output_specs={n: g.output_spec for n, g in self.models.items()})
+                              output_specs={n: g.output_spec for n, g in self.models.items()},
+                              node_specs={n: {node.name: node.spec for node in g.nodes} for n, g in self.models.items()})
         losses = []
         for j, loss in enumerate(stage["losses"]):
             params = {k: v for k, v in loss.items() if k not in ("block", "weight")}

@@ -92,7 +92,7 @@ class TeacherLoss(Loss):
 
 def _check_positive(spec: dict, schedule, name: str) -> None:
     """A temperature schedule must stay > 0 (its extremes are at step 0 and where it ends)."""
-    probes = [0, int(spec.get("steps", 0) or 0)] if spec.get("type") != "step" else [0, 10 ** 6]
+    probes = [0, int(spec.get("steps", 0) or 0)]  # a step schedule's factor > 0 keeps it positive
     if any(schedule(step) <= 0 for step in probes) or spec.get("end", 1.0) <= 0:
         raise ValueError(f"{name}: values must stay > 0")
 
@@ -204,3 +204,112 @@ class LogitMeanSquaredError(TeacherLoss):
     def forward(self, outputs: dict, batch) -> torch.Tensor:
         student, teacher = self.pair(outputs)
         return F.mse_loss(student, teacher)
+
+
+@register_loss("LogitL1")
+class LogitL1(TeacherLoss):
+    """Mean absolute difference between student and teacher logits.
+
+    Averaged over batch and classes.
+
+    Args:
+        teacher: teacher model (default: the stage's only teacher).
+        output: student node holding the logits (default: the student's output).
+        teacher_output: teacher node holding the logits (default: the teacher's output).
+    """
+
+    def forward(self, outputs: dict, batch) -> torch.Tensor:
+        student, teacher = self.pair(outputs)
+        return F.l1_loss(student, teacher)
+
+
+@register_loss("RepresentationMatch")
+class RepresentationMatch(TeacherLoss):
+    """Match a student hidden state to a teacher hidden state (MSE, L1 or cosine).
+
+    Both nodes must be vectors, or both sequences (averaged over the student's real positions).
+    When their widths differ, a learned linear projection (trained with the student) maps the
+    student's width to the teacher's; its widths are inferred from the two nodes.
+
+    Args:
+        output: student node to match (a vector or sequence node).
+        teacher_output: teacher node to match (of the same kind).
+        teacher: teacher model (default: the stage's only teacher).
+        distance: "mse" (mean squared error), "l1" (mean absolute error) or "cosine" (mean of 1 − cos).
+        projection: learn a projection when the widths differ (false: the widths must be equal).
+    """
+
+    def __init__(self, stage: LossContext, output: str, teacher_output: str, teacher: str | None = None,
+                 distance: Literal["mse", "l1", "cosine"] = "mse", projection: bool = True):
+        super().__init__(stage, teacher, output, teacher_output)
+        if distance not in ("mse", "l1", "cosine"):
+            raise ValueError(f"unknown distance {distance!r}{did_you_mean(str(distance), ('mse', 'l1', 'cosine'))}"
+                             " (known: mse, l1, cosine)")
+        self.distance = distance
+        student_spec = _node_spec(stage, self.model, self.output)
+        teacher_spec = _node_spec(stage, self.teacher, self.teacher_output)
+        if (student_spec.kind not in (SEQUENCE, VECTOR) or teacher_spec.kind not in (SEQUENCE, VECTOR)
+                or student_spec.kind != teacher_spec.kind):
+            raise ValueError(f"a representation match needs two vectors or two sequences; "
+                             f"student '{self.output}' is a {student_spec.describe()}, "
+                             f"teacher '{self.teacher_output}' is a {teacher_spec.describe()}")
+        self.kind = student_spec.kind
+        self.student_width, self.teacher_width = student_spec.width, teacher_spec.width
+        self.projection: nn.Module | None = None
+        if self.student_width != self.teacher_width:
+            if not projection:
+                raise ValueError(f"student '{self.output}' is {student_spec.describe()} but teacher "
+                                 f"'{self.teacher_output}' is {teacher_spec.describe()}; widths differ, "
+                                 f"so set \"projection\": true")
+            self.projection = nn.Linear(self.student_width, self.teacher_width)
+
+    def forward(self, outputs: dict, batch) -> torch.Tensor:
+        student = outputs[self.model][self.output]
+        teacher = outputs[self.teacher][self.teacher_output]
+        if self.kind == VECTOR:
+            if isinstance(student, Sequence) or isinstance(teacher, Sequence):
+                raise ValueError(f"RepresentationMatch: expected vectors at '{self.output}' and '{self.teacher_output}'")
+            return self._distance(self._project(student), teacher.float()).mean()
+        if not isinstance(student, Sequence) or not isinstance(teacher, Sequence):
+            raise ValueError(f"RepresentationMatch: expected sequences at '{self.output}' and '{self.teacher_output}'")
+        s_values, t_values, mask = student.values, teacher.values, student.mask
+        s_len, t_len = s_values.shape[1], t_values.shape[1]
+        if s_len != t_len:
+            # Padding may differ (a cached teacher keeps positions up to its last real one only).
+            shorter = min(s_len, t_len)
+            if bool(mask[:, shorter:].any()) or bool(teacher.mask[:, shorter:].any()):
+                raise ValueError(f"RepresentationMatch: student '{self.output}' has {s_len} positions but "
+                                 f"teacher '{self.teacher_output}' has {t_len}; a sequence match needs "
+                                 f"the same positions (the same tokenization)")
+            s_values, t_values, mask = s_values[:, :shorter], t_values[:, :shorter], mask[:, :shorter]
+        per_position = self._distance(self._project(s_values), t_values.float())  # [B, L]
+        weights = mask.to(per_position.dtype)
+        return (per_position * weights).sum() / weights.sum().clamp(min=1.0)
+
+    def _project(self, value: torch.Tensor) -> torch.Tensor:
+        value = value.float()
+        if self.projection is not None:
+            value = self.projection(value)
+        return value
+
+    def _distance(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """Per-example (per-position) distance, averaged over the feature width."""
+        if student.shape != teacher.shape:
+            raise ValueError(f"RepresentationMatch: student '{self.output}' gives shape {tuple(student.shape)} "
+                             f"but teacher '{self.teacher_output}' gives {tuple(teacher.shape)}")
+        if self.distance == "mse":
+            return (student - teacher).pow(2).mean(dim=-1)
+        if self.distance == "l1":
+            return (student - teacher).abs().mean(dim=-1)
+        return 1.0 - F.cosine_similarity(student, teacher, dim=-1)
+
+
+def _node_spec(stage: LossContext, model: str, node: str) -> Spec:
+    specs = stage.node_specs.get(model)
+    if specs is None:
+        if node == stage.output_of.get(model) and model in stage.output_specs:
+            return stage.output_specs[model]
+        raise ValueError(f"the widths of model '{model}' are unknown (no node specs in the loss context)")
+    if node not in specs:
+        raise ValueError(f"model '{model}' has no node '{node}'{did_you_mean(node, specs)}")
+    return specs[node]

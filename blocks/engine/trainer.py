@@ -346,6 +346,9 @@ class StageTrainer:
                 with torch.no_grad():
                     for teacher in self.teachers:
                         outputs[teacher] = experiment.model_values(teacher, batch)
+            for _, loss in self.losses:
+                if hasattr(loss, "set_step"):  # a custom nn.Module loss may not derive from Loss
+                    loss.set_step(self.state.step)
             total = None
             for weight, loss in self.losses:
                 term = weight * loss(outputs, batch)
