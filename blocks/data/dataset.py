@@ -114,36 +114,34 @@ def build_input_fields(models: dict, file: str | None, base_dir=None, locations:
         for input_name, definition in model["inputs"].items():
             path = f"/models/{model_name}/inputs/{input_name}"
             canonical = json.dumps(definition, sort_keys=True)
-            if canonical not in by_definition and definition["type"] == PRETRAINED:
-                key = f"input{len(by_definition)}"
-                by_definition[canonical] = key
-                written = definition["tokenizer"]
-                location = (locations or {}).get(written) or resolve_pretrained(written, base_dir, file,
-                                                                                 f"{path}/tokenizer")
-                tokenizer = PretrainedTokenizer(location, definition["max_length"], file, f"{path}/tokenizer")
-                tokenizer.written = written
-                fields[key] = InputField(
-                    key=key, field=definition["field"], type=PRETRAINED, tokenizer=tokenizer, lowercase=False,
-                    max_length=tokenizer.max_length, vocab=f"pretrained:{written}",
-                    max_word_length=definition["max_word_length"], pair_field=definition["pair_field"])
             if canonical not in by_definition:
                 key = f"input{len(by_definition)}"
                 by_definition[canonical] = key
-                fields[key] = InputField(
-                    key=key, field=definition["field"], type=definition["type"],
-                    tokenizer=build_tokenizer(definition["tokenizer"], file, f"{path}/tokenizer"),
-                    lowercase=definition["lowercase"], max_length=definition["max_length"],
-                    vocab=definition["vocab"], max_word_length=definition["max_word_length"])
+                fields[key] = make_input_field(key, definition, file, path, base_dir, locations or {})
+            model_inputs[model_name][input_name] = by_definition[canonical]
             if definition["type"] == PRETRAINED:
-                model_inputs[model_name][input_name] = by_definition[canonical]
-                continue
+                continue  # a pretrained tokenizer brings its own vocabulary
             kind = vocab_kinds.setdefault(definition["vocab"], (definition["type"], path))
             if kind[0] != definition["type"]:
                 raise ConfigError(f"vocabulary '{definition['vocab']}' is used for {kind[0]} at {kind[1]} and for "
                                   f"{definition['type']} here; give the {definition['type']} input its own vocab",
                                   file, f"{path}/vocab")
-            model_inputs[model_name][input_name] = by_definition[canonical]
     return fields, model_inputs
+
+
+def make_input_field(key: str, definition: dict, file: str | None, path: str, base_dir,
+                     locations: dict[str, str]) -> InputField:
+    if definition["type"] == PRETRAINED:
+        written = definition["tokenizer"]
+        location = locations.get(written) or resolve_pretrained(written, base_dir, file, f"{path}/tokenizer")
+        tokenizer = PretrainedTokenizer(location, definition["max_length"], written, file, f"{path}/tokenizer")
+        return InputField(key=key, field=definition["field"], type=PRETRAINED, tokenizer=tokenizer,
+                          lowercase=False, max_length=tokenizer.max_length, vocab=f"pretrained:{written}",
+                          max_word_length=definition["max_word_length"], pair_field=definition["pair_field"])
+    return InputField(key=key, field=definition["field"], type=definition["type"],
+                      tokenizer=build_tokenizer(definition["tokenizer"], file, f"{path}/tokenizer"),
+                      lowercase=definition["lowercase"], max_length=definition["max_length"],
+                      vocab=definition["vocab"], max_word_length=definition["max_word_length"])
 
 
 def build_tokenizer(spec: str | dict, file: str | None, path: str):

@@ -81,10 +81,14 @@ class PretrainedVocabulary:
 class PretrainedTokenizer:
     """Encodes one field, or a pair of fields, into a pretrained model's input ids."""
 
-    def __init__(self, location: str, max_length: int | None, file: str | None = None, path: str | None = None):
+    def __init__(self, location: str, max_length: int | None, written: str | None = None, file: str | None = None,
+                 path: str | None = None):
+        """``location`` is where the files are; ``written`` how the config names them (the key
+        of the run directory's copy)."""
         from transformers import AutoTokenizer
 
         self.location = location
+        self.written = written or location
         self.max_length = max_length or 128
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=True)
