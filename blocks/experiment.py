@@ -85,9 +85,7 @@ def check_references(config: Config) -> None:
             LOSSES.get(loss["block"], file, f"{path}/losses/{j}/block")
             params = {k: v for k, v in loss.items() if k not in ("block", "weight")}
             LOSSES.validate_params(loss["block"], params, file, f"{path}/losses/{j}")
-        select = stage["select"] or values["task"]["metrics"][0]
-        if select != "loss":
-            METRICS.get(select, file, f"{path}/select")
+        METRICS.get(stage["select"] or values["task"]["metrics"][0], file, f"{path}/select")
         trained.add(stage["train"])
     for model_name, model in models.items():
         for i, node in enumerate(model["graph"]):

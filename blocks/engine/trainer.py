@@ -427,8 +427,9 @@ class StageTrainer:
             # rank 0 evaluates; the others take its metrics, so every rank decides the same
             metrics = None
             if self.main:
+                names = list(dict.fromkeys(self.config["task"]["metrics"] + [self.select]))
                 metrics = evaluate(self.experiment, self.model_name, self.dev_split, stage["eval_batch_size"],
-                                   self.device, self.precision)
+                                   self.device, self.precision, metrics=names)
             metrics = self.dist.broadcast(metrics)
             value = metrics[self.select]
             best = self.state.best

@@ -290,3 +290,20 @@ def test_default_run_directories_never_overwrite_and_resume_takes_the_newest(pro
     assert (project.root / "runs" / "config-2" / "summary.json").is_file()
     assert default_run_dir(config, resume=True) == Path("runs") / "config-2"
     assert default_run_dir(config, resume=False) == Path("runs") / "config-3"
+
+
+def test_selection_metric_outside_the_task_metrics_is_evaluated_too(project):
+    values = project.single_stage()
+    values["task"]["metrics"] = ["accuracy"]
+    values["stages"][0]["select"] = "macro_f1"
+    summary = run(project, values)
+    history = json.loads((project.root / "run" / "stages" / "teacher" / "state.json").read_text())["position"]["history"]
+    assert all({"accuracy", "macro_f1"} <= set(entry) for entry in history)
+    assert summary["stages"]["teacher"]["select"] == "macro_f1"
+
+
+def test_selection_by_an_unknown_metric_is_a_config_error(project, capsys):
+    values = project.single_stage()
+    values["stages"][0]["select"] = "loss"
+    assert main(["validate", str(project.write(values))]) == 2
+    assert "/stages/0/select" in capsys.readouterr().err
