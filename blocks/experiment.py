@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from blocks.catalog import load_builtin_entries
-from blocks.config.loader import Config
+from blocks.config.loader import REGRESSION_METRICS, Config
 from blocks.data.pretrained_tokenizer import slug
 from blocks.data.dataset import (PRETRAINED, SPLITS, EncodedSplit, Task, build_input_fields, count_tokens, discover_task,
                                  encode_rows, input_specs, read_split, split_sources)
@@ -60,8 +60,12 @@ def check_references(config: Config) -> None:
     """Cross-references the schema cannot express: models, teachers, losses, metrics, blocks."""
     values, file = config.values, config.file
     models = values["models"]
-    for name in values["task"]["metrics"]:
-        METRICS.get(name, file, "/task/metrics")
+    regression = values["task"]["type"] == "regression"
+    for i, name in enumerate(values["task"]["metrics"]):
+        METRICS.get(name, file, f"/task/metrics/{i}")
+        if regression and name not in REGRESSION_METRICS:
+            raise ConfigError(f"metric '{name}' needs a classification task; a regression task can use "
+                              f"{', '.join(REGRESSION_METRICS)}", file, f"/task/metrics/{i}")
     trained: set[str] = set()
     stage_names: set[str] = set()
     for i, stage in enumerate(values["stages"]):

@@ -19,6 +19,7 @@ from blocks.config.schema import CONFIG_SCHEMA
 from blocks.errors import ConfigError, did_you_mean
 
 DATA_ROOT_VARIABLE = "DISTILBLOCKS_DATA"
+REGRESSION_METRICS = ("pearson", "spearman", "mse", "rmse")  # the first three are the regression default
 
 
 @dataclass
@@ -217,6 +218,9 @@ def load_config(path: str | Path, overrides: Iterable[str] = (), environ: dict |
         apply_override(values, parts, value, text)
     values.pop("$schema", None)
     validate_structure(values, file)
+    task = values.setdefault("task", {})
+    if task.get("type") == "regression" and "metrics" not in task:
+        task["metrics"] = list(REGRESSION_METRICS[:3])
     _fill_defaults(CONFIG_SCHEMA, values, CONFIG_SCHEMA["$defs"])
     if "task" not in values:
         values["task"] = {}

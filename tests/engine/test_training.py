@@ -307,3 +307,20 @@ def test_selection_by_an_unknown_metric_is_a_config_error(project, capsys):
     values["stages"][0]["select"] = "loss"
     assert main(["validate", str(project.write(values))]) == 2
     assert "/stages/0/select" in capsys.readouterr().err
+
+
+def test_regression_task_trains_with_mse_and_reports_correlations(project, capsys):
+    values = project.single_stage()
+    values["task"] = {"type": "regression"}
+    values["stages"][0]["losses"] = [{"block": "MSE"}]
+    values["stages"][0]["epochs"] = 4
+    summary = run(project, values)
+    dev = summary["models"]["teacher"]["dev"]
+    assert set(dev) == {"pearson", "spearman", "mse"}
+    assert dev["pearson"] > 0.8  # the tiny data is separable
+    assert json.loads((project.root / "run" / "task.json").read_text())["type"] == "regression"
+
+    values["task"]["metrics"] = ["pearson", "accuracy"]
+    assert main(["validate", str(project.write(values, "bad.json"))]) == 2
+    err = capsys.readouterr().err
+    assert "/task/metrics/1" in err and "needs a classification task" in err
