@@ -140,7 +140,7 @@ def test_unknown_metric(project, capsys):
     values = project.config()
     values["task"]["metrics"] = ["acuracy"]
     _, err, path = validate(project, capsys, values)
-    assert f"{path}: /task/metrics: unknown metric 'acuracy'; did you mean 'accuracy'?" in err
+    assert f"{path}: /task/metrics/0: unknown metric 'acuracy'; did you mean 'accuracy'?" in err
 
 
 # -- the data -------------------------------------------------------------------------------------
