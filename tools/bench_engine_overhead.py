@@ -54,26 +54,14 @@ from blocks.data.batching import bucket_batches
 from blocks.engine.optim import build_schedule
 from blocks.engine.run_dir import RunDir
 from blocks.engine.trainer import StageTrainer, epoch_generator
+from blocks.engine.benchmark import (NestedTimer, available_cores, busy_warning, compare_weights, load_average,
+                                     machine_lines, snapshot, synchronize)
 from blocks.errors import DistilBlocksError
-from blocks.engine.benchmark import (NestedTimer, available_cores, busy_warning, load_average, machine_lines,
-                                     snapshot, synchronize)
 from blocks.experiment import Experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "model_zoo" / "sst2" / "bilstm_attention.json"
 TARGET = 1.10
-
-
-def compare_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[str, bool]:
-    """('bitwise identical' | 'equal within 1e-6 (max |diff| x)' | 'DIFFER ...', ok)."""
-    if a.keys() != b.keys():
-        return "DIFFER (different parameter names)", False
-    if all(torch.equal(a[k], b[k]) for k in a):
-        return "bitwise identical", True
-    diff = max((a[k].float() - b[k].float()).abs().max().item() for k in a if a[k].numel())
-    if all(torch.allclose(a[k].float(), b[k].float(), rtol=1e-5, atol=1e-6) for k in a):
-        return f"equal within tolerance (max |diff| {diff:.2e}), not bitwise", True
-    return f"DIFFER (max |diff| {diff:.3e})", False
 
 
 # -- the stage both sides train ---------------------------------------------------------------

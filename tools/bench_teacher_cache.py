@@ -50,25 +50,14 @@ from blocks.engine.checkpoint import load_checkpoint
 from blocks.engine.run_dir import RunDir
 from blocks.engine.teacher_cache import TeacherCache
 from blocks.engine.trainer import StageTrainer
+from blocks.engine.benchmark import (NestedTimer, available_cores, busy_warning, compare_weights, cpu_name,
+                                     load_average, snapshot, synchronize)
 from blocks.errors import DistilBlocksError
-from blocks.engine.benchmark import (NestedTimer, available_cores, busy_warning, cpu_name, load_average,
-                                     snapshot, synchronize)
 from blocks.experiment import Experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "model_zoo" / "sst2" / "transformer_kd_bilstm.json"
 TARGET = 5.0
-
-
-def compare_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[str, bool]:
-    if a.keys() != b.keys():
-        return "DIFFER (different parameter names)", False
-    if all(torch.equal(a[k], b[k]) for k in a):
-        return "bitwise identical", True
-    diff = max((a[k].float() - b[k].float()).abs().max().item() for k in a if a[k].numel())
-    if all(torch.allclose(a[k].float(), b[k].float(), rtol=1e-4, atol=1e-5) for k in a):
-        return f"equal within tolerance (max |diff| {diff:.2e}), not bitwise", True
-    return f"DIFFER (max |diff| {diff:.3e})", False
 
 
 def seconds(value: float) -> str:
@@ -244,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{cached['steps']:,} steps; cache {cached['cache_bytes'] / 1e6:,.2f} MB", flush=True)
 
     same_dev = loop["dev"] == cached["dev"]
-    weights, weights_ok = compare_weights(loop["weights"], cached["weights"])
+    weights, weights_ok = compare_weights(loop["weights"], cached["weights"], rtol=1e-4, atol=1e-5)
     shown = lambda d: ", ".join(f"{k} {v:.4f}" for k, v in d.items()) or "no dev split"  # noqa: E731
     print(f"dev after the epoch: loop {shown(loop['dev'])}; cache {shown(cached['dev'])} -> "
           f"{'same' if same_dev else 'DIFFERENT'}; final student weights: {weights}")

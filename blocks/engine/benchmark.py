@@ -108,6 +108,19 @@ class NestedTimer:
         return timed
 
 
+def compare_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], rtol: float = 1e-5,
+                    atol: float = 1e-6) -> tuple[str, bool]:
+    """('bitwise identical' | 'equal within tolerance (max |diff| x), not bitwise' | 'DIFFER ...', ok)."""
+    if a.keys() != b.keys():
+        return "DIFFER (different parameter names)", False
+    if all(torch.equal(a[k], b[k]) for k in a):
+        return "bitwise identical", True
+    diff = max((a[k].float() - b[k].float()).abs().max().item() for k in a if a[k].numel())
+    if all(torch.allclose(a[k].float(), b[k].float(), rtol=rtol, atol=atol) for k in a):
+        return f"equal within tolerance (max |diff| {diff:.2e}), not bitwise", True
+    return f"DIFFER (max |diff| {diff:.3e})", False
+
+
 def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
