@@ -82,7 +82,7 @@ def check_references(config: Config) -> None:
                                   file, f"{path}/teachers/{j}")
             if teacher == stage["train"]:
                 raise ConfigError(f"model '{teacher}' cannot teach itself", file, f"{path}/teachers/{j}")
-            if teacher not in trained:
+            if teacher not in trained and "run" not in models[teacher]:
                 raise ConfigError(f"teacher '{teacher}' is not trained by an earlier stage", file,
                                   f"{path}/teachers/{j}")
         for j, loss in enumerate(stage["losses"]):
@@ -95,6 +95,16 @@ def check_references(config: Config) -> None:
         for i, node in enumerate(model["graph"]):
             if "block" in node:
                 block_params(node, file, f"/models/{model_name}/graph/{i}", num_outputs=2)
+
+
+def load_vocabulary_file(file: str, config: Config, path: str) -> Vocabulary:
+    from blocks.errors import CheckpointError
+
+    location = Path(file) if Path(file).is_absolute() else config.base_dir / file
+    try:
+        return Vocabulary.load(location)
+    except CheckpointError as error:
+        raise ConfigError(f"{error.message}: {location}", config.file, path) from None
 
 
 class Experiment:
@@ -134,6 +144,9 @@ class Experiment:
         vocabularies = {}
         for name, counter in counts.items():
             options = vocab_options.get(name, {"min_freq": 1, "max_size": None})
+            if options.get("file"):
+                vocabularies[name] = load_vocabulary_file(options["file"], config, f"/vocabularies/{name}/file")
+                continue
             vocabularies[name] = Vocabulary.build(counter, min_freq=options.get("min_freq", 1),
                                                   max_size=options.get("max_size"))
         for input_field in fields.values():
@@ -247,7 +260,10 @@ class Experiment:
             atomic_write_json(folder.parent / PRETRAINED_FOLDER / "index.json", index)
 
     def load_pretrained(self, log=print) -> None:
-        for model in self.models.values():
+        """Pretrained weights of every block that has some (models from other runs bring their own)."""
+        for name, model in self.models.items():
+            if "run" in self.config["models"][name]:
+                continue
             for block in model.blocks.values():
                 report = block.load_pretrained(self.config.base_dir)
                 if report:

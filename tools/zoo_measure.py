@@ -7,6 +7,8 @@ Usage:
 
 Each (recipe, seed) trains into OUT/<recipe>-seed<S> with `blocks train --set seed=S` in its own
 process (one torch thread each when --jobs > 1, so parallel jobs do not fight over cores).
+A ``{seed}`` in a --set value is replaced by the seed, e.g. to give each student the teacher
+trained with its seed: ``--set models.teacher.run=runs/zoo/minilm_teacher-seed{seed}``.
 Finished runs are skipped, so the script can be re-run after an interruption. The report is a
 Markdown table: one row per recipe and model with dev/test metrics as mean ± std over the seeds,
 parameters, and inference throughput at batch 64 (from each run's summary.json).
@@ -33,7 +35,8 @@ def run_one(recipe: Path, seed: int, out: Path, overrides: list[str], threads: i
         return str(run_dir), 0.0, 0
     resume = ["--resume"] if (run_dir / "config.json").is_file() else []
     command = [sys.executable, "-m", "blocks", "train", str(recipe), "--run-dir", str(run_dir), "--no-progress",
-               "--set", f"seed={seed}", *[a for o in overrides for a in ("--set", o)], *resume]
+               "--set", f"seed={seed}",
+               *[a for o in overrides for a in ("--set", o.replace("{seed}", str(seed)))], *resume]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     started = time.perf_counter()
     log = out / f"{recipe.stem}-seed{seed}.log"

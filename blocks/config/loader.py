@@ -15,6 +15,7 @@ from typing import Any, Iterable
 
 import jsonschema
 
+from blocks.config.run_models import expand_run_models
 from blocks.config.schema import CONFIG_SCHEMA
 from blocks.errors import ConfigError, did_you_mean
 
@@ -213,7 +214,8 @@ def load_config(path: str | Path, overrides: Iterable[str] = (), environ: dict |
         values.setdefault("data", {})["root"] = os.path.abspath(environ[DATA_ROOT_VARIABLE])
     for text in overrides:
         parts, value = parse_override(text)
-        if parts == ["data", "root"] and isinstance(value, str):
+        if (parts == ["data", "root"] or (len(parts) == 3 and parts[0] == "models" and parts[2] == "run")) \
+                and isinstance(value, str):  # paths given on the command line are relative to where it runs
             value = os.path.abspath(value)
         apply_override(values, parts, value, text)
     values.pop("$schema", None)
@@ -225,8 +227,9 @@ def load_config(path: str | Path, overrides: Iterable[str] = (), environ: dict |
     if "task" not in values:
         values["task"] = {}
         _fill_defaults(CONFIG_SCHEMA["$defs"]["task"], values["task"], CONFIG_SCHEMA["$defs"])
-    _fill_training_defaults(values)
     base_dir = path.resolve().parent
+    expand_run_models(values, base_dir, file)
+    _fill_training_defaults(values)
     values["imports"] = [str(base_dir / name) if name.endswith(".py") and not os.path.isabs(name) else name
                          for name in values["imports"]]
     data = values["data"]

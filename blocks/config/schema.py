@@ -125,9 +125,14 @@ NODE_SCHEMA = {
 MODEL_SCHEMA = {
     "type": "object",
     "additionalProperties": False,
-    "required": ["inputs", "graph"],
+    "anyOf": [{"required": ["inputs", "graph"]}, {"required": ["run"]}],
+    "dependentRequired": {"model": ["run"]},
     "properties": {
         "description": {"type": "string"},
+        "run": {"type": "string",
+                "description": "a finished run directory (relative to the config) that trained this model: its "
+                               "inputs, graph, vocabularies and weights are taken from there"},
+        "model": {"type": "string", "description": "with run: which model of that run; default: the one it delivers"},
         "inputs": {"type": "object", "minProperties": 1, "additionalProperties": {"$ref": "#/$defs/input"}},
         "graph": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/node"}},
         "output": {"type": "string", "description": "node whose value is the model's prediction (logits); "
@@ -221,7 +226,10 @@ CONFIG_SCHEMA = {
         "fields": FIELDS_SCHEMA,
         "vocabulary": {
             "type": "object", "additionalProperties": False,
-            "properties": {"min_freq": {"type": "integer", "minimum": 1, "default": 1},
+            "properties": {"file": {"type": "string",
+                                    "description": "read the vocabulary from this file (one token per line, as "
+                                                   "RUN/vocab/ holds them) instead of building it from train"},
+                           "min_freq": {"type": "integer", "minimum": 1, "default": 1},
                            "max_size": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}],
                                         "default": None}},
         },

@@ -18,7 +18,8 @@ import torch
 from blocks.config.loader import Config
 from blocks.data.vocabulary import Vocabulary
 from blocks.engine import distributed
-from blocks.engine.checkpoint import atomic_write_json, load_checkpoint
+from blocks.config.run_models import check_run_task, run_weights
+from blocks.engine.checkpoint import atomic_write_json, load_checkpoint, save_checkpoint
 from blocks.engine.evaluation import evaluate, throughput
 from blocks.engine.run_dir import RunDir
 from blocks.engine.trainer import StageTrainer
@@ -65,6 +66,27 @@ def load_model_weights(experiment: Experiment, run_dir: RunDir, model: str) -> N
         experiment.models[model].load_state_dict(tensors)
     except RuntimeError as error:
         raise CheckpointError(f"does not fit model '{model}' of this config: {error}", str(path)) from None
+
+
+def adopt_run_models(experiment: Experiment, directory: RunDir, state: dict,
+                     dist: distributed.Distributed, log=print) -> None:
+    """Models from finished runs: their weights loaded and copied into this run (once)."""
+    for name, model in experiment.config["models"].items():
+        if "run" not in model or name in state["models"]:
+            continue
+        source = run_weights(model["run"], model["model"])
+        tensors, _ = load_checkpoint(source)
+        try:
+            experiment.models[name].load_state_dict(tensors)
+        except RuntimeError as error:
+            raise CheckpointError(f"does not fit model '{name}': {error}", str(source)) from None
+        state["models"][name] = f"run {model['run']}"
+        if dist.is_main:
+            directory.model_weights(name).parent.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(directory.model_weights(name), tensors, {"from_run": model["run"],
+                                                                    "model": model["model"]})
+            directory.write_progress(state)
+        log(f"model '{name}': {model['model']} from {model['run']}")
 
 
 def _with_current_defaults(saved: dict) -> dict:
@@ -122,6 +144,7 @@ def _train(config: Config, run_dir, resume: bool, log, progress: bool, dist: dis
                           f"another directory with --run-dir", config.file, "/run_dir")
 
     experiment = Experiment.prepare(config, log=log)
+    check_run_task(config.values, experiment.task.to_json(), config.file)
     if resume:
         for name, vocab in experiment.vocabularies.items():
             if isinstance(vocab, Vocabulary) and Vocabulary.load(directory.vocab / f"{name}.txt") != vocab:
@@ -141,6 +164,7 @@ def _train(config: Config, run_dir, resume: bool, log, progress: bool, dist: dis
     state = directory.progress()
     for model in state["models"]:
         load_model_weights(experiment, directory, model)
+    adopt_run_models(experiment, directory, state, dist, log)
     stage_results = state.get("stage_results", {})
     for index, stage in enumerate(config["stages"]):
         if stage["name"] in state["completed_stages"]:
@@ -189,7 +213,8 @@ def roles(config: Config) -> dict[str, str]:
     stages = config["stages"]
     student = stages[-1]["train"]
     teachers = {t for s in stages for t in s["teachers"]}
-    trained = [s["train"] for s in stages]
+    taken = [name for name, model in config["models"].items() if "run" in model and name in teachers]
+    trained = taken + [s["train"] for s in stages]  # models from other runs first: they are the teachers
     result = {}
     for name in dict.fromkeys(trained):
         if not teachers:

@@ -1,0 +1,88 @@
+"""Models taken from finished run directories: ``{"run": "runs/teacher", "model": "teacher"}``.
+
+A model entry with ``run`` is expanded when the config is loaded: its inputs and graph are copied
+from the run's resolved config, its pretrained tokenizers point at the run's own copies
+(``RUN/pretrained/``), and its word vocabularies are read from ``RUN/vocab/`` under the name
+``<model>.<vocab>`` (so they never clash with the new run's vocabularies). The weights are loaded
+from ``RUN/models/<model>.safetensors`` when the new run starts, and copied into it, so the new
+run directory stays self-contained.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from blocks.errors import ConfigError, did_you_mean
+
+RUN_WEIGHTS = "models"
+
+
+def _read(path: Path, file: str, where: str) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path} is missing: is this a run directory?", file, where) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path} is corrupt ({error})", file, where) from None
+
+
+def run_weights(root: str | Path, model: str) -> Path:
+    return Path(root) / RUN_WEIGHTS / f"{model}.safetensors"
+
+
+def expand_run_models(values: dict, base_dir: Path, file: str) -> None:
+    """Replace every ``{"run": ...}`` model by the definition it had in that run (in place)."""
+    for name, model in values["models"].items():
+        if "run" not in model:
+            continue
+        where = f"/models/{name}/run"
+        root = Path(os.path.normpath(model["run"] if os.path.isabs(model["run"]) else base_dir / model["run"]))
+        if not root.is_dir():
+            raise ConfigError(f"run directory not found: {root}", file, where)
+        saved = _read(root / "config.json", file, where)
+        progress = _read(root / "progress.json", file, where) if (root / "progress.json").is_file() else {}
+        finished = progress.get("models", {})
+        source_name = model.get("model") or saved["stages"][-1]["train"]
+        if source_name not in saved["models"]:
+            raise ConfigError(f"the run in {root} has no model '{source_name}'"
+                              f"{did_you_mean(source_name, saved['models'])} (models: {', '.join(saved['models'])})",
+                              file, f"/models/{name}/model")
+        if source_name not in finished or not run_weights(root, source_name).is_file():
+            raise ConfigError(f"model '{source_name}' has not finished training in the run in {root} "
+                              f"(finished: {', '.join(finished) or 'none'})", file, where)
+        source = saved["models"][source_name]
+        index_file = root / "pretrained" / "index.json"
+        copies = _read(index_file, file, where) if index_file.is_file() else {}
+        inputs = {}
+        for input_name, definition in source["inputs"].items():
+            definition = dict(definition)
+            if definition.get("type") == "pretrained":
+                if definition["tokenizer"] in copies:
+                    definition["tokenizer"] = str(root / "pretrained" / copies[definition["tokenizer"]])
+            else:
+                vocab = f"{name}.{definition['vocab']}"
+                values.setdefault("vocabularies", {})[vocab] = {
+                    "file": str(root / "vocab" / f"{definition['vocab']}.txt")}
+                definition["vocab"] = vocab
+            inputs[input_name] = definition
+        expanded = {"run": str(root), "model": source_name, "inputs": inputs, "graph": source["graph"]}
+        for key in ("description", "output"):
+            if key in model or key in source:
+                expanded[key] = model.get(key, source.get(key))
+        values["models"][name] = expanded
+
+
+def check_run_task(values: dict, task_json: dict, file: str) -> None:
+    """A model from another run must predict the same labels, in the same order, as this task."""
+    for name, model in values["models"].items():
+        if "run" not in model:
+            continue
+        theirs = _read(Path(model["run"]) / "task.json", file, f"/models/{name}/run")
+        if theirs.get("type") != task_json["type"]:
+            raise ConfigError(f"model '{name}' from {model['run']} was trained for a {theirs.get('type')} task, "
+                              f"this is a {task_json['type']} task", file, f"/models/{name}/run")
+        if theirs.get("labels") != task_json["labels"]:
+            raise ConfigError(f"model '{name}' from {model['run']} predicts the labels {theirs.get('labels')}, "
+                              f"this task has {task_json['labels']}; give the task the same label set "
+                              f"(task.labels)", file, f"/models/{name}/run")

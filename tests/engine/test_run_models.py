@@ -1,0 +1,94 @@
+"""Models taken from finished run directories: ``{"run": ..., "model": ...}`` as teachers."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from blocks.config.loader import load_config
+from blocks.engine.checkpoint import load_checkpoint
+from blocks.engine.run import load_run, train
+from blocks.errors import ConfigError
+
+
+def quiet(*args, **kwargs):
+    pass
+
+
+def run(project, values, run_dir, name="config.json"):
+    config = load_config(project.write(values, name), environ={})
+    return train(config, run_dir=project.root / run_dir, progress=False, log=quiet)
+
+
+@pytest.fixture
+def teacher_run(project):
+    values = project.single_stage()
+    values["vocabularies"] = {"words": {"min_freq": 2}}  # differs from the student's: must be read from the run
+    run(project, values, "teacher_run", "teacher.json")
+    return project.root / "teacher_run"
+
+
+def student_config(project, **teacher):
+    values = project.config()
+    values["models"]["teacher"] = {"run": "teacher_run", **teacher}
+    values["stages"] = values["stages"][1:]
+    return values
+
+
+def test_a_teacher_from_a_finished_run_teaches_with_its_own_weights_and_vocabulary(project, teacher_run):
+    summary = run(project, student_config(project), "student_run")
+    teacher_weights, _ = load_checkpoint(teacher_run / "models" / "teacher.safetensors")
+    copied, _ = load_checkpoint(project.root / "student_run" / "models" / "teacher.safetensors")
+    assert teacher_weights.keys() == copied.keys()
+    assert all(torch.equal(teacher_weights[k], copied[k]) for k in teacher_weights)
+    # The teacher scores in the new run exactly as it did in its own run.
+    own = json.loads((teacher_run / "summary.json").read_text())["models"]["teacher"]
+    assert summary["models"]["teacher"]["dev"] == own["dev"]
+    assert summary["models"]["teacher"]["role"] == "teacher"
+    assert (project.root / "student_run" / "vocab" / "teacher.words.txt").read_text() == \
+        (teacher_run / "vocab" / "words.txt").read_text()
+    # The new run is self-contained: it still loads with the teacher's run deleted.
+    shutil.rmtree(teacher_run)
+    _, experiment, _ = load_run(project.root / "student_run", log=quiet)
+    assert set(experiment.models) == {"teacher", "student"}
+
+
+def test_the_model_key_chooses_a_model_of_the_run(project):
+    run(project, project.config(), "both")
+    values = project.config()
+    values["models"] = {"old_student": {"run": "both", "model": "student"}, "student": values["models"]["student"]}
+    values["stages"] = [{**values["stages"][1], "teachers": ["old_student"]}]
+    config = load_config(project.write(values), environ={})
+    assert config["models"]["old_student"]["graph"] == project.config()["models"]["student"]["graph"]
+
+
+@pytest.mark.parametrize("teacher, message, where", [
+    ({"run": "nowhere"}, "run directory not found", "/models/teacher/run"),
+    ({"run": "teacher_run", "model": "studnt"}, "has no model 'studnt'", "/models/teacher/model"),
+    ({"model": "teacher"}, "'run' is a dependency of 'model'", "/models/teacher"),
+])
+def test_bad_run_references_name_the_config_path(project, teacher_run, teacher, message, where):
+    values = project.config()
+    values["models"]["teacher"] = teacher
+    values["stages"] = values["stages"][1:]
+    with pytest.raises(ConfigError) as error:
+        load_config(project.write(values), environ={})
+    assert message in str(error.value) and error.value.path == where
+
+
+def test_an_unfinished_run_is_refused(project, teacher_run):
+    progress = json.loads((teacher_run / "progress.json").read_text())
+    (teacher_run / "progress.json").write_text(json.dumps({**progress, "models": {}}))
+    with pytest.raises(ConfigError, match="has not finished training"):
+        load_config(project.write(student_config(project)), environ={})
+
+
+def test_a_teacher_with_other_labels_is_refused(project, teacher_run):
+    values = student_config(project)
+    values["task"]["labels"] = ["1", "0"]
+    with pytest.raises(ConfigError, match="predicts the labels") as error:
+        run(project, values, "student_run")
+    assert error.value.path == "/models/teacher/run"
+    assert not (project.root / "student_run").exists()
