@@ -5,10 +5,18 @@ of each incoming edge, supplied by the graph builder — followed by its configu
 It sets ``self.output_spec`` so that the next block can size itself, and its ``forward`` takes
 one run-time value per input (a :class:`~blocks.values.Sequence` or a ``[batch, width]`` tensor)
 and returns one value.
+
+A block may also offer *named outputs* besides its main one (e.g. an encoder's attention maps):
+it lists their Specs in ``named_outputs`` (usually only when a parameter asks for them, so that
+the plain path stays as fast as before), and its ``forward`` then returns
+``NamedOutputs(main value, {name: value})``. In a graph, the named output ``name`` of node
+``node`` is the value ``"node:name"`` (see :mod:`blocks.graph`).
 """
 from __future__ import annotations
 
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping, NamedTuple
 from typing import Sequence as SequenceType
 
 from torch import nn
@@ -17,8 +25,17 @@ from blocks.errors import WidthError
 from blocks.values import Spec
 
 
+class NamedOutputs(NamedTuple):
+    """What ``forward`` returns for a block with named outputs: the main value and the others."""
+
+    main: Any
+    named: dict[str, Any]
+
+
 class Block(nn.Module):
     output_spec: Spec
+    #: Spec of each named output besides the main one (set by a block that offers some).
+    named_outputs: Mapping[str, Spec] = MappingProxyType({})
 
     def load_pretrained(self, base_dir: Path) -> str | None:
         """Initialise from external files (e.g. word vectors) at the start of training.

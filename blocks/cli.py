@@ -113,6 +113,7 @@ def cmd_train(args) -> int:
 
 def cmd_validate(args) -> int:
     from blocks.config.loader import load_config
+    from blocks.data.transfer import describe_transfer
     from blocks.engine.optim import build_optimizer, build_schedule
     from blocks.experiment import Experiment, resolve_device
 
@@ -133,6 +134,9 @@ def cmd_validate(args) -> int:
         terms = " + ".join(f"{w:g}·{type(l).registered_name}" for w, l in losses)
         teachers = f" taught by {', '.join(stage['teachers'])}" if stage["teachers"] else ""
         print(f"\nstage '{stage['name']}': train '{stage['train']}'{teachers}; loss = {terms}")
+        transfer = describe_transfer(experiment, index)
+        if transfer:
+            print(f"  {transfer}")
     print(f"\n{args.config}: valid")
     return 0
 

@@ -20,8 +20,10 @@ from blocks.config.loader import REGRESSION_METRICS, Config
 from blocks.data.pretrained_tokenizer import slug
 from blocks.data.dataset import (PRETRAINED, SPLITS, EncodedSplit, Task, build_input_fields, count_tokens, discover_task,
                                  encode_rows, input_specs, read_split, split_sources)
+from blocks.data.transfer import check_transfer_config
 from blocks.data.vocabulary import Vocabulary
 from blocks.distill.losses import LossContext
+from blocks.distill.schedules import make_schedule
 from blocks.engine.checkpoint import atomic_write_json
 from blocks.errors import ConfigError, DataError, did_you_mean
 from blocks.graph import Graph, block_params
@@ -90,6 +92,7 @@ def check_references(config: Config) -> None:
             params = {k: v for k, v in loss.items() if k not in ("block", "weight")}
             LOSSES.validate_params(loss["block"], params, file, f"{path}/losses/{j}")
         METRICS.get(stage["select"] or values["task"]["metrics"][0], file, f"{path}/select")
+        check_transfer_config(values, i, file)
         trained.add(stage["train"])
     for model_name, model in models.items():
         for i, node in enumerate(model["graph"]):
@@ -228,8 +231,18 @@ class Experiment:
                 raise ConfigError(f"{loss['block']}: {error}", self.config.file,
                                   f"/stages/{stage_index}/losses/{j}") from None
             self._check_loss_nodes(block, f"/stages/{stage_index}/losses/{j}")
-            losses.append((float(loss.get("weight", 1.0)), block))
+            losses.append((self._loss_weight(loss.get("weight", 1.0), f"/stages/{stage_index}/losses/{j}/weight"),
+                           block))
         return losses
+
+    def _loss_weight(self, weight, path: str):
+        """A number, or a schedule over optimizer steps (a function step -> weight)."""
+        if not isinstance(weight, dict):
+            return float(weight)
+        try:
+            return make_schedule(weight)
+        except ValueError as error:
+            raise ConfigError(f"weight schedule: {error}", self.config.file, path) from None
 
     def _check_loss_nodes(self, block: nn.Module, path: str) -> None:
         """A loss may only read nodes that exist in the models it names."""

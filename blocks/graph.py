@@ -10,6 +10,12 @@ Node syntax (inside ``models.<name>.graph``)::
 
 ``input`` names model inputs or other nodes (one name or a list); when left out, a node reads
 the node before it. Nodes may be listed in any order; they run in dependency order.
+
+Named outputs: a block may offer values besides its main one (see :class:`blocks.block.Block`),
+e.g. an encoder with ``"attentions": true`` offers ``attentions``. The graph lists each as a node
+of its own named ``"<node>:<output>"`` (``"encoder:attentions"``; node names cannot contain
+``:``), computed by the same forward as its node, so an input, a loss's ``output`` or
+``teacher_output`` can name it like any node.
 """
 from __future__ import annotations
 
@@ -19,11 +25,13 @@ from typing import Any, Literal
 
 from torch import nn
 
+from blocks.block import NamedOutputs
 from blocks.errors import ConfigError, WidthError, did_you_mean
 from blocks.registry import BLOCKS
 from blocks.values import LABELS, Spec
 
 RESERVED_NODE_KEYS = ("name", "block", "input", "share")
+OUTPUT_SEPARATOR = ":"  # "<node>:<named output>"
 
 
 @dataclass
@@ -34,6 +42,7 @@ class Node:
     spec: Spec
     block_name: str
     path: str  # JSON path of the node in the config
+    part_of: str | None = None  # a named output: the node whose forward computes it
 
 
 def _accepts_labels(annotation: Any) -> bool:
@@ -87,7 +96,7 @@ class Graph(nn.Module):
         for index in self._order(raw_nodes, by_name, input_specs, file, path):
             self._build_node(index, raw_nodes, by_name, specs, num_outputs, file, path)
         self.output_name = model_config.get("output") or raw_nodes[-1]["name"]
-        if self.output_name not in specs or self.output_name in input_specs:
+        if self.output_name not in by_name:
             raise ConfigError(f"output '{self.output_name}' is not a node of model '{name}'"
                               f"{did_you_mean(self.output_name, by_name)}", file, f"{path}/output")
         self.output_spec = specs[self.output_name]
@@ -121,11 +130,12 @@ class Graph(nn.Module):
                 raise ConfigError(f"node '{node['name']}' has no input; name one of the model inputs "
                                   f"({', '.join(input_specs)}) in 'input'", file, f"{path}/graph/{i}")
             for j, ref in enumerate(refs):
-                if ref not in known:
+                base = ref.split(OUTPUT_SEPARATOR, 1)[0]
+                if base not in known or (base != ref and base not in by_name):
                     where = f"{path}/graph/{i}/input" + (f"/{j}" if isinstance(node.get("input"), list) else "")
                     raise ConfigError(f"'{ref}' is neither a node nor an input of model '{self.name}'"
-                                      f"{did_you_mean(ref, known)}", file, where)
-            deps = [by_name[r][0] for r in refs if r in by_name]
+                                      f"{did_you_mean(base, known)}", file, where)
+            deps = [by_name[base][0] for base in (r.split(OUTPUT_SEPARATOR, 1)[0] for r in refs) if base in by_name]
             if "share" in node:
                 if node["share"] not in by_name:
                     raise ConfigError(f"shared node '{node['share']}' does not exist"
@@ -156,6 +166,10 @@ class Graph(nn.Module):
         node = raw_nodes[i]
         node_path = f"{path}/graph/{i}"
         inputs = self._inputs_of(i, raw_nodes)
+        for j, ref in enumerate(inputs):
+            if ref not in specs:  # "<node>:<output>" naming an output the node does not offer
+                where = f"{node_path}/input" + (f"/{j}" if isinstance(node.get("input"), list) else "")
+                raise ConfigError(self._missing_output_message(ref, specs), file, where)
         in_specs = [specs[r] for r in inputs]
         if "share" in node:
             owner = node["share"]
@@ -186,12 +200,37 @@ class Graph(nn.Module):
             spec = block.output_spec
         specs[node["name"]] = spec
         self.nodes.append(Node(node["name"], owner, inputs, spec, block_name, node_path))
+        for output, output_spec in self.blocks[owner].named_outputs.items():
+            part = f"{node['name']}{OUTPUT_SEPARATOR}{output}"
+            specs[part] = output_spec
+            self.nodes.append(Node(part, owner, [node["name"]], output_spec, block_name, node_path,
+                                   part_of=node["name"]))
+
+    def _missing_output_message(self, ref: str, specs: dict) -> str:
+        """Why ``"<node>:<output>"`` names nothing: the node's named outputs, or how to get some."""
+        base, output = ref.split(OUTPUT_SEPARATOR, 1)
+        offered = [name.split(OUTPUT_SEPARATOR, 1)[1] for name in specs
+                   if name.startswith(base + OUTPUT_SEPARATOR)]
+        if offered:
+            listing = f"its named outputs: {', '.join(offered)}"
+        else:
+            listing = ("it offers none; e.g. a TransformerEncoder or PretrainedEncoder node offers "
+                       "'attentions' with \"attentions\": true")
+        return (f"node '{base}' of model '{self.name}' has no output '{output}'"
+                f"{did_you_mean(output, offered)} ({listing})")
 
     def forward(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """Run every node. ``inputs`` maps this model's input names to run-time values."""
         values = dict(inputs)
         for node in self.nodes:
-            values[node.name] = self.blocks[node.owner](*[values[r] for r in node.inputs])
+            if node.part_of is not None:
+                continue  # set with its node's value
+            value = self.blocks[node.owner](*[values[r] for r in node.inputs])
+            if isinstance(value, NamedOutputs):
+                for output, named in value.named.items():
+                    values[f"{node.name}{OUTPUT_SEPARATOR}{output}"] = named
+                value = value.main
+            values[node.name] = value
         return values
 
     def parameter_count(self, trainable_only: bool = False) -> int:
@@ -203,7 +242,9 @@ class Graph(nn.Module):
         for name in self.input_names:
             rows.append((name, "(input)", "", "", ""))
         for node in self.nodes:
-            if node.owner == node.name:
+            if node.part_of is not None:
+                count = f"output of {node.part_of}"
+            elif node.owner == node.name:
                 count = f"{sum(p.numel() for p in self.blocks[node.owner].parameters()):,}"
             else:
                 count = f"shared with {node.owner}"

@@ -5,7 +5,10 @@ At run time an edge carries either
 * a :class:`Sequence` — ``values`` of shape ``[batch, length, width]`` (or ``[batch, length]`` of
   token ids, or ``[batch, length, chars]`` of character ids) together with a boolean ``mask`` of
   shape ``[batch, length]`` that is True on real positions; or
-* a plain ``torch.Tensor`` of shape ``[batch, width]`` (a *vector*, e.g. a pooled sentence).
+* a plain ``torch.Tensor`` of shape ``[batch, width]`` (a *vector*, e.g. a pooled sentence); or
+* :class:`AttentionMaps` — the attention probabilities of an encoder's layers, ``[batch, layers,
+  heads, length, length]``, with the ``[batch, length]`` mask of the sequence they attend over
+  (offered by encoders as a named output, see :mod:`blocks.graph`).
 
 At build time every edge has a :class:`Spec` saying which of those it is and how wide, so that
 blocks can size their parameters without the user typing an input width.
@@ -24,7 +27,8 @@ TOKENS = "tokens"  # Sequence of token ids [B, L]
 CHARS = "chars"  # Sequence of character ids [B, L, C]
 SEQUENCE = "sequence"  # Sequence of features [B, L, D]
 VECTOR = "vector"  # Tensor [B, D]
-KINDS = (TOKENS, CHARS, SEQUENCE, VECTOR)
+ATTENTION = "attention"  # AttentionMaps [B, layers, heads, L, L]; Spec.extra: {"layers": n, "heads": h}
+KINDS = (TOKENS, CHARS, SEQUENCE, VECTOR, ATTENTION)
 
 # A parameter annotated ``int | Literal["labels"]`` may be given as "labels": the graph builder
 # replaces it with the task's number of outputs (label count, or 1 for regression).
@@ -41,12 +45,22 @@ class Sequence(NamedTuple):
         return self.mask.sum(dim=1)
 
 
+class AttentionMaps(NamedTuple):
+    """Attention probabilities ``maps`` ``[batch, layers, heads, length, length]`` (row: query
+    position, column: key position; a real row sums to 1, before any attention dropout) and the
+    sequence ``mask`` ``[batch, length]``. Padded rows and columns are 0."""
+
+    maps: torch.Tensor
+    mask: torch.Tensor
+
+
 @dataclass(frozen=True)
 class Spec:
     """The build-time description of one edge.
 
     ``width`` is the feature width for ``sequence`` and ``vector`` edges. For ``tokens`` and
-    ``chars`` edges it is None and ``vocab`` holds the vocabulary the ids index into.
+    ``chars`` edges it is None and ``vocab`` holds the vocabulary the ids index into. For
+    ``attention`` edges it is None and ``extra`` holds ``layers`` and ``heads``.
     """
 
     kind: str
@@ -68,4 +82,6 @@ class Spec:
         if self.kind in (TOKENS, CHARS):
             size = len(self.vocab) if self.vocab is not None else "?"
             return f"{self.kind}(vocab {size})"
+        if self.kind == ATTENTION:
+            return f"{self.kind}[{self.extra.get('layers', '?')} layers x {self.extra.get('heads', '?')} heads]"
         return f"{self.kind}[{self.width}]"

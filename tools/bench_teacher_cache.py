@@ -25,6 +25,8 @@ Target (from the issue): the cached epoch >= 5 x faster than the teacher-in-the-
 
 Usage:
     python tools/bench_teacher_cache.py --run-dir runs/zoo/transformer_kd_bilstm-seed1
+    python tools/bench_teacher_cache.py --config model_zoo/sst2/minilm_kd_bilstm.json \
+        --set models.teacher.run=runs/zoo/minilm_teacher-seed1        # teacher from a finished run
     python tools/bench_teacher_cache.py --untrained-teacher --threads 2
     python tools/bench_teacher_cache.py --untrained-teacher --max-batches 50      # quick run
     python tools/bench_teacher_cache.py --config model_zoo/demo/demo.json --untrained-teacher
@@ -46,6 +48,7 @@ from pathlib import Path
 import torch
 
 from blocks.config.loader import load_config
+from blocks.config.run_models import run_weights
 from blocks.engine.checkpoint import load_checkpoint
 from blocks.engine.run_dir import RunDir
 from blocks.engine.teacher_cache import TeacherCache
@@ -79,9 +82,19 @@ def distillation_stage(experiment: Experiment, index: int | None) -> int:
     return index
 
 
-def load_teachers(experiment: Experiment, teachers: list[str], run_dir: str | None) -> str:
-    if run_dir is None:
+def load_teachers(experiment: Experiment, teachers: list[str], run_dir: str | None, untrained: bool) -> str:
+    from_runs = {t: experiment.config["models"][t] for t in teachers if "run" in experiment.config["models"][t]}
+    if untrained:
         return "randomly initialised (--untrained-teacher)"
+    if run_dir is None:
+        missing = [t for t in teachers if t not in from_runs]
+        if missing:
+            raise SystemExit(f"error: teacher(s) {', '.join(missing)} are trained by the recipe itself: give "
+                             f"--run-dir RUN (a run whose teacher stage finished) or --untrained-teacher")
+        for name, model in from_runs.items():
+            tensors, _ = load_checkpoint(run_weights(model["run"], model["model"]))
+            experiment.models[name].load_state_dict(tensors)
+        return "from " + ", ".join(sorted({m["run"] for m in from_runs.values()}))
     for teacher in teachers:
         path = Path(run_dir) / "models" / f"{teacher}.safetensors"
         if not path.is_file():
@@ -140,7 +153,7 @@ def parse_args(argv) -> argparse.Namespace:
                         help="config override as for `blocks train --set` (repeatable)")
     parser.add_argument("--stage", type=int, default=None,
                         help="index of the distillation stage (default: the first stage with teachers)")
-    teacher = parser.add_mutually_exclusive_group(required=True)
+    teacher = parser.add_mutually_exclusive_group()  # neither: the recipe's teachers come from run directories
     teacher.add_argument("--run-dir", help="take the teacher's weights from RUN/models/<teacher>.safetensors")
     teacher.add_argument("--untrained-teacher", action="store_true",
                          help="keep the randomly initialised teacher (only the timing matters)")
@@ -198,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     stage_index = distillation_stage(experiment, stage_index)
     stage = experiment.config["stages"][stage_index]
     teachers = list(stage["teachers"])
-    source = load_teachers(experiment, teachers, args.run_dir)
+    source = load_teachers(experiment, teachers, args.run_dir, args.untrained_teacher)
     student = experiment.models[stage["train"]]
     for name in [stage["train"], *teachers]:
         experiment.models[name].to(device)

@@ -81,13 +81,15 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "zoo")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per job (default: 1 with --jobs > 1, else every core)")
     parser.add_argument("--report", type=Path, help="only print the table for the runs in this folder")
     args = parser.parse_args()
     if args.report:
         print(report(args.report))
         return
     args.out.mkdir(parents=True, exist_ok=True)
-    threads = 1 if args.jobs > 1 else (os.cpu_count() or 1)
+    threads = args.threads or (1 if args.jobs > 1 else (os.cpu_count() or 1))
     jobs = [(recipe.resolve(), seed) for recipe in args.recipes for seed in args.seeds]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = [pool.submit(run_one, recipe, seed, args.out, args.overrides, threads) for recipe, seed in jobs]
@@ -97,7 +99,8 @@ def main() -> None:
             print(f"{recipe.name} seed {seed}: {status}, {seconds:.0f} s", flush=True)
     print()
     print(f"command: python tools/zoo_measure.py {' '.join(str(r) for r in args.recipes)} "
-          f"--seeds {' '.join(map(str, args.seeds))} --jobs {args.jobs}")
+          f"--seeds {' '.join(map(str, args.seeds))} --jobs {args.jobs}"
+          + "".join(f" --set {o}" for o in args.overrides))
     print(report(args.out))
 
 

@@ -86,10 +86,14 @@ def _load_with_extends(path: Path, chain: tuple[Path, ...]) -> dict:
 
 
 def _absolutize_data_root(values: dict, folder: Path) -> None:
-    """A relative data root is relative to the file that states it."""
+    """A relative data root, or run directory of a model, is relative to the file that states it."""
     data = values.get("data")
     if isinstance(data, dict) and isinstance(data.get("root"), str) and not os.path.isabs(data["root"]):
         data["root"] = os.path.normpath(folder / data["root"])
+    models = values.get("models")
+    for model in (models.values() if isinstance(models, dict) else []):
+        if isinstance(model, dict) and isinstance(model.get("run"), str) and not os.path.isabs(model["run"]):
+            model["run"] = os.path.normpath(folder / model["run"])
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -214,7 +218,7 @@ def load_config(path: str | Path, overrides: Iterable[str] = (), environ: dict |
         values.setdefault("data", {})["root"] = os.path.abspath(environ[DATA_ROOT_VARIABLE])
     for text in overrides:
         parts, value = parse_override(text)
-        if (parts == ["data", "root"] or (len(parts) == 3 and parts[0] == "models" and parts[2] == "run")) \
+        if (parts in (["data", "root"], ["cache_dir"]) or (len(parts) == 3 and parts[0] == "models" and parts[2] == "run")) \
                 and isinstance(value, str):  # paths given on the command line are relative to where it runs
             value = os.path.abspath(value)
         apply_override(values, parts, value, text)
@@ -232,6 +236,8 @@ def load_config(path: str | Path, overrides: Iterable[str] = (), environ: dict |
     _fill_training_defaults(values)
     values["imports"] = [str(base_dir / name) if name.endswith(".py") and not os.path.isabs(name) else name
                          for name in values["imports"]]
+    if values.get("cache_dir") and not os.path.isabs(values["cache_dir"]):
+        values["cache_dir"] = os.path.normpath(base_dir / values["cache_dir"])
     data = values["data"]
     if not os.path.isabs(data["root"]):
         data["root"] = os.path.normpath(path.resolve().parent / data["root"])

@@ -145,7 +145,69 @@ LOSS_SCHEMA = {
     "required": ["block"],
     "properties": {
         "block": {"type": "string", "description": "registered loss name (see `blocks list --kind loss`)"},
-        "weight": {"type": "number", "default": 1.0},
+        "weight": {"anyOf": [{"type": "number"}, {"type": "object", "required": ["type"]}], "default": 1.0,
+                   "description": "a number, or a schedule over optimizer steps, e.g. "
+                                  "{\"type\": \"linear\", \"start\": 0, \"end\": 1, \"steps\": 1000}"},
+    },
+}
+
+AUGMENT_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "description": "augmented copies of the train examples (Tang et al. 2019), labelled by the teachers; generated "
+                   "once when the stage starts, deterministically from the seed",
+    "properties": {
+        "copies": {"type": "integer", "minimum": 0, "default": 20,
+                   "description": "perturbed copies of each train example"},
+        "mask": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.1,
+                 "description": "per word: probability of the mask token ([MASK] for a pretrained model, an "
+                                "unknown word for word-level models)"},
+        "swap": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.1,
+                 "description": "per word: probability of a swap for one of its nearest words (cosine in the "
+                                "teacher's input-embedding space); mask + swap <= 1"},
+        "ngram": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.25,
+                  "description": "per field: probability of keeping only a random n-gram of it"},
+        "max_ngram": {"type": "integer", "minimum": 1, "default": 5,
+                      "description": "n-gram sampling draws n uniformly from 1..max_ngram"},
+        "neighbours": {"type": "integer", "minimum": 1, "default": 10,
+                       "description": "a swapped word is replaced by one of its this many nearest words"},
+        "teacher": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None,
+                    "description": "the teacher whose input embeddings define the nearest words; default: the "
+                                   "stage's first teacher"},
+        "fields": {"anyOf": [{"type": "array", "items": {"type": "string"}, "minItems": 1}, {"type": "null"}],
+                   "default": None,
+                   "description": "the text fields to perturb (each independently); default: every field the "
+                                  "stage's models read"},
+        "unique": {"type": "boolean", "default": True,
+                   "description": "drop a copy identical to its example or to an earlier copy of it"},
+        "seed": {"anyOf": [{"type": "integer"}, {"type": "null"}], "default": None,
+                 "description": "seed of the perturbations; default: the config's seed"},
+        "show": {"type": "integer", "minimum": 0, "default": 2,
+                 "description": "augmented examples shown in the log when the stage starts"},
+    },
+}
+
+TRANSFER_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "description": "the examples the stage trains on, when they are not just the train split: the train split, "
+                   "unlabelled files and augmented copies, labelled by the stage's teachers",
+    "properties": {
+        "train": {"type": "boolean", "default": True,
+                  "description": "include the train split (the only examples with gold labels)"},
+        "files": {"type": "array", "default": [],
+                  "description": "unlabelled files, each a path relative to data.root or {path, reader, fields} "
+                                 "(reader and fields merged over data.reader and data.fields, as for a split)",
+                  "items": {"anyOf": [
+                      {"type": "string"},
+                      {"type": "object", "required": ["path"], "additionalProperties": False,
+                       "properties": {"path": {"type": "string"},
+                                      "reader": {"$ref": "#/$defs/reader"},
+                                      "fields": {"$ref": "#/$defs/fields"}}}]}},
+        "augment": {"$ref": "#/$defs/augment"},
+        "max_examples": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}], "default": None,
+                         "description": "keep at most this many examples: the train split's first, then a seeded "
+                                        "random sample of the others"},
     },
 }
 
@@ -191,6 +253,7 @@ STAGE_SCHEMA = {
         "find_unused_parameters": {"type": "boolean", "default": False,
                                    "description": "multi-process training (torchrun): let DistributedDataParallel "
                                                   "allow parameters that get no gradient in a step"},
+        "transfer": {"$ref": "#/$defs/transfer"},
     },
 }
 
@@ -212,6 +275,9 @@ CONFIG_SCHEMA = {
                       "description": "autocast precision on CUDA (CPU always runs fp32)"},
         "run_dir": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None,
                     "description": "default: runs/<config file name>"},
+        "cache_dir": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None,
+                      "description": "a teacher-output cache folder shared by several runs (relative to the "
+                                     "config), e.g. the seeds of one experiment; default: RUN/cache"},
         "task": {"$ref": "#/$defs/task"},
         "data": {"$ref": "#/$defs/data"},
         "vocabularies": {"type": "object", "default": {},
@@ -238,6 +304,8 @@ CONFIG_SCHEMA = {
         "model": MODEL_SCHEMA,
         "loss": LOSS_SCHEMA,
         "stage": STAGE_SCHEMA,
+        "transfer": TRANSFER_SCHEMA,
+        "augment": AUGMENT_SCHEMA,
     },
 }
 

@@ -24,6 +24,9 @@ from blocks.values import CHARS, TOKENS, Sequence, Spec
 
 SPLITS = ("train", "dev", "test")
 PRETRAINED = "pretrained"
+# The label of an example without a gold label (in a stage's transfer set): this index for
+# classification (F.cross_entropy's default ignore_index), NaN for regression.
+UNLABELLED = -100
 
 
 @dataclass
@@ -73,12 +76,18 @@ class InputField:
 
 @dataclass
 class Batch:
-    """A collated batch: model inputs by input key, labels, example indexes, ranking groups."""
+    """A collated batch: model inputs by input key, labels, example indexes, ranking groups.
+
+    ``labelled`` is None when every example has a gold label; in a transfer set that also holds
+    unlabelled examples it is a bool mask of the examples that do (the others' labels are
+    :data:`UNLABELLED`, or NaN for regression), which the gold-label losses average over.
+    """
 
     inputs: dict[str, Sequence]
     labels: torch.Tensor | None
     index: torch.Tensor
     groups: list[str] | None = None
+    labelled: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> "Batch":
         if device.type == "cpu":
@@ -87,12 +96,14 @@ class Batch:
         inputs = {k: Sequence(v.values.to(device, **blocking), v.mask.to(device, **blocking))
                   for k, v in self.inputs.items()}
         labels = self.labels.to(device, **blocking) if self.labels is not None else None
-        return Batch(inputs, labels, self.index, self.groups)
+        labelled = self.labelled.to(device, **blocking) if self.labelled is not None else None
+        return Batch(inputs, labels, self.index, self.groups, labelled)
 
     def pin_memory(self) -> "Batch":
         inputs = {k: Sequence(v.values.pin_memory(), v.mask.pin_memory()) for k, v in self.inputs.items()}
         labels = self.labels.pin_memory() if self.labels is not None else None
-        return Batch(inputs, labels, self.index, self.groups)
+        labelled = self.labelled.pin_memory() if self.labelled is not None else None
+        return Batch(inputs, labels, self.index, self.groups, labelled)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -251,6 +262,7 @@ class EncodedSplit:
         self.name, self.file = name, file
         self.ids, self.labels, self.groups = ids, labels, groups
         self.pad_index, self.input_types = pad_index, input_types
+        self.labelled: torch.Tensor | None = None  # a transfer set with unlabelled examples: which have labels
         self.size = len(next(iter(ids.values()))) if ids else 0
         lengths = [torch.tensor([len(t) for t in seqs]) for seqs in ids.values()]
         self.lengths = torch.stack(lengths).max(dim=0).values if lengths else torch.zeros(0, dtype=torch.long)
@@ -271,7 +283,8 @@ class EncodedSplit:
             inputs[key] = Sequence(values, mask)
         labels = self.labels[index] if self.labels is not None else None
         groups = [self.groups[i] for i in positions] if self.groups is not None else None
-        return Batch(inputs, labels, index, groups)
+        labelled = self.labelled[index] if self.labelled is not None else None
+        return Batch(inputs, labels, index, groups, labelled)
 
 
 def encode_rows(name: str, rows: list[Row], fields: dict[str, InputField], vocabularies: dict[str, Vocabulary],

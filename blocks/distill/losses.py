@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from blocks.data.dataset import UNLABELLED
 from blocks.distill.schedules import make_schedule
 from blocks.errors import did_you_mean
 from blocks.registry import register_loss
@@ -37,7 +38,13 @@ class Loss(nn.Module):
     """Base of loss blocks: ``forward(outputs, batch)`` returns a scalar tensor.
 
     ``outputs`` maps each model name to the dict of its node values.
+
+    ``label_only``: the loss learns from gold labels alone (no teacher), so it has nothing to
+    learn from the unlabelled examples of a transfer set; a stage whose losses are all
+    ``label_only`` cannot use unlabelled examples.
     """
+
+    label_only = False
 
     def __init__(self, stage: LossContext, output: str | None = None):
         super().__init__()
@@ -97,6 +104,13 @@ def _check_positive(spec: dict, schedule, name: str) -> None:
         raise ValueError(f"{name}: values must stay > 0")
 
 
+def labelled_mean(per_example: torch.Tensor, labelled: torch.Tensor) -> torch.Tensor:
+    """The mean of ``per_example`` over the labelled examples; 0 (still part of the graph, so
+    backward works) when a batch has none."""
+    weights = labelled.to(per_example.dtype)
+    return (per_example * weights).sum() / weights.sum().clamp(min=1.0)
+
+
 def _logits(value: Any) -> torch.Tensor:
     """Vector outputs are logits; a sequence output (per-token logits) is not supported here."""
     if isinstance(value, torch.Tensor):
@@ -111,7 +125,11 @@ class CrossEntropy(Loss):
     Args:
         output: node holding the logits (default: the model's output).
         label_smoothing: amount of label smoothing in [0, 1).
+
+    In a transfer set with unlabelled examples, averaged over the labelled examples only.
     """
+
+    label_only = True
 
     def __init__(self, stage: LossContext, output: str | None = None, label_smoothing: float = 0.0):
         super().__init__(stage, output)
@@ -122,6 +140,11 @@ class CrossEntropy(Loss):
         self.label_smoothing = label_smoothing
 
     def forward(self, outputs: dict, batch) -> torch.Tensor:
+        labelled = getattr(batch, "labelled", None)
+        if labelled is not None:  # a transfer set: unlabelled examples (label UNLABELLED) do not count
+            return labelled_mean(F.cross_entropy(self.student_value(outputs).float(), batch.labels,
+                                                 reduction="none", ignore_index=UNLABELLED,
+                                                 label_smoothing=self.label_smoothing), labelled)
         return F.cross_entropy(self.student_value(outputs).float(), batch.labels,
                                label_smoothing=self.label_smoothing)
 
@@ -132,7 +155,11 @@ class MeanSquaredError(Loss):
 
     Args:
         output: node holding the prediction, [batch, 1] or [batch] (default: the model's output).
+
+    In a transfer set with unlabelled examples, averaged over the labelled examples only.
     """
+
+    label_only = True
 
     def __init__(self, stage: LossContext, output: str | None = None):
         super().__init__(stage, output)
@@ -141,6 +168,10 @@ class MeanSquaredError(Loss):
 
     def forward(self, outputs: dict, batch) -> torch.Tensor:
         prediction = self.student_value(outputs).float().reshape(-1)
+        labelled = getattr(batch, "labelled", None)
+        if labelled is not None:  # a transfer set: unlabelled examples (label NaN) do not count
+            target = torch.where(labelled, batch.labels.float(), torch.zeros_like(prediction))
+            return labelled_mean((prediction - target).pow(2), labelled)
         return F.mse_loss(prediction, batch.labels.float())
 
 

@@ -4,6 +4,7 @@ A schedule is a small dict::
 
     {"type": "constant", "start": 2.0}
     {"type": "linear", "start": 4.0, "end": 1.0, "steps": 1000}   # then stays at end
+    {"type": "linear", "start": 0.0, "end": 1.0, "begin": 500, "steps": 1000}  # start until step 500
     {"type": "step", "start": 4.0, "every": 100, "factor": 0.5}    # start * factor ** (step // every)
 
 :func:`make_schedule` checks it and returns a function ``step -> value``.
@@ -16,7 +17,7 @@ from blocks.errors import did_you_mean
 
 TYPES = ("constant", "linear", "step")
 _KEYS = {"constant": {"type", "start"},
-         "linear": {"type", "start", "end", "steps"},
+         "linear": {"type", "start", "end", "steps", "begin"},
          "step": {"type", "start", "every", "factor", "end"}}
 
 
@@ -58,13 +59,14 @@ def make_schedule(schedule: dict) -> Callable[[int], float]:
     if kind == "linear":
         end = _number(schedule, "end", kind)
         steps = _integer(schedule, "steps", kind)
-        if steps < 0:
-            raise ValueError("schedule ends before it starts (steps < 0)")
-        if steps == 0:
-            raise ValueError("a linear schedule needs steps > 0")
+        begin = _integer(schedule, "begin", kind) if "begin" in schedule else 0
+        if steps < begin or steps < 0:
+            raise ValueError(f"the schedule ends (step {steps}) before it starts (step {begin})")
+        if steps == begin:
+            raise ValueError("a linear schedule needs steps > begin (it changes over at least one step)")
 
         def linear(step: int) -> float:
-            fraction = min(max(step, 0), steps) / steps
+            fraction = (min(max(step, begin), steps) - begin) / (steps - begin)
             return start + (end - start) * fraction
 
         return linear

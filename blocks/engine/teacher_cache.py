@@ -487,13 +487,15 @@ def _build(root: Path, key: str, components: dict, experiment, split, nodes, dev
 
 def open_or_build(run_root: Path, experiment, split, nodes: dict[str, list[str]], device: torch.device,
                   precision: str, cache_dtype: str, batch_size: int, progress: bool = True, log=print,
-                  dist: Distributed = SINGLE) -> TeacherCache:
+                  dist: Distributed = SINGLE, shared_root: Path | None = None) -> TeacherCache:
     """The valid cache of these teacher nodes on ``split``, built first if needed.
 
     With several processes, rank 0 checks (and if needed builds) the cache while the others wait
-    at a barrier; then every rank opens it.
+    at a barrier; then every rank opens it. ``shared_root`` replaces ``RUN/cache`` by a folder
+    shared between runs (the config's ``cache_dir``): a cache with the same key is reused from
+    there, and caches of other runs in it are never removed as stale.
     """
-    root = Path(run_root) / "cache"
+    root = Path(shared_root) if shared_root is not None else Path(run_root) / "cache"
     components = cache_components(experiment, split, nodes, cache_dtype, precision, device)
     key = key_of(components)
     folder = root / key
@@ -505,7 +507,7 @@ def open_or_build(run_root: Path, experiment, split, nodes: dict[str, list[str]]
             if folder.exists():
                 log(f"rebuilding teacher cache: {problem}")
             else:
-                stale = _stale_caches(root, components)
+                stale = _stale_caches(root, components) if shared_root is None else []
                 for old, reason in stale:
                     shutil.rmtree(old, ignore_errors=True)
                 if stale:

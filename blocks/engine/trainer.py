@@ -22,17 +22,20 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from blocks.data.batching import bucket_batches
+from blocks.data.transfer import build_transfer_set
 from blocks.engine.checkpoint import (atomic_write_json, load_checkpoint, optimizer_from_tensors,
                                       optimizer_to_tensors, rng_from_tensors, rng_to_tensors, save_checkpoint)
 from blocks.engine.distributed import SINGLE, Distributed, batches_per_epoch, epoch_slices
 from blocks.engine.evaluation import autocast, evaluate
 from blocks.engine.optim import build_optimizer, build_schedule
+from blocks.engine.plots import plot_teacher_weights
 from blocks.engine.run_dir import RunDir
 from blocks.engine.teacher_cache import CachedOutputs, open_or_build, requested_nodes
 from blocks.errors import CheckpointError, TrainingError
@@ -86,7 +89,8 @@ class StageTrainer:
         self.loss_modules = nn.ModuleList([loss for _, loss in self.losses])
         self.select = self.stage["select"] or self.config["task"]["metrics"][0]
         self.maximize = higher_is_better(self.select)
-        train = experiment.splits["train"]
+        # the examples this stage trains on: the train split, or the stage's transfer set
+        train = build_transfer_set(experiment, stage_index, log=self.log)
         self.train_split = train
         self.dev_split = experiment.splits.get("dev")
         batches = batches_per_epoch(len(train), self.stage["batch_size"], dist.world_size)
@@ -112,11 +116,14 @@ class StageTrainer:
         trainable = self.experiment.trainable[self.model_name]
         for parameter_name, parameter in self.model.named_parameters():
             parameter.requires_grad_(trainable[parameter_name])
-        parameters = [p for p in list(self.model.parameters()) + list(self.loss_modules.parameters())
-                      if p.requires_grad]
-        # Trainable parameters of loss blocks are outside the DDP-wrapped model: their gradients
-        # are averaged over the ranks by hand before each optimizer step.
-        self.loss_parameters = [p for p in self.loss_modules.parameters() if p.requires_grad]
+        # Trainable parameters of loss blocks (projections) train with the student, except those a
+        # block trains itself (a teacher-selection policy: ``student_parameters`` leaves them out).
+        # They are outside the DDP-wrapped model: their gradients are averaged over the ranks by
+        # hand before each optimizer step.
+        self.loss_parameters = [p for loss in self.loss_modules
+                                for p in (loss.student_parameters() if hasattr(loss, "student_parameters")
+                                          else loss.parameters()) if p.requires_grad]
+        parameters = [p for p in self.model.parameters() if p.requires_grad] + self.loss_parameters
         if self.dist.enabled and any(p.requires_grad for p in self.model.parameters()):
             from torch.nn.parallel import DistributedDataParallel
 
@@ -218,6 +225,9 @@ class StageTrainer:
                  + f", {self.total_steps:,} steps" + (f", resuming at step {self.state.step:,}" if self.state.step else "")
                  + (f", {self.dist.world_size} processes" if self.dist.enabled else ""))
         self._open_teacher_cache()
+        for _, loss in self.losses:
+            if hasattr(loss, "start"):  # e.g. AnnealingKD spreads its temperatures over the stage
+                loss.start(self.total_steps)
         accumulate = stage["accumulate"]
         bar = tqdm(total=self.total_steps, initial=self.state.step, desc=name, unit="step", leave=False,
                    disable=not self.show_progress, dynamic_ncols=True)
@@ -250,6 +260,7 @@ class StageTrainer:
                 if not boundary:
                     continue
                 self._optimizer_step()
+                self._after_step(batch)
                 self.state.step += 1
                 self.state.batch_in_epoch = position + 1
                 bar.update(1)
@@ -280,6 +291,10 @@ class StageTrainer:
         elapsed = time.perf_counter() - started
         self.state.finished = True
         self.save()
+        if self.main:
+            plot = plot_teacher_weights(self.run_dir.metrics, self.stage["name"], self.run_dir.root / "plots")
+            if plot is not None:
+                self.log(f"stage '{name}': teacher weights plotted in {plot}")
         result = self._finish(already_done=False)
         result["train_seconds"] = round(elapsed, 2)
         examples *= self.dist.world_size
@@ -307,8 +322,9 @@ class StageTrainer:
             return
         nodes = requested_nodes(self.losses, self.teachers)
         if nodes is None:
-            self.log(f"stage '{self.stage['name']}': teachers run every step (a loss block does not declare the "
-                     f"teacher nodes it reads)")
+            reasons = [loss.uncached_reason for _, loss in self.losses if getattr(loss, "uncached_reason", None)]
+            self.log(f"stage '{self.stage['name']}': teachers run every step ("
+                     + (reasons[0] if reasons else "a loss block does not declare the teacher nodes it reads") + ")")
             return
         if not nodes:
             self.log(f"stage '{self.stage['name']}': teachers run every step (no loss block declares a teacher "
@@ -325,7 +341,8 @@ class StageTrainer:
             self.teacher_cache = open_or_build(
                 self.run_dir.root, self.experiment, self.train_split, nodes, self.device, self.precision,
                 self.stage.get("cache_dtype", "float16"), self.stage["eval_batch_size"],
-                progress=self.show_progress, log=self.log, dist=self.dist)
+                progress=self.show_progress, log=self.log, dist=self.dist,
+                shared_root=Path(self.config["cache_dir"]) if self.config.get("cache_dir") else None)
         self.cache_seconds = time.perf_counter() - started
 
     def _student_values(self, batch) -> dict:
@@ -351,9 +368,27 @@ class StageTrainer:
                     loss.set_step(self.state.step)
             total = None
             for weight, loss in self.losses:
-                term = weight * loss(outputs, batch)
+                factor = weight(self.state.step) if callable(weight) else weight  # a weight schedule
+                term = factor * loss(outputs, batch)
                 total = term if total is None else total + term
         return total
+
+    def _after_step(self, batch) -> None:
+        """Loss blocks that learn from the updated student (the RL teacher selector) see it here."""
+        hooks = [loss for _, loss in self.losses if hasattr(loss, "after_step")]
+        if not hooks:
+            return
+
+        def student_outputs() -> dict:
+            self.model.eval()
+            try:
+                with torch.no_grad(), autocast(self.device, self.precision):
+                    return self.experiment.model_values(self.model_name, batch)
+            finally:
+                self.model.train()
+
+        for loss in hooks:
+            loss.after_step(batch, student_outputs)
 
     def _optimizer_step(self) -> None:
         if self.dist.enabled and self.loss_parameters:
@@ -442,10 +477,13 @@ class StageTrainer:
         else:
             self.state.evaluations_without_improvement += 1
         self.state.history.append({"step": self.state.step, "epoch": self.state.epoch, **metrics})
+        loss_values = self._loss_log_values()
         self._append_metrics({"event": "eval", "stage": stage["name"], "model": self.model_name,
                               "split": "dev", "step": self.state.step, "epoch": self.state.epoch,
-                              "metrics": metrics})
+                              "metrics": metrics, **loss_values})
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        if "teacher_weights" in loss_values:
+            shown += "; teacher weights " + ", ".join(f"{k} {v:.3f}" for k, v in loss_values["teacher_weights"].items())
         self._write(bar, f"  {stage['name']} step {self.state.step:,} (epoch {self.state.epoch}): dev {shown}"
                     + (" *" if improved and metrics else ""))
         bar.set_postfix(**self._best_postfix())
@@ -455,6 +493,14 @@ class StageTrainer:
             self._write(bar, f"  early stopping: no improvement of {self.select} in {patience} evaluations")
         self.save()
         return stop
+
+    def _loss_log_values(self) -> dict:
+        """What loss blocks report at an evaluation (mean teacher weights, a temperature)."""
+        values: dict = {}
+        for _, loss in self.losses:
+            if hasattr(loss, "log_values"):
+                values.update(loss.log_values())
+        return values
 
     def _finish(self, already_done: bool) -> dict:
         """Load the best weights into the model and publish them as the model's weights."""

@@ -1,6 +1,7 @@
 """Blocks that merge two or more edges into one."""
 from __future__ import annotations
 
+import math
 import typing
 from typing import Literal
 
@@ -98,3 +99,35 @@ class Concat(Block):
             output = torch.cat([v.values for v in values], dim=-1)
             return Sequence(zero_padding(output, mask), mask)
         return torch.cat(values, dim=-1)
+
+
+@register_block("Average")
+class Average(Block):
+    """Average two or more vectors of the same width, e.g. per-teacher output heads at inference.
+
+    ``mode`` "mean" averages the inputs (logits) as they are; "probabilities" averages their
+    softmax distributions and returns the log of the mean (valid logits of the averaged
+    distribution).
+
+    Args:
+        mode: "mean" or "probabilities".
+    """
+
+    def __init__(self, inputs: list[Spec], mode: Literal["mean", "probabilities"] = "mean"):
+        super().__init__()
+        if len(inputs) < 2:
+            raise WidthError(f"takes 2 or more inputs, got {len(inputs)}")
+        expect_inputs(inputs, len(inputs), (VECTOR,))
+        widths = {spec.width for spec in inputs}
+        if len(widths) > 1:
+            raise WidthError(f"inputs must have the same width, got {', '.join(spec.describe() for spec in inputs)}")
+        if mode not in ("mean", "probabilities"):
+            raise WidthError(f"unknown mode {mode!r} (known: mean, probabilities)")
+        self.mode = mode
+        self.output_spec = Spec(VECTOR, inputs[0].width)
+
+    def forward(self, *values: torch.Tensor) -> torch.Tensor:
+        stacked = torch.stack(values, dim=0)
+        if self.mode == "mean":
+            return stacked.mean(dim=0)
+        return torch.logsumexp(torch.log_softmax(stacked.float(), dim=-1), dim=0) - math.log(len(values))

@@ -7,11 +7,11 @@ from typing import Literal
 
 import torch
 
-from blocks.block import Block, expect_inputs
+from blocks.block import Block, NamedOutputs, expect_inputs
 from blocks.errors import ConfigError, WidthError
 from blocks.layers.masking import masked_mean, zero_padding
 from blocks.registry import register_block
-from blocks.values import SEQUENCE, TOKENS, VECTOR, Sequence, Spec
+from blocks.values import ATTENTION, SEQUENCE, TOKENS, VECTOR, AttentionMaps, Sequence, Spec
 
 _LAYER_KEY = re.compile(r"(^|\.)layer\.(\d+)\.")
 
@@ -52,7 +52,12 @@ class PretrainedEncoder(Block):
     pairs get their segment ids from the separator token). Output: vector ``[batch, hidden]``
     (``cls`` or ``mean`` pooling) or the sequence ``[batch, length, hidden]`` (``none``). The
     weights come from the tokenizer's model folder when training starts; afterwards they live in
-    the run directory.
+    the run directory. With ``attentions`` the node also offers the named output
+    ``"<node>:attentions"``: the attention probabilities of the kept layers,
+    ``[batch, kept layers, heads, length, length]`` as ``transformers`` returns them
+    (``output_attentions``; in training mode after the model's attention dropout), with padded
+    rows and columns 0. The model then runs the "eager" attention implementation, which can
+    return them; without ``attentions`` it keeps its faster default.
 
     Args:
         pooling: cls (first token), mean (over real tokens) or none (the whole sequence).
@@ -61,11 +66,13 @@ class PretrainedEncoder(Block):
         freeze_embeddings: keep the embedding layer fixed.
         freeze_layers: keep the first N kept layers fixed.
         gradient_checkpointing: recompute activations in the backward pass to save memory.
+        attentions: also offer the kept layers' attention probabilities as the named output
+            "<node>:attentions" (computed only when set).
     """
 
     def __init__(self, inputs: list[Spec], pooling: Literal["cls", "mean", "none"] = "cls",
                  layers: list[int] | None = None, freeze_embeddings: bool = False, freeze_layers: int = 0,
-                 gradient_checkpointing: bool = False):
+                 gradient_checkpointing: bool = False, attentions: bool = False):
         super().__init__()
         from transformers import AutoModel
 
@@ -83,10 +90,7 @@ class PretrainedEncoder(Block):
             raise WidthError(f"the tokenizer has {vocab_size:,} tokens but the model's embeddings only "
                              f"{config.vocab_size:,}: tokenizer and weights do not match")
         config.num_hidden_layers = len(self.kept_layers)
-        try:
-            self.model = AutoModel.from_config(config, add_pooling_layer=False)
-        except TypeError:  # models without a pooler
-            self.model = AutoModel.from_config(config)
+        self.model = self._build_model(AutoModel, config, attentions)
         if gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         if freeze_embeddings:
@@ -102,6 +106,27 @@ class PretrainedEncoder(Block):
         self.sep_index = getattr(inputs[0].vocab, "sep_index", None)
         self.use_segments = getattr(config, "type_vocab_size", 0) >= 2 and self.sep_index is not None
         self.output_spec = Spec(SEQUENCE if pooling == "none" else VECTOR, config.hidden_size)
+        self.attentions = attentions
+        if attentions:
+            heads = getattr(config, "num_attention_heads", None)
+            if heads is None:
+                raise WidthError(f"attentions: the model config of '{self.location}' names no num_attention_heads")
+            self.named_outputs = {"attentions": Spec(ATTENTION, extra={"layers": len(self.kept_layers),
+                                                                       "heads": heads})}
+
+    @staticmethod
+    def _build_model(auto_model, config, attentions: bool):
+        """The (randomly initialised) model: the "eager" attention implementation only when
+        attentions are wanted (the default one, often sdpa, returns no attention probabilities)."""
+        options = [{"add_pooling_layer": False}, {}]  # {}: models without a pooler
+        if attentions:  # transformers before attn_implementation (4.36) have eager only
+            options = [{**option, "attn_implementation": "eager"} for option in options] + options
+        for option in options[:-1]:
+            try:
+                return auto_model.from_config(config, **option)
+            except TypeError:
+                pass
+        return auto_model.from_config(config, **options[-1])
 
     def forward(self, tokens: Sequence):
         ids, mask = tokens
@@ -110,12 +135,25 @@ class PretrainedEncoder(Block):
             # [CLS] a [SEP] b [SEP]: everything after the first separator is segment 1.
             separators = (ids == self.sep_index).long()
             arguments["token_type_ids"] = ((separators.cumsum(dim=1) - separators) > 0).long() * mask.long()
-        hidden = self.model(**arguments).last_hidden_state
+        if self.attentions:
+            arguments["output_attentions"] = True
+        result = self.model(**arguments)
+        hidden = result.last_hidden_state
         if self.pooling == "cls":
-            return hidden[:, 0]
-        if self.pooling == "mean":
-            return masked_mean(hidden, mask)
-        return Sequence(zero_padding(hidden, mask), mask)
+            value = hidden[:, 0]
+        elif self.pooling == "mean":
+            value = masked_mean(hidden, mask)
+        else:
+            value = Sequence(zero_padding(hidden, mask), mask)
+        if not self.attentions:
+            return value
+        layers = result.attentions
+        if not layers or len(layers) != len(self.kept_layers):
+            raise RuntimeError(f"PretrainedEncoder: the model returned {len(layers or ())} attention maps for "
+                               f"{len(self.kept_layers)} layers (its attention implementation may not return them)")
+        maps = torch.stack(layers, dim=1)  # [batch, layers, heads, length, length]
+        real = mask[:, None, None, :, None] & mask[:, None, None, None, :]
+        return NamedOutputs(value, {"attentions": AttentionMaps(maps.masked_fill(~real, 0.0), mask)})
 
     def load_pretrained(self, base_dir: Path) -> str | None:
         """Copy the pretrained weights in, renumbering the kept layers."""

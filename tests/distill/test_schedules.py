@@ -35,9 +35,16 @@ def test_step():
     assert floored(5) == 3.0
 
 
+def test_a_linear_schedule_can_begin_later():
+    ramp = make_schedule({"type": "linear", "start": 0.0, "end": 1.0, "begin": 100, "steps": 300})
+    assert [ramp(s) for s in (0, 100, 200, 300, 1000)] == [0.0, 0.0, 0.5, 1.0, 1.0]
+
+
 @pytest.mark.parametrize("schedule, message", [
-    ({"type": "linear", "start": 1.0, "end": 0.5, "steps": 0}, "a linear schedule needs steps > 0"),
-    ({"type": "linear", "start": 1.0, "end": 0.5, "steps": -3}, "schedule ends before it starts"),
+    ({"type": "linear", "start": 1.0, "end": 0.5, "steps": 0}, "a linear schedule needs steps > begin"),
+    ({"type": "linear", "start": 1.0, "end": 0.5, "steps": -3}, r"schedule ends \(step -3\) before it starts"),
+    ({"type": "linear", "start": 0.0, "end": 1.0, "begin": 800, "steps": 500},
+     r"ends \(step 500\) before it starts \(step 800\)"),
     ({"type": "lineer", "start": 1.0}, "did you mean 'linear'"),
     ({"start": 1.0}, "needs a 'type'"),
     ({"type": "linear", "start": 1.0, "steps": 5}, "needs 'end'"),
@@ -80,7 +87,7 @@ def test_kd_without_schedule_is_unchanged():
 
 @pytest.mark.parametrize("schedule, message", [
     ({"type": "linear", "start": 2.0, "end": 0.0, "steps": 5}, "stay > 0"),
-    ({"type": "linear", "start": 2.0, "end": 1.0, "steps": 0}, "temperature_schedule: a linear schedule needs steps > 0"),
+    ({"type": "linear", "start": 2.0, "end": 1.0, "steps": 0}, "temperature_schedule: a linear schedule needs steps > begin"),
 ])
 def test_kd_rejects_bad_temperature_schedules(schedule, message):
     with pytest.raises(ValueError, match=message):
@@ -99,7 +106,7 @@ def test_bad_schedule_in_config_names_the_loss(project):
         experiment.build_losses(1)
     except ConfigError as error:
         assert "/stages/1/losses/0" in str(error)
-        assert "schedule ends before it starts" in str(error)
+        assert "schedule ends (step -1) before it starts" in str(error)
     else:  # pragma: no cover
         pytest.fail("expected a ConfigError")
 

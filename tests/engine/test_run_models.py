@@ -92,3 +92,26 @@ def test_a_teacher_with_other_labels_is_refused(project, teacher_run):
         run(project, values, "student_run")
     assert error.value.path == "/models/teacher/run"
     assert not (project.root / "student_run").exists()
+
+
+def test_runs_sharing_a_cache_folder_compute_the_teacher_once(project, teacher_run):
+    from blocks.engine import teacher_cache
+
+    builds = []
+    original = teacher_cache._build
+
+    def counting(*args, **kwargs):
+        builds.append(args[1])
+        return original(*args, **kwargs)
+
+    teacher_cache._build = counting
+    try:
+        values = student_config(project)
+        values["cache_dir"] = "shared_cache"
+        for seed in (1, 2):
+            run(project, {**values, "seed": seed}, f"seed{seed}")
+    finally:
+        teacher_cache._build = original
+    assert len(builds) == 1  # the second seed reused the first one's teacher outputs
+    assert len(list((project.root / "shared_cache").iterdir())) == 1
+    assert not (project.root / "seed2" / "cache").exists()

@@ -68,3 +68,17 @@ def test_concat_errors():
         Concat([Spec(VECTOR, 2), Spec(SEQUENCE, 2)])
     with pytest.raises(WidthError):
         Concat([Spec(TOKENS), Spec(TOKENS)])
+
+
+def test_average_of_heads():
+    from blocks.layers.combination import Average
+
+    a, b = torch.tensor([[1.0, 3.0]]), torch.tensor([[3.0, -1.0]])
+    assert torch.equal(Average([Spec(VECTOR, 2)] * 2)(a, b), torch.tensor([[2.0, 1.0]]))
+    probabilities = Average([Spec(VECTOR, 2)] * 2, mode="probabilities")(a, b)
+    expected = (torch.softmax(a, -1) + torch.softmax(b, -1)) / 2
+    assert torch.allclose(probabilities.exp(), expected)
+    with pytest.raises(WidthError, match="same width"):
+        Average([Spec(VECTOR, 2), Spec(VECTOR, 3)])
+    with pytest.raises(WidthError, match="2 or more"):
+        Average([Spec(VECTOR, 2)])

@@ -117,3 +117,23 @@ def test_inference_table(tiny_config, tmp_path, capsys):
     assert header in out
     rows = [line for line in out.splitlines() if line.startswith("| tinyrun |")]
     assert len(rows) == 2 and "teacher (teacher)" in rows[0] and "student (student)" in rows[1]
+
+
+def test_teacher_cache_benchmark_with_a_teacher_from_a_finished_run(tiny_config, tmp_path, capsys):
+    """The recipe takes its teacher from a run directory: no --run-dir or --untrained-teacher needed."""
+    values = json.loads(tiny_config.read_text())
+    teacher_only = {**values, "stages": values["stages"][:1], "data": {**values["data"], "root": str(tiny_config.parent)}}
+    (tmp_path / "teacher.json").write_text(json.dumps(teacher_only))
+    train(load_config(tmp_path / "teacher.json", environ={}), run_dir=tmp_path / "teacher_run", progress=False,
+          log=lambda *a: None)
+    student = {**teacher_only, "models": {"teacher": {"run": "teacher_run"}, "student": values["models"]["student"]},
+               "stages": values["stages"][1:]}
+    (tmp_path / "student.json").write_text(json.dumps(student))
+    tool = load_tool("bench_teacher_cache")
+    code = tool.main(["--config", str(tmp_path / "student.json"), "--threads", "1", "--target", "0.01",
+                      "--run-root", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert f"teacher ({'from ' + str(tmp_path / 'teacher_run')})" in out
+    assert "-> same" in out and code == 0
+    with pytest.raises(SystemExit, match="trained by the recipe itself"):
+        tool.main(["--config", str(tiny_config), "--threads", "1"])
