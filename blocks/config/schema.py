@@ -205,6 +205,10 @@ TRANSFER_SCHEMA = {
                                       "reader": {"$ref": "#/$defs/reader"},
                                       "fields": {"$ref": "#/$defs/fields"}}}]}},
         "augment": {"$ref": "#/$defs/augment"},
+        "seed": {"anyOf": [{"type": "integer"}, {"type": "null"}], "default": None,
+                 "description": "seed of the max_examples sample (and of augment, unless it has its own); default: "
+                                "the config's seed. Fix it to keep the transfer set, and so its teacher cache, the "
+                                "same across the seeds of an experiment"},
         "max_examples": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}], "default": None,
                          "description": "keep at most this many examples: the train split's first, then a seeded "
                                         "random sample of the others"},

@@ -251,7 +251,7 @@ def make_transfer_set(experiment, index: int) -> TransferSet:
 
     cap = transfer.get("max_examples")
     if cap and total > cap:
-        generator = torch.Generator().manual_seed(_seed(values, augment))
+        generator = torch.Generator().manual_seed(_seed(values, augment, transfer))
         first = counts["train"]
         if first >= cap:
             kept = torch.randperm(first, generator=generator)[:cap]
@@ -273,9 +273,12 @@ def make_transfer_set(experiment, index: int) -> TransferSet:
     return TransferSet(split, counts, shown, time.perf_counter() - started, dropped)
 
 
-def _seed(values: dict, augment: dict | None) -> int:
-    seed = (augment or {}).get("seed")
-    return values["seed"] if seed is None else seed
+def _seed(values: dict, augment: dict | None, transfer: dict | None = None) -> int:
+    """augment.seed, else transfer.seed, else the config's seed."""
+    for seed in ((augment or {}).get("seed"), (transfer or {}).get("seed")):
+        if seed is not None:
+            return seed
+    return values["seed"]
 
 
 def augmented_rows(experiment, index: int, augment: dict, fields: list[str], path: str
@@ -296,7 +299,7 @@ def augmented_rows(experiment, index: int, augment: dict, fields: list[str], pat
                                      [text[name] for text in texts for name in perturbed], augment["neighbours"],
                                      file, f"{path}/teacher" if augment.get("teacher") else f"{path}/swap")
     augmenter = Augmenter(options, neighbours, MASK)
-    rng = random.Random(_seed(values, augment))
+    rng = random.Random(_seed(values, augment, stage.get("transfer")))
     unique = augment["unique"]
     wanted = augment["show"]
     rows: list[Row] = []
