@@ -114,6 +114,7 @@ def side(experiment: Experiment, stage_index: int, device: torch.device, initial
     """One epoch of the stage; seconds (total, end-of-epoch work, cache build) and the outcome."""
     stage = experiment.config["stages"][stage_index]
     stage["cache_teachers"] = cache
+    experiment.config.values["cache_dir"] = None  # a fresh cache in the temporary run: its build is timed
     model = experiment.models[stage["train"]]
     model.load_state_dict(initial)
     gc.collect()

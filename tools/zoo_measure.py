@@ -100,6 +100,8 @@ def main() -> None:
     print()
     print(f"command: python tools/zoo_measure.py {' '.join(str(r) for r in args.recipes)} "
           f"--seeds {' '.join(map(str, args.seeds))} --jobs {args.jobs}"
+          + (f" --threads {args.threads}" if args.threads else "")
+          + (f" --out {args.out}" if args.out != ROOT / "runs" / "zoo" else "")
           + "".join(f" --set {o}" for o in args.overrides))
     print(report(args.out))
 

@@ -327,8 +327,13 @@ class ReinforcedTeacherSelector(_MultiTeacherBase):
                               for k in range(teachers.shape[1])], dim=1)
             reward = reward - (actions * kd).sum(dim=1) / actions.sum(dim=1).clamp(min=1.0)
         reward = torch.where(labelled, reward, torch.zeros_like(reward)).detach()
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        mean_reward = reward[labelled].mean() if labelled.any() else reward.mean()
+        if distributed:  # one policy and one baseline for every process
+            torch.distributed.all_reduce(mean_reward)
+            mean_reward = mean_reward / torch.distributed.get_world_size()
         if not bool(self.baseline_ready):
-            self.baseline.copy_(reward[labelled].mean() if labelled.any() else reward.mean())
+            self.baseline.copy_(mean_reward)
             self.baseline_ready.fill_(True)
         advantage = reward - self.baseline
         if self._optimizer is None:
@@ -339,8 +344,11 @@ class ReinforcedTeacherSelector(_MultiTeacherBase):
             policy_loss = -(advantage * log_prob)[labelled].sum() / labelled.sum().clamp(min=1)
             self._optimizer.zero_grad(set_to_none=True)
             policy_loss.backward()
-            self._optimizer.step()
-        mean_reward = reward[labelled].mean() if labelled.any() else reward.mean()
+        if distributed:
+            for parameter in self.policy.parameters():
+                torch.distributed.all_reduce(parameter.grad)
+                parameter.grad /= torch.distributed.get_world_size()
+        self._optimizer.step()
         self.baseline.mul_(self.momentum).add_((1 - self.momentum) * mean_reward)
 
     def log_values(self) -> dict:
