@@ -224,6 +224,25 @@ def roles(config: Config) -> dict[str, str]:
     return result
 
 
+def _scores_from_run(config: Config, name: str) -> dict | None:
+    """Dev/test scores and speed of a model taken from a finished run, from that run's summary,
+    when both runs read the same data and ask the same metrics (else None: evaluate it here)."""
+    model = config["models"][name]
+    if "run" not in model:
+        return None
+    root = Path(model["run"])
+    try:
+        theirs = json.loads((root / "config.json").read_text(encoding="utf-8"))
+        summary = json.loads((root / "summary.json").read_text(encoding="utf-8"))
+        entry = summary["models"][model["model"]]
+    except (OSError, ValueError, KeyError):
+        return None
+    if theirs.get("data") != config["data"] or theirs.get("task") != config["task"]:
+        return None
+    kept = {k: entry[k] for k in ("dev", "test", "examples_per_second_batch64") if k in entry}
+    return {**kept, "scores_from": str(root / "summary.json")} if "examples_per_second_batch64" in kept else None
+
+
 def summarize(experiment: Experiment, directory: RunDir, device: torch.device, state: dict) -> dict:
     config = experiment.config
     batch_size = config["stages"][-1]["eval_batch_size"]
@@ -232,6 +251,10 @@ def summarize(experiment: Experiment, directory: RunDir, device: torch.device, s
     for name, role in roles(config).items():
         entry = {"role": role, "parameters": experiment.models[name].parameter_count(),
                  "stage": state["models"].get(name)}
+        reused = _scores_from_run(config, name)
+        if reused is not None:  # a model from a finished run, on the same data: its scores are known
+            models[name] = {**entry, **reused}
+            continue
         for split in ("dev", "test"):
             if split in experiment.splits and experiment.splits[split].labels is not None:
                 entry[split] = evaluate(experiment, name, experiment.splits[split], batch_size, device,

@@ -115,3 +115,17 @@ def test_runs_sharing_a_cache_folder_compute_the_teacher_once(project, teacher_r
     assert len(builds) == 1  # the second seed reused the first one's teacher outputs
     assert len(list((project.root / "shared_cache").iterdir())) == 1
     assert not (project.root / "seed2" / "cache").exists()
+
+
+def test_a_teacher_from_a_run_on_the_same_data_keeps_its_scores(project, teacher_run):
+    summary = run(project, student_config(project), "student_run")
+    own = json.loads((teacher_run / "summary.json").read_text())["models"]["teacher"]
+    entry = summary["models"]["teacher"]
+    assert entry["scores_from"] == str(teacher_run / "summary.json")
+    assert entry["examples_per_second_batch64"] == own["examples_per_second_batch64"]
+    # on other data the teacher is evaluated afresh
+    values = student_config(project)
+    values["data"]["test"] = "dev.tsv"
+    summary = run(project, values, "other_data")
+    assert "scores_from" not in summary["models"]["teacher"]
+    assert summary["models"]["teacher"]["test"] == summary["models"]["teacher"]["dev"]
