@@ -1,0 +1,27 @@
+"""tools/methods_table.py on hand-made run summaries: the rows, the means and the claim verdicts."""
+from __future__ import annotations
+
+import json
+import sys
+
+from tests.tools.test_benchmarks import load_tool
+
+
+def write(out, recipe, seed, dev, test):
+    folder = out / f"{recipe}-seed{seed}"
+    folder.mkdir(parents=True)
+    models = {"teacher": {"role": "teacher", "dev": {"accuracy": 0.9}, "test": {"accuracy": 0.9}},
+              "student": {"role": "student", "dev": {"accuracy": dev}, "test": {"accuracy": test}}}
+    (folder / "summary.json").write_text(json.dumps({"models": models}))
+
+
+def test_rows_and_claims(tmp_path, capsys, monkeypatch):
+    for seed, (a, b) in enumerate([(0.70, 0.80), (0.72, 0.78), (0.71, 0.79)], 1):
+        write(tmp_path, "student_nokd", seed, a, a)
+        write(tmp_path, "student_kd_best", seed, b, b)
+    monkeypatch.setattr(sys, "argv", ["methods_table.py", str(tmp_path)])
+    load_tool("methods_table").main()
+    out = capsys.readouterr().out
+    assert "| no KD | `student_nokd` | 3 | accuracy 0.7100 ± 0.0100 |" in out
+    assert "| RL teacher selector | `student_rl_selector` | 0 | not run | not run |" in out
+    assert "| every KD row ≥ no KD | `student_kd_best` vs `student_nokd` | 0.7900 vs 0.7100 | +0.0800 | yes |" in out
