@@ -86,6 +86,41 @@ def quiet(*args, **kwargs) -> None:
     """A ``log`` function that says nothing."""
 
 
+def interrupt_on_call(monkeypatch, call: int):
+    """Make StageTrainer._evaluate_and_save raise KeyboardInterrupt on its ``call``-th call;
+    returns the original method (to put back before resuming)."""
+    from blocks.engine.trainer import StageTrainer
+
+    original = StageTrainer._evaluate_and_save
+    calls = {"n": 0}
+
+    def interrupting(self, bar):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return original(self, bar)
+
+    monkeypatch.setattr(StageTrainer, "_evaluate_and_save", interrupting)
+    return original
+
+
+def write_tiny_bert(folder: Path, hidden_size: int = 32, layers: int = 4) -> int:
+    """A random BERT with a WordPiece tokenizer over the tiny dataset's words, saved in ``folder``
+    (loadable like all-MiniLM-L6-v2); returns its vocabulary size."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(FILLER + POSITIVE + NEGATIVE)) + ["##s"]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    BertTokenizerFast(vocab=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden_size, num_hidden_layers=layers,
+                        num_attention_heads=2, intermediate_size=2 * hidden_size,
+                        max_position_embeddings=2 * hidden_size)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    return len(vocab)
+
+
 class Project:
     """A folder holding the tiny dataset (``data/``) and config files written next to it."""
 

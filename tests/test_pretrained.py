@@ -13,21 +13,13 @@ import pytest
 import torch
 
 from blocks.errors import ConfigError
-from tests.conftest import FILLER, NEGATIVE, POSITIVE, quiet
+from tests.conftest import quiet, write_tiny_bert
 
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory):
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
     folder = tmp_path_factory.mktemp("tiny_bert")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(FILLER + POSITIVE + NEGATIVE)) + ["##s"]
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    BertTokenizerFast(vocab=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(folder)
+    write_tiny_bert(folder)
     return folder
 
 

@@ -51,8 +51,8 @@ from pathlib import Path
 import torch
 
 from blocks.config.loader import load_config
-from blocks.config.run_models import run_weights
 from blocks.engine.checkpoint import load_checkpoint
+from blocks.engine.run import load_run_model
 from blocks.engine.run_dir import RunDir
 from blocks.engine.teacher_cache import TeacherCache
 from blocks.engine.trainer import StageTrainer
@@ -96,9 +96,8 @@ def load_teachers(experiment: Experiment, teachers: list[str], run_dir: str | No
         if missing:
             raise SystemExit(f"error: teacher(s) {', '.join(missing)} are trained by the recipe itself: give "
                              f"--run-dir RUN (a run whose teacher stage finished) or --untrained-teacher")
-        for name, model in from_runs.items():
-            tensors, _ = load_checkpoint(run_weights(model["run"], model["model"]))
-            experiment.models[name].load_state_dict(tensors)
+        for name in from_runs:
+            load_run_model(experiment, name)
         return "from " + ", ".join(sorted({m["run"] for m in from_runs.values()}))
     for teacher in teachers:
         path = Path(run_dir) / "models" / f"{teacher}.safetensors"

@@ -70,7 +70,7 @@ def _load_with_extends(path: Path, chain: tuple[Path, ...]) -> dict:
     values = read_json(path)
     if not isinstance(values, dict):
         raise ConfigError("a config file must hold a JSON object", str(path))
-    _absolutize_data_root(values, path.parent)
+    _absolutize_paths(values, path.parent)
     extends = values.pop("extends", [])
     if isinstance(extends, str):
         extends = [extends]
@@ -85,7 +85,7 @@ def _load_with_extends(path: Path, chain: tuple[Path, ...]) -> dict:
     return deep_merge(merged, values)
 
 
-def _absolutize_data_root(values: dict, folder: Path) -> None:
+def _absolutize_paths(values: dict, folder: Path) -> None:
     """A relative data root, or run directory of a model, is relative to the file that states it."""
     data = values.get("data")
     if isinstance(data, dict) and isinstance(data.get("root"), str) and not os.path.isabs(data["root"]):

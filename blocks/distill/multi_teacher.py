@@ -62,6 +62,12 @@ def _per_instance_kd(student: torch.Tensor, teacher: torch.Tensor, temperature: 
     return kl * (t * t) if scale else kl
 
 
+def _per_teacher_kd(student: torch.Tensor, teachers: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T²-scaled KD of the student to each teacher, per instance: [batch, K] from teachers [batch, K, C]."""
+    return torch.stack([_per_instance_kd(student, teachers[:, k], temperature, True)
+                        for k in range(teachers.shape[1])], dim=1)
+
+
 def _per_instance_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return (student - teacher).pow(2).mean(dim=-1)
 
@@ -306,8 +312,7 @@ class ReinforcedTeacherSelector(_MultiTeacherBase):
             actions = torch.bernoulli(probabilities) if self.training else (probabilities > 0.5).float()
         self.weight_log.add(actions)
         self.policy_log.add(probabilities)
-        kd = torch.stack([_per_instance_kd(student, teachers[:, k], self.temperature, True)
-                          for k in range(teachers.shape[1])], dim=1)
+        kd = _per_teacher_kd(student, teachers, self.temperature)
         if self.training:
             self._pending = (state, actions, teachers.detach())
         return (actions * kd).mean()
@@ -323,8 +328,7 @@ class ReinforcedTeacherSelector(_MultiTeacherBase):
         labelled = labels != UNLABELLED
         reward = -F.cross_entropy(student, labels.clamp(min=0), reduction="none")
         if self.reward == "ce_kd":
-            kd = torch.stack([_per_instance_kd(student, teachers[:, k], self.temperature, True)
-                              for k in range(teachers.shape[1])], dim=1)
+            kd = _per_teacher_kd(student, teachers, self.temperature)
             reward = reward - (actions * kd).sum(dim=1) / actions.sum(dim=1).clamp(min=1.0)
         reward = torch.where(labelled, reward, torch.zeros_like(reward)).detach()
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()

@@ -68,18 +68,25 @@ def load_model_weights(experiment: Experiment, run_dir: RunDir, model: str) -> N
         raise CheckpointError(f"does not fit model '{model}' of this config: {error}", str(path)) from None
 
 
+def load_run_model(experiment: Experiment, name: str) -> dict:
+    """Load model ``name`` (``{"run": ...}`` in the config) with its weights from that run; returns them."""
+    model = experiment.config["models"][name]
+    source = run_weights(model["run"], model["model"])
+    tensors, _ = load_checkpoint(source)
+    try:
+        experiment.models[name].load_state_dict(tensors)
+    except RuntimeError as error:
+        raise CheckpointError(f"does not fit model '{name}': {error}", str(source)) from None
+    return tensors
+
+
 def adopt_run_models(experiment: Experiment, directory: RunDir, state: dict,
                      dist: distributed.Distributed, log=print) -> None:
     """Models from finished runs: their weights loaded and copied into this run (once)."""
     for name, model in experiment.config["models"].items():
         if "run" not in model or name in state["models"]:
             continue
-        source = run_weights(model["run"], model["model"])
-        tensors, _ = load_checkpoint(source)
-        try:
-            experiment.models[name].load_state_dict(tensors)
-        except RuntimeError as error:
-            raise CheckpointError(f"does not fit model '{name}': {error}", str(source)) from None
+        tensors = load_run_model(experiment, name)
         state["models"][name] = f"run {model['run']}"
         if dist.is_main:
             directory.model_weights(name).parent.mkdir(parents=True, exist_ok=True)

@@ -87,6 +87,8 @@ class StageTrainer:
         self.teachers = list(self.stage["teachers"])
         self.losses = experiment.build_losses(stage_index)
         self.loss_modules = nn.ModuleList([loss for _, loss in self.losses])
+        # losses that learn from the updated student after each optimizer step (the RL selector)
+        self.after_step_losses = [loss for _, loss in self.losses if hasattr(loss, "after_step")]
         self.select = self.stage["select"] or self.config["task"]["metrics"][0]
         self.maximize = higher_is_better(self.select)
         # the examples this stage trains on: the train split, or the stage's transfer set
@@ -375,8 +377,7 @@ class StageTrainer:
 
     def _after_step(self, batch) -> None:
         """Loss blocks that learn from the updated student (the RL teacher selector) see it here."""
-        hooks = [loss for _, loss in self.losses if hasattr(loss, "after_step")]
-        if not hooks:
+        if not self.after_step_losses:
             return
 
         def student_outputs() -> dict:
@@ -387,7 +388,7 @@ class StageTrainer:
             finally:
                 self.model.train()
 
-        for loss in hooks:
+        for loss in self.after_step_losses:
             loss.after_step(batch, student_outputs)
 
     def _optimizer_step(self) -> None:

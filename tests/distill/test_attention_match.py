@@ -25,7 +25,7 @@ from blocks.layers.pretrained import PretrainedEncoder
 from blocks.layers.transformer import TransformerEncoder
 from blocks.registry import LOSSES
 from blocks.values import ATTENTION, SEQUENCE, TOKENS, VECTOR, AttentionMaps, Sequence, Spec
-from tests.conftest import FILLER, NEGATIVE, POSITIVE
+from tests.conftest import write_tiny_bert
 
 load_builtin_entries()
 
@@ -148,17 +148,8 @@ def test_empty_sequence_gives_zero_maps():
 # -- PretrainedEncoder ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory):
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
     folder = tmp_path_factory.mktemp("tiny_bert_attentions")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(FILLER + POSITIVE + NEGATIVE)) + ["##s"]
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    BertTokenizerFast(vocab=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(folder)
-    return SimpleNamespace(folder=folder, vocab_size=len(vocab))
+    return SimpleNamespace(folder=folder, vocab_size=write_tiny_bert(folder))
 
 
 class PieceVocab:

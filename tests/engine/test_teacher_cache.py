@@ -21,7 +21,7 @@ from blocks.experiment import Experiment
 from blocks.registry import LOSSES
 from blocks.values import Sequence
 
-from tests.conftest import FILLER, NEGATIVE, POSITIVE
+from tests.conftest import FILLER, NEGATIVE, POSITIVE, interrupt_on_call
 
 
 def quiet(*args, **kwargs):
@@ -113,16 +113,7 @@ def test_the_cache_is_reused_by_later_stages_and_on_resume(project, monkeypatch)
     assert sum(m.startswith("building teacher cache of teacher.logits") for m in messages) == 1
     assert sum(m.startswith("teacher cache: reusing") for m in messages) == 1
 
-    original = StageTrainer._evaluate_and_save
-    calls = {"n": 0}
-
-    def interrupting(self, bar):
-        calls["n"] += 1
-        if calls["n"] == 4:  # the second evaluation of 'distill'
-            raise KeyboardInterrupt
-        return original(self, bar)
-
-    monkeypatch.setattr(StageTrainer, "_evaluate_and_save", interrupting)
+    original = interrupt_on_call(monkeypatch, 4)  # the second evaluation of 'distill'
     with pytest.raises(KeyboardInterrupt):
         run(project, values, "b")
     monkeypatch.setattr(StageTrainer, "_evaluate_and_save", original)

@@ -14,6 +14,7 @@ from blocks.engine.checkpoint import load_checkpoint
 from blocks.engine.run import train
 from blocks.engine.trainer import StageTrainer
 from blocks.errors import CheckpointError, ConfigError
+from tests.conftest import interrupt_on_call
 
 
 def quiet(*args, **kwargs):
@@ -136,21 +137,6 @@ def test_gradient_accumulation(project):
     assert all(math.isfinite(e["loss"]) for e in train_events)
     assert summary["stages"]["teacher"]["steps"] == 4
     assert summary["models"]["teacher"]["dev"]["accuracy"] > 0.5
-
-
-def interrupt_on_call(monkeypatch, call: int):
-    """Make StageTrainer._evaluate_and_save raise KeyboardInterrupt on its ``call``-th call."""
-    original = StageTrainer._evaluate_and_save
-    calls = {"n": 0}
-
-    def interrupting(self, bar):
-        calls["n"] += 1
-        if calls["n"] == call:
-            raise KeyboardInterrupt
-        return original(self, bar)
-
-    monkeypatch.setattr(StageTrainer, "_evaluate_and_save", interrupting)
-    return original
 
 
 @pytest.mark.parametrize("eval_every, call, resumed", [

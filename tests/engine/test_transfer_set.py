@@ -24,7 +24,7 @@ from blocks.engine.teacher_cache import cache_components, key_of
 from blocks.engine.trainer import StageTrainer
 from blocks.errors import ConfigError
 from blocks.registry import LOSSES
-from tests.conftest import FILLER, NEGATIVE, POSITIVE, quiet
+from tests.conftest import interrupt_on_call, quiet, write_tiny_bert
 from tests.engine.test_teacher_cache import TeacherForwards
 
 EXTRA = 50  # rows of the unlabelled file
@@ -94,16 +94,7 @@ def test_student_distils_on_train_file_and_augmented_copies_through_the_cache_an
     assert summary["models"]["student"]["dev"]["accuracy"] >= 0.9
 
     # interrupted in the middle of 'distill' and resumed: the same transfer set, the same cache
-    original = StageTrainer._evaluate_and_save
-    calls = {"n": 0}
-
-    def interrupting(self, bar):
-        calls["n"] += 1
-        if calls["n"] == 4:  # the second evaluation of 'distill'
-            raise KeyboardInterrupt
-        return original(self, bar)
-
-    monkeypatch.setattr(StageTrainer, "_evaluate_and_save", interrupting)
+    original = interrupt_on_call(monkeypatch, 4)  # the second evaluation of 'distill'
     with pytest.raises(KeyboardInterrupt):
         run(project, values, "b")
     monkeypatch.setattr(StageTrainer, "_evaluate_and_save", original)
@@ -259,16 +250,8 @@ def test_mse_averages_over_labelled_examples_only():
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory):
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
     folder = tmp_path_factory.mktemp("tiny_bert_transfer")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(FILLER + POSITIVE + NEGATIVE)) + ["##s"]
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    BertTokenizerFast(vocab=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=32)
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(folder)
+    write_tiny_bert(folder, hidden_size=16, layers=1)
     return folder
 
 
