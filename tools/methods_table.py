@@ -2,7 +2,7 @@
 literature's claims checked against them.
 
 Usage:
-    python tools/methods_table.py runs/mrpc [--metric accuracy] [--split dev]
+    python tools/methods_table.py runs/mrpc [--metric accuracy] [--split dev|test]
 
 Reads OUT/<recipe>-seed<S>/summary.json as written by ``tools/zoo_measure.py --out OUT`` for the
 recipes named ``student_*`` (the rows of docs/methods.md), prints a Markdown table of the
@@ -25,6 +25,7 @@ ROWS = [  # (recipe, row name)
     ("student_mt_equal", "multi-teacher, equal weights"),
     ("student_mt_confidence", "multi-teacher, confidence (gold CE) weights"),
     ("student_rl_selector", "RL teacher selector"),
+    ("student_rl_dev", "RL teacher selector, dev-metric reward per episode"),
     ("student_tmkd_avg", "TMKD, averaged targets"),
     ("student_tmkd_heads", "TMKD, one head per teacher"),
     ("student_mt_mse_nostage1", "multi-teacher without stage 1 (TMKD stage 2 only)"),
@@ -37,6 +38,7 @@ CLAIMS = [  # (better, worse, claim)
     ("student_annealing", "student_kd_best", "annealing ≥ classic KD"),
     ("student_mt_equal", "student_kd_best", "equal-weight multi-teacher ≥ best single teacher"),
     ("student_rl_selector", "student_mt_equal", "RL selector ≥ equal weights"),
+    ("student_rl_dev", "student_mt_equal", "RL selector (dev reward) ≥ equal weights"),
     ("student_tmkd_avg", "student_mt_mse_nostage1", "TMKD (averaged) ≥ multi-teacher without stage 1"),
     ("student_tmkd_heads", "student_mt_mse_nostage1", "TMKD (heads) ≥ multi-teacher without stage 1"),
 ]
@@ -63,10 +65,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, help="the --out folder of tools/zoo_measure.py")
     parser.add_argument("--metric", default="accuracy", help="metric the claims compare (default: accuracy)")
-    parser.add_argument("--split", default="test", choices=["dev", "test"],
-                        help="split the claims compare (default: test; dev chose the checkpoints)")
+    parser.add_argument("--split", choices=["dev", "test"],
+                        help="split the claims compare (default: test where every run has it, else dev; "
+                             "dev chose the checkpoints)")
     args = parser.parse_args()
     scores = student_scores(args.out)
+    if args.split is None:
+        every_run = [entry for seeds in scores.values() for entry in seeds.values()]
+        args.split = "test" if every_run and all("test" in entry for entry in every_run) else "dev"
+        if args.split == "dev":
+            print("(no test scores in these runs: the claims compare dev scores, the split that also chose "
+                  "each run's checkpoint)\n")
     metrics = None
     lines = []
     for recipe, name in ROWS:

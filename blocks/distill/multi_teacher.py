@@ -246,12 +246,17 @@ class ReinforcedTeacherSelector(_MultiTeacherBase):
     student is run again on the batch (no gradient, inference mode) and the reward per instance is
     ``−CE`` ("ce") or ``−(CE + KD to the selected teachers)`` ("ce_kd"); the policy takes a
     REINFORCE step ``(R − b)·∇log π(a|s)`` with its own Adam optimizer and a moving-average baseline
-    b. Warm up the student on equal weights in an earlier stage (MultiTeacherKD) first.
+    b. With reward "dev" an episode is the stretch between two dev evaluations (``eval_every``):
+    every instance of the episode gets R = the change of the stage's selection metric (sign
+    flipped for a metric to minimise) and the policy takes one REINFORCE step over all of them at
+    the evaluation; the first evaluation only sets the reference value. Warm up the student on
+    equal weights in an earlier stage (MultiTeacherKD) first.
 
     Args:
         teachers: the teachers to select among (at least 2; default: every teacher of the stage).
         state_output: student node (a vector) giving the instance representation; null: none.
-        reward: "ce" or "ce_kd".
+        reward: "ce", "ce_kd" (per instance, after every step) or "dev" (per episode of eval_every
+            steps: the change of the dev selection metric).
         temperature: KD temperature T.
         policy_lr: the policy's learning rate.
         baseline_momentum: b ← m·b + (1 − m)·mean(R).
@@ -260,15 +265,15 @@ class ReinforcedTeacherSelector(_MultiTeacherBase):
     """
 
     def __init__(self, stage: LossContext, teachers: list[str] | None = None, state_output: str | None = None,
-                 reward: Literal["ce", "ce_kd"] = "ce", temperature: float = 2.0, policy_lr: float = 1e-3,
+                 reward: Literal["ce", "ce_kd", "dev"] = "ce", temperature: float = 2.0, policy_lr: float = 1e-3,
                  baseline_momentum: float = 0.9, output: str | None = None,
                  teacher_outputs: list[str] | None = None):
         super().__init__(stage, teachers, teacher_outputs, output, None, minimum=2)
         if stage.task != "classification":
             raise ValueError("ReinforcedTeacherSelector needs a classification task (its state holds the "
                              "teachers' cross-entropy on the gold label)")
-        if reward not in ("ce", "ce_kd"):
-            raise ValueError(f"unknown reward {reward!r} (known: ce, ce_kd)")
+        if reward not in ("ce", "ce_kd", "dev"):
+            raise ValueError(f"unknown reward {reward!r} (known: ce, ce_kd, dev)")
         if temperature <= 0 or policy_lr <= 0 or not 0 <= baseline_momentum < 1:
             raise ValueError("temperature and policy_lr must be > 0 and baseline_momentum in [0, 1)")
         k, classes = len(self.teachers), stage.num_outputs
@@ -286,6 +291,10 @@ class ReinforcedTeacherSelector(_MultiTeacherBase):
         nn.init.zeros_(self.policy.bias)  # p = 0.5 for every teacher at the start
         self.register_buffer("baseline", torch.zeros(()))
         self.register_buffer("baseline_ready", torch.zeros((), dtype=torch.bool))
+        # reward "dev": the metric at the last evaluation, and the episode's (state, action) pairs
+        self.register_buffer("reference", torch.zeros(()))
+        self.register_buffer("reference_ready", torch.zeros((), dtype=torch.bool))
+        self._episode: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._optimizer: torch.optim.Optimizer | None = None
         self._pending: tuple | None = None
         self.policy_log = _TeacherWeightLog(self.teachers)
@@ -293,6 +302,11 @@ class ReinforcedTeacherSelector(_MultiTeacherBase):
     def student_parameters(self) -> list[nn.Parameter]:
         """The policy is trained by its own optimizer, not with the student."""
         return []
+
+    @property
+    def needs_dev(self) -> bool:
+        """Reward "dev" learns from the dev metric, so the stage must have a dev split."""
+        return self.reward == "dev"
 
     def _state(self, outputs: dict, teachers: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         log_p = F.log_softmax(teachers, dim=-1)  # [batch, K, C]
@@ -314,7 +328,11 @@ class ReinforcedTeacherSelector(_MultiTeacherBase):
         self.policy_log.add(probabilities)
         kd = _per_teacher_kd(student, teachers, self.temperature)
         if self.training:
-            self._pending = (state, actions, teachers.detach())
+            labelled = batch.labels != UNLABELLED
+            if self.reward == "dev":
+                self._episode.append((state[labelled], actions[labelled]))
+            else:
+                self._pending = (state, actions, teachers.detach())
         return (actions * kd).mean()
 
     def after_step(self, batch, student_outputs) -> None:
@@ -336,6 +354,33 @@ class ReinforcedTeacherSelector(_MultiTeacherBase):
         if distributed:  # one policy and one baseline for every process
             torch.distributed.all_reduce(mean_reward)
             mean_reward = mean_reward / torch.distributed.get_world_size()
+        self._reinforce(state[labelled], actions[labelled], reward[labelled], mean_reward)
+
+    def after_evaluation(self, value: float) -> None:
+        """Reward "dev": one REINFORCE step over the episode that ends at this evaluation.
+
+        ``value`` is the stage's selection metric on dev, oriented so that higher is better.
+        """
+        if self.reward != "dev":
+            return
+        episode, self._episode = self._episode, []
+        value_tensor = torch.tensor(float(value), device=self.reference.device)
+        if not bool(self.reference_ready):  # the first evaluation: nothing to compare with yet
+            self.reference.copy_(value_tensor)
+            self.reference_ready.fill_(True)
+            return
+        change = value_tensor - self.reference
+        self.reference.copy_(value_tensor)
+        if not episode:
+            return
+        state = torch.cat([s for s, _ in episode])
+        actions = torch.cat([a for _, a in episode])
+        self._reinforce(state, actions, change.expand(state.shape[0]), change)
+
+    def _reinforce(self, state: torch.Tensor, actions: torch.Tensor, reward: torch.Tensor,
+                   mean_reward: torch.Tensor) -> None:
+        """One REINFORCE step ``−mean((R − b)·log π(a|s))``; b follows the mean reward."""
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         if not bool(self.baseline_ready):
             self.baseline.copy_(mean_reward)
             self.baseline_ready.fill_(True)
@@ -345,7 +390,7 @@ class ReinforcedTeacherSelector(_MultiTeacherBase):
         with torch.enable_grad():
             probabilities = torch.sigmoid(self.policy(state)).clamp(1e-6, 1 - 1e-6)
             log_prob = (actions * probabilities.log() + (1 - actions) * (1 - probabilities).log()).sum(dim=1)
-            policy_loss = -(advantage * log_prob)[labelled].sum() / labelled.sum().clamp(min=1)
+            policy_loss = -(advantage * log_prob).sum() / max(state.shape[0], 1)
             self._optimizer.zero_grad(set_to_none=True)
             policy_loss.backward()
         if distributed:

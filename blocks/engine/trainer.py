@@ -95,6 +95,13 @@ class StageTrainer:
         train = build_transfer_set(experiment, stage_index, log=self.log)
         self.train_split = train
         self.dev_split = experiment.splits.get("dev")
+        # losses that learn from each dev evaluation (the RL selector with reward "dev")
+        self.after_evaluation_losses = [loss for _, loss in self.losses if hasattr(loss, "after_evaluation")]
+        for index, (_, loss) in enumerate(self.losses):
+            if getattr(loss, "needs_dev", False) and self.dev_split is None:
+                raise TrainingError(f"/stages/{stage_index}/losses/{index}: {type(loss).__name__} with reward "
+                                    f"'dev' learns from the dev metric at each evaluation, but the config has no "
+                                    f"dev split (data.dev)")
         batches = batches_per_epoch(len(train), self.stage["batch_size"], dist.world_size)
         if batches == 0:
             raise TrainingError(f"stage '{self.stage['name']}': {len(train)} training example(s) cannot be shared "
@@ -470,6 +477,8 @@ class StageTrainer:
             value = metrics[self.select]
             best = self.state.best
             improved = best is None or (value > best if self.maximize else value < best)
+            for loss in self.after_evaluation_losses:
+                loss.after_evaluation(value if self.maximize else -value)
         if improved:
             self.state.best = metrics.get(self.select)
             self.state.best_step = self.state.step

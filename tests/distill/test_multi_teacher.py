@@ -163,6 +163,44 @@ def test_selector_prefers_the_teacher_that_helps():
     assert probabilities["t1"] > 0.8
 
 
+def test_dev_reward_learns_once_per_episode_from_the_metric_change():
+    """Reward "dev": steps only collect the episode; each evaluation after the first is one update
+    with R = the metric change for every instance of the episode."""
+    torch.manual_seed(0)
+    selector = ReinforcedTeacherSelector(context(teachers=["t1", "t2"], classes=2), reward="dev", policy_lr=0.1)
+    labels = torch.zeros(16, dtype=torch.long)
+    zeros = {"student": {"logits": torch.zeros(16, 2)}, "t1": {"logits": torch.zeros(16, 2)},
+             "t2": {"logits": torch.zeros(16, 2)}}
+    before = [p.detach().clone() for p in selector.policy.parameters()]
+    selector(zeros, SimpleNamespace(labels=labels))
+    selector.after_step(SimpleNamespace(labels=labels), lambda: zeros["student"])
+    assert selector._pending is None and len(selector._episode) == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, selector.policy.parameters()))  # no update per step
+    selector.after_evaluation(0.70)  # the first evaluation sets the reference only
+    assert selector._episode == [] and float(selector.reference) == pytest.approx(0.70)
+    assert all(torch.equal(a, b) for a, b in zip(before, selector.policy.parameters()))
+    # a bandit over episodes: the metric rises with the share of teacher-1 choices in the episode
+    value = 0.70
+    for _ in range(40):
+        selector(zeros, SimpleNamespace(labels=labels))
+        share = selector._episode[-1][1][:, 0].mean().item()
+        value += share - 0.5
+        selector.after_evaluation(value)
+    assert selector.log_values()["selection_probability"]["t1"] > 0.7
+
+
+def test_dev_reward_needs_a_dev_split(project):
+    values = three_teachers(project)
+    del values["data"]["dev"]
+    distill = values["stages"][2]
+    distill["losses"] = [{"block": "ReinforcedTeacherSelector", "reward": "dev", "weight": 0.5},
+                         {"block": "CrossEntropy", "weight": 0.5}]
+    for stage in values["stages"]:
+        stage.pop("select", None)
+    with pytest.raises(Exception, match=r"/stages/2/losses/0: ReinforcedTeacherSelector with reward 'dev'.*no dev split"):
+        run(project, values)
+
+
 def test_annealing_kd_steps_the_temperature_down_to_one():
     loss = AnnealingKD(context(teachers=["t1"]), max_temperature=4)
     loss.start(total_steps=100)
@@ -215,12 +253,13 @@ def test_multi_teacher_run_logs_and_plots_the_teacher_weights(project, loss):
     assert svg.startswith("<svg") and svg.count("<polyline") == 2
 
 
-def test_rl_selector_run_after_an_equal_weight_warm_up(project):
+@pytest.mark.parametrize("reward", ["ce_kd", "dev"])
+def test_rl_selector_run_after_an_equal_weight_warm_up(project, reward):
     values = three_teachers(project)
     distill = values["stages"][2]
     distill["losses"] = [{"block": "MultiTeacherKD", "weight": 0.5}, {"block": "CrossEntropy", "weight": 0.5}]
     values["stages"].append({**distill, "name": "select", "losses": [
-        {"block": "ReinforcedTeacherSelector", "state_output": "pool", "reward": "ce_kd", "weight": 0.5},
+        {"block": "ReinforcedTeacherSelector", "state_output": "pool", "reward": reward, "weight": 0.5},
         {"block": "CrossEntropy", "weight": 0.5}]})
     summary = run(project, values)
     assert summary["models"]["student"]["dev"]["accuracy"] >= 0.9

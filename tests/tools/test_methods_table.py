@@ -25,3 +25,20 @@ def test_rows_and_claims(tmp_path, capsys, monkeypatch):
     assert "| no KD | `student_nokd` | 3 | accuracy 0.7100 ± 0.0100 |" in out
     assert "| RL teacher selector | `student_rl_selector` | 0 | not run | not run |" in out
     assert "| every KD row ≥ no KD | `student_kd_best` vs `student_nokd` | 0.7900 vs 0.7100 | +0.0800 | yes |" in out
+
+
+def test_runs_without_test_scores_compare_dev(tmp_path, capsys, monkeypatch):
+    """RTE's test file is unlabelled: the runs hold dev scores only, and the claims use them."""
+    for seed, (a, b) in enumerate([(0.60, 0.62), (0.61, 0.64)], 1):
+        for recipe, value in (("student_nokd", a), ("student_annealing", b)):
+            folder = tmp_path / f"{recipe}-seed{seed}"
+            folder.mkdir()
+            summary = {"models": {"student": {"role": "student", "dev": {"accuracy": value}}}}
+            (folder / "summary.json").write_text(json.dumps(summary))
+    monkeypatch.setattr(sys, "argv", ["methods_table.py", str(tmp_path)])
+    load_tool("methods_table").main()
+    out = capsys.readouterr().out
+    assert "the claims compare dev scores" in out
+    assert "| Annealing-KD | `student_annealing` | 2 | accuracy 0.6300 ± 0.0141 | — |" in out
+    assert "| every KD row ≥ no KD | `student_annealing` vs `student_nokd` | 0.6300 vs 0.6050 | +0.0250 | yes |" in out
+    assert "--split dev" in out
