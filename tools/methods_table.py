@@ -5,7 +5,8 @@ Usage:
     python tools/methods_table.py runs/mrpc [--metric accuracy] [--split dev|test]
 
 Reads OUT/<recipe>-seed<S>/summary.json as written by ``tools/zoo_measure.py --out OUT`` for the
-recipes named ``student_*`` (the rows of docs/methods.md), prints a Markdown table of the
+recipes named ``<prefix><row>`` (``student_*``: the BiLSTM rows of docs/methods.md; ``student3_*``:
+the 3-layer transformer student's), prints a Markdown table of the
 student's dev and test metrics (mean ± sample std over the seeds, and each seed), then each claim of
 ../shared/docs/methods.md with the two means it compares and whether it holds on this data. A claim
 "A ≥ B" holds when mean(A) ≥ mean(B); the gap is given next to the seeds' spread, because with three
@@ -19,39 +20,39 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-ROWS = [  # (recipe, row name)
-    ("student_nokd", "no KD"),
-    ("student_kd_best", "classic KD, best single teacher"),
-    ("student_mt_equal", "multi-teacher, equal weights"),
-    ("student_mt_confidence", "multi-teacher, confidence (gold CE) weights"),
-    ("student_rl_selector", "RL teacher selector"),
-    ("student_rl_dev", "RL teacher selector, dev-metric reward per episode"),
-    ("student_tmkd_avg", "TMKD, averaged targets"),
-    ("student_tmkd_heads", "TMKD, one head per teacher"),
-    ("student_mt_mse_nostage1", "multi-teacher without stage 1 (TMKD stage 2 only)"),
-    ("student_annealing", "Annealing-KD"),
-    ("student_augmented", "augmented transfer set"),
+ROWS = [  # (recipe without the prefix, row name)
+    ("nokd", "no KD"),
+    ("kd_best", "classic KD, best single teacher"),
+    ("mt_equal", "multi-teacher, equal weights"),
+    ("mt_confidence", "multi-teacher, confidence (gold CE) weights"),
+    ("rl_selector", "RL teacher selector"),
+    ("rl_dev", "RL teacher selector, dev-metric reward per episode"),
+    ("tmkd_avg", "TMKD, averaged targets"),
+    ("tmkd_heads", "TMKD, one head per teacher"),
+    ("mt_mse_nostage1", "multi-teacher without stage 1 (TMKD stage 2 only)"),
+    ("annealing", "Annealing-KD"),
+    ("augmented", "augmented transfer set"),
 ]
 
 CLAIMS = [  # (better, worse, claim)
-    *[(recipe, "student_nokd", "every KD row ≥ no KD") for recipe, _ in ROWS[1:]],
-    ("student_annealing", "student_kd_best", "annealing ≥ classic KD"),
-    ("student_mt_equal", "student_kd_best", "equal-weight multi-teacher ≥ best single teacher"),
-    ("student_rl_selector", "student_mt_equal", "RL selector ≥ equal weights"),
-    ("student_rl_dev", "student_mt_equal", "RL selector (dev reward) ≥ equal weights"),
-    ("student_tmkd_avg", "student_mt_mse_nostage1", "TMKD (averaged) ≥ multi-teacher without stage 1"),
-    ("student_tmkd_heads", "student_mt_mse_nostage1", "TMKD (heads) ≥ multi-teacher without stage 1"),
+    *[(recipe, "nokd", "every KD row ≥ no KD") for recipe, _ in ROWS[1:]],
+    ("annealing", "kd_best", "annealing ≥ classic KD"),
+    ("mt_equal", "kd_best", "equal-weight multi-teacher ≥ best single teacher"),
+    ("rl_selector", "mt_equal", "RL selector ≥ equal weights"),
+    ("rl_dev", "mt_equal", "RL selector (dev reward) ≥ equal weights"),
+    ("tmkd_avg", "mt_mse_nostage1", "TMKD (averaged) ≥ multi-teacher without stage 1"),
+    ("tmkd_heads", "mt_mse_nostage1", "TMKD (heads) ≥ multi-teacher without stage 1"),
 ]
 
 
-def student_scores(out: Path) -> dict[str, dict[int, dict]]:
-    """recipe -> seed -> the student's summary entry (the model the run delivers)."""
+def student_scores(out: Path, prefix: str = "student_") -> dict[str, dict[int, dict]]:
+    """recipe without the prefix -> seed -> the student's summary entry (the model the run delivers)."""
     found: dict[str, dict[int, dict]] = defaultdict(dict)
-    for summary_file in sorted(out.glob("student_*-seed*/summary.json")):
+    for summary_file in sorted(out.glob(f"{prefix}*-seed*/summary.json")):
         recipe, seed = summary_file.parent.name.rsplit("-seed", 1)
         summary = json.loads(summary_file.read_text())
         student = next(entry for entry in summary["models"].values() if entry["role"] in ("student", "model"))
-        found[recipe][int(seed)] = student
+        found[recipe[len(prefix):]][int(seed)] = student
     return found
 
 
@@ -64,15 +65,18 @@ def fmt(values: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, help="the --out folder of tools/zoo_measure.py")
+    parser.add_argument("--prefix", default="student_",
+                        help="recipe name prefix of the rows (default: student_, the BiLSTM student; student3_: "
+                             "the 3-layer transformer student)")
     parser.add_argument("--metric", default="accuracy", help="metric the claims compare (default: accuracy)")
     parser.add_argument("--split", choices=["dev", "test"],
                         help="split the claims compare (default: test where every run has it, else dev; "
                              "dev chose the checkpoints)")
     args = parser.parse_args()
-    scores = student_scores(args.out)
+    scores = student_scores(args.out, args.prefix)
     if args.split is None:
         every_run = [entry for seeds in scores.values() for entry in seeds.values()]
-        args.split = "test" if every_run and all("test" in entry for entry in every_run) else "dev"
+        args.split = "dev" if any("test" not in entry for entry in every_run) else "test"
         if args.split == "dev":
             print("(no test scores in these runs: the claims compare dev scores, the split that also chose "
                   "each run's checkpoint)\n")
@@ -81,7 +85,7 @@ def main() -> None:
     for recipe, name in ROWS:
         seeds = scores.get(recipe)
         if not seeds:
-            lines.append(f"| {name} | `{recipe}` | 0 | not run | not run |")
+            lines.append(f"| {name} | `{args.prefix}{recipe}` | 0 | not run | not run |")
             continue
         entries = [seeds[s] for s in sorted(seeds)]
         metrics = metrics or list(entries[0].get("dev", {}))
@@ -91,7 +95,7 @@ def main() -> None:
                 cells.append("—")
                 continue
             cells.append("<br>".join(f"{m} {fmt([e[split][m] for e in entries])}" for m in entries[0][split]))
-        lines.append(f"| {name} | `{recipe}` | {len(entries)} | {cells[0]} | {cells[1]} |")
+        lines.append(f"| {name} | `{args.prefix}{recipe}` | {len(entries)} | {cells[0]} | {cells[1]} |")
     print("| row | recipe | seeds | dev (student) | test (student) |")
     print("|---|---|---|---|---|")
     print("\n".join(lines))
@@ -112,10 +116,11 @@ def main() -> None:
         verdict = "yes" if gap >= 0 else "no"
         if abs(gap) < spread:
             verdict += " (within the seeds' std)"
-        print(f"| {claim} | `{better}` vs `{worse}` | {statistics.mean(a):.4f} vs {statistics.mean(b):.4f} | "
+        print(f"| {claim} | `{args.prefix}{better}` vs `{args.prefix}{worse}` | {statistics.mean(a):.4f} vs {statistics.mean(b):.4f} | "
               f"{gap:+.4f} | {verdict} |")
     print()
-    print(f"command: python tools/methods_table.py {args.out} --metric {args.metric} --split {args.split}")
+    print(f"command: python tools/methods_table.py {args.out} --prefix {args.prefix} --metric {args.metric} "
+          f"--split {args.split}")
 
 
 if __name__ == "__main__":
