@@ -112,6 +112,8 @@ def main() -> None:
         if not a or not b:
             continue
         gap = statistics.mean(a) - statistics.mean(b)
+        if abs(gap) < 1e-9:  # the same scores: a tie, which "≥" accepts
+            gap = 0.0
         spread = max(statistics.stdev(a) if len(a) > 1 else 0.0, statistics.stdev(b) if len(b) > 1 else 0.0)
         verdict = "yes" if gap >= 0 else "no"
         if abs(gap) < spread:

@@ -42,3 +42,15 @@ def test_runs_without_test_scores_compare_dev(tmp_path, capsys, monkeypatch):
     assert "| Annealing-KD | `student_annealing` | 2 | accuracy 0.6300 ± 0.0141 | — |" in out
     assert "| every KD row ≥ no KD | `student_annealing` vs `student_nokd` | 0.6300 vs 0.6050 | +0.0250 | yes |" in out
     assert "--split dev" in out
+
+
+def test_equal_means_are_a_tie_that_holds(tmp_path, capsys, monkeypatch):
+    for seed, value in enumerate([0.5379, 0.5487, 0.5343], 1):
+        for recipe, v in (("student_nokd", value), ("student_augmented", [0.5487, 0.5343, 0.5379][seed - 1])):
+            folder = tmp_path / f"{recipe}-seed{seed}"
+            folder.mkdir()
+            (folder / "summary.json").write_text(json.dumps({"models": {"student": {"role": "student",
+                                                                                     "dev": {"accuracy": v}}}}))
+    monkeypatch.setattr(sys, "argv", ["methods_table.py", str(tmp_path)])
+    load_tool("methods_table").main()
+    assert "| +0.0000 | yes (within the seeds' std) |" in capsys.readouterr().out
