@@ -7,7 +7,7 @@ Usage:
 Reads OUT/<recipe>-seed<S>/summary.json as written by ``tools/zoo_measure.py --out OUT`` for the
 recipes named ``<prefix><row>`` (``student_*``: the BiLSTM rows of docs/methods.md; ``student3_*``:
 the 3-layer transformer student's), prints a Markdown table of the
-student's dev and test metrics (mean ± sample std over the seeds, and each seed), then each claim of
+student's dev and test metrics (mean ± sample std over the seeds), then each claim of
 ../shared/docs/methods.md with the two means it compares and whether it holds on this data. A claim
 "A ≥ B" holds when mean(A) ≥ mean(B); the gap is given next to the seeds' spread, because with three
 seeds a gap smaller than the std is not evidence either way.
@@ -80,7 +80,6 @@ def main() -> None:
         if args.split == "dev":
             print("(no test scores in these runs: the claims compare dev scores, the split that also chose "
                   "each run's checkpoint)\n")
-    metrics = None
     lines = []
     for recipe, name in ROWS:
         seeds = scores.get(recipe)
@@ -88,7 +87,6 @@ def main() -> None:
             lines.append(f"| {name} | `{args.prefix}{recipe}` | 0 | not run | not run |")
             continue
         entries = [seeds[s] for s in sorted(seeds)]
-        metrics = metrics or list(entries[0].get("dev", {}))
         cells = []
         for split in ("dev", "test"):
             if split not in entries[0]:

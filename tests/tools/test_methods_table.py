@@ -7,11 +7,14 @@ import sys
 from tests.tools.test_benchmarks import load_tool
 
 
-def write(out, recipe, seed, dev, test):
+def write(out, recipe, seed, dev, test=None):
+    """A run summary with a teacher and a student; without ``test`` the runs have dev scores only."""
     folder = out / f"{recipe}-seed{seed}"
     folder.mkdir(parents=True)
-    models = {"teacher": {"role": "teacher", "dev": {"accuracy": 0.9}, "test": {"accuracy": 0.9}},
-              "student": {"role": "student", "dev": {"accuracy": dev}, "test": {"accuracy": test}}}
+    student = {"role": "student", "dev": {"accuracy": dev}}
+    if test is not None:
+        student["test"] = {"accuracy": test}
+    models = {"teacher": {"role": "teacher", "dev": {"accuracy": 0.9}, "test": {"accuracy": 0.9}}, "student": student}
     (folder / "summary.json").write_text(json.dumps({"models": models}))
 
 
@@ -30,11 +33,8 @@ def test_rows_and_claims(tmp_path, capsys, monkeypatch):
 def test_runs_without_test_scores_compare_dev(tmp_path, capsys, monkeypatch):
     """RTE's test file is unlabelled: the runs hold dev scores only, and the claims use them."""
     for seed, (a, b) in enumerate([(0.60, 0.62), (0.61, 0.64)], 1):
-        for recipe, value in (("student_nokd", a), ("student_annealing", b)):
-            folder = tmp_path / f"{recipe}-seed{seed}"
-            folder.mkdir()
-            summary = {"models": {"student": {"role": "student", "dev": {"accuracy": value}}}}
-            (folder / "summary.json").write_text(json.dumps(summary))
+        write(tmp_path, "student_nokd", seed, a)
+        write(tmp_path, "student_annealing", seed, b)
     monkeypatch.setattr(sys, "argv", ["methods_table.py", str(tmp_path)])
     load_tool("methods_table").main()
     out = capsys.readouterr().out
@@ -45,12 +45,9 @@ def test_runs_without_test_scores_compare_dev(tmp_path, capsys, monkeypatch):
 
 
 def test_equal_means_are_a_tie_that_holds(tmp_path, capsys, monkeypatch):
-    for seed, value in enumerate([0.5379, 0.5487, 0.5343], 1):
-        for recipe, v in (("student_nokd", value), ("student_augmented", [0.5487, 0.5343, 0.5379][seed - 1])):
-            folder = tmp_path / f"{recipe}-seed{seed}"
-            folder.mkdir()
-            (folder / "summary.json").write_text(json.dumps({"models": {"student": {"role": "student",
-                                                                                     "dev": {"accuracy": v}}}}))
+    for seed, (a, b) in enumerate([(0.5379, 0.5487), (0.5487, 0.5343), (0.5343, 0.5379)], 1):
+        write(tmp_path, "student_nokd", seed, a)
+        write(tmp_path, "student_augmented", seed, b)
     monkeypatch.setattr(sys, "argv", ["methods_table.py", str(tmp_path)])
     load_tool("methods_table").main()
     assert "| +0.0000 | yes (within the seeds' std) |" in capsys.readouterr().out
