@@ -191,3 +191,49 @@ def test_schemas_validate_configs():
     for schema in (OPTIMIZER_SCHEMA, SCHEDULE_SCHEMA):
         assert schema["description"]
         assert all(prop.get("description") for prop in schema["properties"].values())
+
+
+def _train(config: dict, steps: int = 5) -> tuple[torch.optim.Optimizer, torch.Tensor]:
+    torch.manual_seed(0)
+    embedding = torch.nn.Embedding(50, 8)
+    optimizer = build_optimizer((p for p in embedding.parameters()), config)  # a generator, as modules give
+    ids = torch.randint(0, 50, (4, 6))
+    for _ in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        (embedding(ids) ** 2).sum().backward()
+        optimizer.step()
+    return optimizer, embedding.weight.detach()
+
+
+@pytest.mark.parametrize("kind", ["adam", "adamw"])
+def test_fused_is_the_default_and_matches_the_multi_tensor_loop(kind):
+    fused, fused_weights = _train({"type": kind, "lr": 0.01})
+    loop, loop_weights = _train({"type": kind, "lr": 0.01, "fused": False})
+    assert fused.defaults["fused"] is True  # torch 2.13 fuses Adam on CPU
+    assert loop.defaults["fused"] in (None, False) and loop.defaults["foreach"] is True
+    assert not torch.equal(fused_weights, torch.nn.Embedding(50, 8).weight)  # it trained
+    torch.testing.assert_close(fused_weights, loop_weights, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_option_errors(monkeypatch):
+    with pytest.raises(ConfigError) as error:
+        build_optimizer([parameter()], {"fused": "yes"}, where="/stages/0/optimizer")
+    assert error.value.path == "/stages/0/optimizer/fused"
+    with pytest.raises(ConfigError) as error:
+        build_optimizer([parameter()], {"type": "sgd", "fused": True})
+    assert "no option 'fused'" in str(error.value)
+
+    class OldAdam(torch.optim.Adam):  # a torch build without a fused kernel for these parameters
+        def __init__(self, params, fused=None, **options):
+            if fused:
+                raise RuntimeError("`fused=True` requires all the params to be floating point Tensors"
+                                   " of supported devices")
+            super().__init__(params, **options)
+
+    monkeypatch.setattr(torch.optim, "Adam", OldAdam)
+    optimizer = build_optimizer([parameter()], {})  # the default falls back quietly
+    assert type(optimizer) is OldAdam and optimizer.defaults["foreach"] is True
+    with pytest.raises(ConfigError) as error:
+        build_optimizer([parameter()], {"fused": True}, where="/stages/0/optimizer")
+    assert error.value.path == "/stages/0/optimizer/fused"
+    assert "not supported here" in str(error.value) and "leave 'fused' out" in str(error.value)

@@ -1,0 +1,88 @@
+"""The model zoo's recipes: each one is a valid config, and each method comparison varies only the method.
+
+Loading a recipe in full needs its data and its teachers' finished runs, which CI does not have, so
+these tests check the merged JSON (``extends`` resolved) against the config schema, and compare
+the students of a comparison set with the one its shared models config defines.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from blocks.config.loader import _load_with_extends, validate_structure
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+ZOO = REPOSITORY / "model_zoo"
+RECIPES = sorted(p for p in ZOO.rglob("*.json"))
+
+# comparison set -> its shared models config (the teachers and the student every row uses)
+COMPARISONS = {
+    "mrpc": "mrpc_teachers_bilstm_student.json",
+    "rte": "rte_teachers_bilstm_student.json",
+    "snli": "snli_teachers_bilstm_student.json",
+    "sst2": "sst2_teachers_bilstm_student.json",
+}
+# layers a TMKD per-teacher-head student shares with the plain student (it replaces only the head)
+SHARED_LAYERS = ("embed", "embed_drop", "encoder", "pool")
+
+
+def merged(path: Path) -> dict:
+    return _load_with_extends(path, ())
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[str(p.relative_to(ZOO)) for p in RECIPES])
+def test_recipe_is_a_valid_config(path):
+    values = merged(path)
+    values.pop("$schema", None)
+    validate_structure(values, str(path))
+    assert values.get("description"), f"{path}: a zoo recipe says what it is in 'description'"
+    assert values.get("stages"), f"{path}: a zoo recipe trains something"
+
+
+@pytest.mark.parametrize("task", sorted(COMPARISONS))
+def test_comparison_rows_share_one_student(task):
+    base = merged(REPOSITORY / "configs" / "models" / COMPARISONS[task])["models"]["student"]
+    rows = sorted((ZOO / task).glob("student_*.json"))
+    assert len(rows) >= 11, f"{task}: the comparison has a recipe per method row"
+    for path in rows:
+        student = merged(path)["models"]["student"]
+        assert student["inputs"] == base["inputs"], path.name
+        if "tmkd_heads" in path.name:
+            layers = {node["name"]: node for node in student["graph"]}
+            for name in SHARED_LAYERS:
+                expected = next(node for node in base["graph"] if node["name"] == name)
+                assert layers[name] == expected, f"{path.name}: layer '{name}' differs from {COMPARISONS[task]}"
+        else:
+            assert student["graph"] == base["graph"], path.name
+
+
+@pytest.mark.parametrize("task", sorted(COMPARISONS))
+def test_comparison_rows_get_the_same_epochs_on_the_task(task):
+    """Every row passes over the task as often as the classic KD row, so no method wins by training longer.
+
+    The exceptions are by the method's definition: Annealing-KD's phase 2 (cross-entropy from the
+    best phase-1 model) comes on top of a phase 1 of the same budget, and is at most half of it; the
+    augmented transfer set's epochs pass over N perturbed copies as well. Stages on other text
+    (TMKD's general distillation) do not count.
+    """
+    def task_epochs(stages: list) -> list:
+        return [s.get("epochs", 3) for s in stages if not s.get("transfer", {}).get("files")]
+
+    budget = sum(task_epochs(merged(ZOO / task / "student_kd_best.json")["stages"]))
+    for path in sorted((ZOO / task).glob("student_*.json")):
+        epochs = task_epochs(merged(path)["stages"])
+        if "annealing" in path.name:
+            assert epochs[0] == budget and epochs[1] <= (budget + 1) // 2, f"{path.name}: {epochs}"
+        elif "augmented" in path.name:
+            assert sum(epochs) <= budget, f"{path.name}: {epochs}"
+        else:
+            assert sum(epochs) == budget, f"{path.name}: {epochs} epochs on the task, the KD row has {budget}"
+
+
+def test_recipes_are_formatted_json():
+    for path in RECIPES:
+        text = path.read_text(encoding="utf-8")
+        assert text.endswith("\n"), path
+        json.loads(text)
