@@ -100,8 +100,15 @@ def torch_optimizer(config: dict, parameters) -> torch.optim.Optimizer:
                                weight_decay=config.get("weight_decay", 0.0), nesterov=config.get("nesterov", False))
     optimizer_class = torch.optim.AdamW if kind == "adamw" else torch.optim.Adam
     betas = tuple(float(b) for b in config.get("betas", (0.9, 0.999)))
-    return optimizer_class(parameters, lr=lr, betas=betas, eps=config.get("eps", 1e-8),
-                           weight_decay=config.get("weight_decay", 0.01 if kind == "adamw" else 0.0))
+    options = {"lr": lr, "betas": betas, "eps": config.get("eps", 1e-8),
+               "weight_decay": config.get("weight_decay", 0.01 if kind == "adamw" else 0.0)}
+    parameters = list(parameters)
+    if config.get("fused", True):  # the same kernel as the engine: fused where this torch has it
+        try:
+            return optimizer_class(parameters, fused=True, **options)
+        except (RuntimeError, ValueError, TypeError):
+            pass
+    return optimizer_class(parameters, foreach=True, **options)
 
 
 class Bench:

@@ -119,8 +119,8 @@ def test_inference_table(tiny_config, tmp_path, capsys):
     assert len(rows) == 2 and "teacher (teacher)" in rows[0] and "student (student)" in rows[1]
 
 
-def test_teacher_cache_benchmark_with_a_teacher_from_a_finished_run(tiny_config, tmp_path, capsys):
-    """The recipe takes its teacher from a run directory: no --run-dir or --untrained-teacher needed."""
+def student_recipe_with_a_finished_teacher(tiny_config, tmp_path) -> Path:
+    """The tiny distillation stage as a recipe whose teacher comes from a finished run directory."""
     values = json.loads(tiny_config.read_text())
     teacher_only = {**values, "stages": values["stages"][:1], "data": {**values["data"], "root": str(tiny_config.parent)}}
     (tmp_path / "teacher.json").write_text(json.dumps(teacher_only))
@@ -129,6 +129,12 @@ def test_teacher_cache_benchmark_with_a_teacher_from_a_finished_run(tiny_config,
     student = {**teacher_only, "models": {"teacher": {"run": "teacher_run"}, "student": values["models"]["student"]},
                "stages": values["stages"][1:]}
     (tmp_path / "student.json").write_text(json.dumps(student))
+    return tmp_path / "student.json"
+
+
+def test_teacher_cache_benchmark_with_a_teacher_from_a_finished_run(tiny_config, tmp_path, capsys):
+    """The recipe takes its teacher from a run directory: no --run-dir or --untrained-teacher needed."""
+    student_recipe_with_a_finished_teacher(tiny_config, tmp_path)
     tool = load_tool("bench_teacher_cache")
     code = tool.main(["--config", str(tmp_path / "student.json"), "--threads", "1", "--target", "0.01",
                       "--run-root", str(tmp_path)])
@@ -138,3 +144,18 @@ def test_teacher_cache_benchmark_with_a_teacher_from_a_finished_run(tiny_config,
     assert "teacher outputs: cached vs computed live" in out and "-> same (tolerance" in out
     with pytest.raises(SystemExit, match="trained by the recipe itself"):
         tool.main(["--config", str(tiny_config), "--threads", "1"])
+
+
+def test_optimizer_benchmark_times_both_kernels_on_the_same_steps(tiny_config, tmp_path, capsys):
+    recipe = student_recipe_with_a_finished_teacher(tiny_config, tmp_path)
+    tool = load_tool("bench_optimizer")
+    code = tool.main(["--config", str(recipe), "--threads", "1", "--steps", "4", "--repeats", "2"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert out.count("fused  : 4 steps") == 2 and out.count("foreach: 4 steps") == 2
+    assert "speedup loop / fused:" in out and "final student weights, fused vs loop: equal" in out
+    assert "teachers: teacher (outputs from the teacher cache)" in out
+    with pytest.raises(SystemExit, match="trained by the recipe itself"):
+        tool.main(["--config", str(tiny_config), "--threads", "1", "--steps", "2"])
+    with pytest.raises(SystemExit, match="the recipe has 2 stage"):
+        tool.main(["--config", str(tiny_config), "--stage", "5"])

@@ -1,0 +1,159 @@
+"""Optimizer step: torch's fused Adam kernel vs the multi-tensor (foreach) loop, on a recipe's real stage.
+
+Both sides run ``StageTrainer(...).run`` (what ``blocks train`` runs) for the first N steps of the
+same stage, in one process, from the same student weights and the same batch order, differing only
+in ``optimizer.fused`` (true on one side, false on the other). Teachers come from the recipe's run
+directories and their outputs from the recipe's shared teacher cache (built first if missing, not
+timed), so the timed loop is the student's forward, backward, gradient clipping and optimizer
+step. The sides alternate (fused, loop, fused, loop, ...) ``--repeats`` times so that a change of
+machine load hits both.
+
+Reported: seconds per step of each side (the dev evaluation and checkpoint writing at the end are
+timed and subtracted), the speedup loop / fused, and whether the two students end the same (the
+kernels do the same arithmetic in a different order, so the weights agree to float rounding).
+
+Example (the SST-2 BiLSTM student over MiniLM word pieces, whose 11.7M-weight embedding the
+optimizer updates densely every step)::
+
+    python tools/bench_optimizer.py --config model_zoo/sst2/minilm_kd_bilstm.json \
+        --set models.teacher.run=runs/zoo/minilm_teacher-seed1 --threads 1 --steps 100
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+
+from blocks.config.loader import load_config
+from blocks.engine.benchmark import (NestedTimer, available_cores, busy_warning, compare_weights, cpu_name,
+                                     load_average, snapshot, synchronize)
+from blocks.engine.run import load_run_model
+from blocks.engine.run_dir import RunDir
+from blocks.engine.trainer import StageTrainer
+from blocks.errors import DistilBlocksError
+from blocks.experiment import Experiment
+
+
+def side(experiment: Experiment, stage_index: int, device: torch.device, initial: dict, fused: bool) -> dict:
+    """The first steps of the stage with one optimizer kernel: seconds of the loop and the end weights."""
+    stage = experiment.config["stages"][stage_index]
+    stage["optimizer"] = {**stage["optimizer"], "fused": fused}
+    model = experiment.models[stage["train"]]
+    model.load_state_dict(initial)
+    with tempfile.TemporaryDirectory(prefix="bench-optimizer-") as folder:
+        trainer = StageTrainer(experiment, stage_index, RunDir(folder), device, log=lambda *a: None, progress=False)
+        end, build = NestedTimer(), NestedTimer()
+        for method in ("_evaluate_and_save", "save", "save_best", "_finish"):
+            setattr(trainer, method, end.wrap(getattr(trainer, method)))
+        trainer._open_teacher_cache = build.wrap(trainer._open_teacher_cache)
+        synchronize(device)
+        with contextlib.redirect_stdout(io.StringIO()):
+            start = time.perf_counter()
+            result = trainer.run(resume=False)
+            synchronize(device)
+            total = time.perf_counter() - start
+        kernel = trainer.optimizer.defaults.get("fused")
+    return {"loop": total - end.total - build.total, "build": build.total, "steps": result["steps"],
+            "weights": snapshot(model), "kernel": "fused" if kernel else "foreach"}
+
+
+def parse_args(argv) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bench_optimizer.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="recipe whose stage is timed")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+                        help="config override as for `blocks train --set` (repeatable)")
+    parser.add_argument("--stage", type=int, default=None, help="stage index (default: the last stage)")
+    parser.add_argument("--steps", type=int, default=100, help="optimizer steps per side and repeat (default 100)")
+    parser.add_argument("--repeats", type=int, default=2, help="alternations of the two sides (default 2)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help=f"torch threads (default: every usable core, here {available_cores()})")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.repeats < 1:
+        parser.error("--steps and --repeats must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    threads = args.threads or available_cores()
+    torch.set_num_threads(threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but CUDA is not available")
+    shown_argv = sys.argv[1:] if argv is None else list(argv)
+    print("DistilBlocks optimizer benchmark: fused Adam kernel vs the multi-tensor loop, same stage, same steps")
+    print("command: " + shlex.join([sys.executable, "tools/bench_optimizer.py", *shown_argv]))
+    print(f"machine: {platform.platform()}; CPU: {cpu_name()}; {os.cpu_count()} logical CPUs "
+          f"({available_cores()} usable); torch {torch.__version__}, {threads} thread(s); device {device}")
+    print(f"load average before (1, 5, 15 min): {load_average()}")
+    warning = busy_warning()
+    if warning:
+        print(warning)
+    try:
+        probe = load_config(args.config, args.overrides)
+        stage_index = len(probe["stages"]) - 1 if args.stage is None else args.stage
+        if not 0 <= stage_index < len(probe["stages"]):
+            raise SystemExit(f"error: --stage {stage_index}: the recipe has {len(probe['stages'])} stage(s)")
+        if probe["stages"][stage_index]["optimizer"].get("type", "adam") == "sgd":
+            raise SystemExit(f"error: stage {stage_index} uses sgd, which has no fused option here")
+        config = load_config(args.config, [*args.overrides, f"stages.{stage_index}.epochs=1",
+                                           f"stages.{stage_index}.eval_every=0",
+                                           f"stages.{stage_index}.max_steps={args.steps}",
+                                           f"stages.{stage_index}.cache_teachers=true", f"device={args.device}"])
+        experiment = Experiment.prepare(config, splits=("train", "dev"), log=lambda *a: None)
+        experiment.load_pretrained(log=lambda *a: None)
+        stage = experiment.config["stages"][stage_index]
+        for teacher in stage["teachers"]:
+            if "run" not in experiment.config["models"][teacher]:
+                raise SystemExit(f"error: teacher '{teacher}' is trained by the recipe itself; this benchmark "
+                                 f"takes teachers from run directories (--set models.{teacher}.run=RUN)")
+            load_run_model(experiment, teacher)
+    except DistilBlocksError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    student = experiment.models[stage["train"]]
+    for name in [stage["train"], *stage["teachers"]]:
+        experiment.models[name].to(device)
+    initial = snapshot(student)
+    trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
+    print(f"recipe: {args.config}; stage {stage_index} '{stage['name']}': '{stage['train']}' "
+          f"({trainable:,} trainable parameters), {stage['optimizer'].get('type', 'adam')}, batch size "
+          f"{stage['batch_size']}, grad clip {stage['grad_clip']}; teachers: {', '.join(stage['teachers']) or 'none'}"
+          f" (outputs from the teacher cache)")
+
+    times: dict[bool, list[float]] = {True: [], False: []}
+    ends: dict[bool, dict] = {}
+    for repeat in range(args.repeats):
+        for fused in (True, False):
+            result = side(experiment, stage_index, device, initial, fused)
+            per_step = result["loop"] / max(result["steps"], 1)
+            times[fused].append(per_step)
+            ends[fused] = result
+            note = f" (+ {result['build']:.1f} s opening or building the teacher cache, not timed)"
+            print(f"  repeat {repeat + 1}, {result['kernel']:7s}: {result['steps']} steps, "
+                  f"{1000 * per_step:.1f} ms/step{note}", flush=True)
+    weights, same = compare_weights(ends[True]["weights"], ends[False]["weights"], rtol=1e-3, atol=1e-5)
+    fused_ms, loop_ms = 1000 * statistics.median(times[True]), 1000 * statistics.median(times[False])
+    print()
+    print(f"results ({args.steps} steps, median of {args.repeats}):")
+    print(f"  multi-tensor loop (fused: false): {loop_ms:.1f} ms/step")
+    print(f"  fused kernel (the default):       {fused_ms:.1f} ms/step")
+    print(f"  speedup loop / fused:             {loop_ms / fused_ms:.2f}x")
+    print(f"  final student weights, fused vs loop: {weights}")
+    print(f"load average after (1, 5, 15 min): {load_average()}")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
