@@ -114,7 +114,7 @@ def cmd_train(args) -> int:
 def cmd_validate(args) -> int:
     from blocks.config.loader import load_config
     from blocks.data.transfer import describe_transfer
-    from blocks.engine.optim import build_optimizer, build_schedule
+    from blocks.engine.optim import build_optimizer, build_schedule, sparse_parameters
     from blocks.experiment import Experiment, resolve_device
 
     config = load_config(args.config, args.overrides)
@@ -128,8 +128,9 @@ def cmd_validate(args) -> int:
         print(graph.describe())
     for index, stage in enumerate(config["stages"]):
         losses = experiment.build_losses(index)
-        parameters = list(experiment.models[stage["train"]].parameters())
-        optimizer = build_optimizer(parameters, stage["optimizer"], where=f"/stages/{index}/optimizer")
+        model = experiment.models[stage["train"]]
+        optimizer = build_optimizer(list(model.parameters()), stage["optimizer"], where=f"/stages/{index}/optimizer",
+                                    sparse=sparse_parameters(model))
         build_schedule(optimizer, stage["schedule"], 100, where=f"/stages/{index}/schedule")
         terms = " + ".join(f"{w:g}·{type(l).registered_name}" for w, l in losses)
         teachers = f" taught by {', '.join(stage['teachers'])}" if stage["teachers"] else ""

@@ -18,9 +18,11 @@ when there is a warm-up, reaches 1 at ``s = w`` and 0 at ``s = T``).
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from typing import Any, Iterable
 
 import torch
+from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from blocks.errors import ConfigError, did_you_mean
@@ -120,17 +122,114 @@ def _type(config: dict, types: tuple[str, ...], default: str, what: str, where: 
     return kind
 
 
-def build_optimizer(parameters: Any, config: dict | None, where: str = "/optimizer") -> torch.optim.Optimizer:
+def sparse_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """The trainable weights of ``module`` whose gradients are sparse (embeddings with ``sparse=True``)."""
+    return [m.weight for m in module.modules()
+            if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse and m.weight.requires_grad]
+
+
+class SparseAwareOptimizer(torch.optim.Optimizer):
+    """The configured Adam/AdamW for dense gradients plus ``SparseAdam`` for sparse ones, as one optimizer.
+
+    torch's Adam rejects sparse gradients and ``SparseAdam`` accepts nothing else, so a model with a
+    sparse embedding needs both. This pairs them behind the ``Optimizer`` interface the engine uses:
+    ``param_groups`` lists both optimizers' groups (the very dicts, so a learning-rate schedule
+    scales both), ``step``/``zero_grad`` go to both, and ``state_dict`` holds both states.
+    """
+
+    def __init__(self, dense: torch.optim.Optimizer, sparse: torch.optim.SparseAdam):
+        # Optimizer.__init__ is not called: the parameter groups and state live in the two parts.
+        self.dense, self.sparse = dense, sparse
+        self.defaults = dict(dense.defaults)
+        self._optimizer_step_pre_hooks: dict = OrderedDict()
+        self._optimizer_step_post_hooks: dict = OrderedDict()
+        self._optimizer_state_dict_pre_hooks: dict = OrderedDict()
+        self._optimizer_state_dict_post_hooks: dict = OrderedDict()
+        self._optimizer_load_state_dict_pre_hooks: dict = OrderedDict()
+        self._optimizer_load_state_dict_post_hooks: dict = OrderedDict()
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.dense.param_groups + self.sparse.param_groups
+
+    @property
+    def state(self) -> dict:
+        return {**self.dense.state, **self.sparse.state}
+
+    def step(self, closure=None):
+        loss = self.dense.step(closure)
+        self.sparse.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.dense.zero_grad(set_to_none=set_to_none)
+        self.sparse.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"dense": self.dense.state_dict(), "sparse": self.sparse.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if set(state_dict) != {"dense", "sparse"}:
+            raise ValueError("the saved optimizer state is not a dense + sparse pair (was the embedding "
+                             "'sparse' setting changed since it was saved?)")
+        self.dense.load_state_dict(state_dict["dense"])
+        self.sparse.load_state_dict(state_dict["sparse"])
+
+    def __repr__(self) -> str:
+        return f"SparseAwareOptimizer(dense={type(self.dense).__name__}, sparse=SparseAdam)"
+
+
+def clip_grad_norm(parameters: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` that also takes sparse gradients (which torch's rejects).
+
+    The total 2-norm is over all gradients, a sparse one counted by its coalesced values (repeated
+    rows summed first, as the dense gradient would have them); all are scaled by the same factor.
+    """
+    parameters = [p for p in parameters if p.grad is not None]
+    if not any(p.grad.is_sparse for p in parameters):
+        return nn.utils.clip_grad_norm_(parameters, max_norm)
+    grads = []
+    for p in parameters:
+        if p.grad.is_sparse:
+            p.grad = p.grad.coalesce()
+            grads.append(p.grad._values())
+        else:
+            grads.append(p.grad)
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+    factor = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for g in grads:
+        g.mul_(factor.to(g.dtype))
+    return total
+
+
+def build_optimizer(parameters: Any, config: dict | None, where: str = "/optimizer",
+                    sparse: Iterable[torch.Tensor] = ()) -> torch.optim.Optimizer:
     """An optimizer over ``parameters`` (an iterable of tensors or of parameter-group dicts).
 
     Args:
         parameters: what ``torch.optim`` optimizers accept.
         config: the ``optimizer`` config node (see :data:`OPTIMIZER_SCHEMA`); None means defaults.
         where: JSON path of the node, for error messages.
+        sparse: those of ``parameters`` whose gradients are sparse (:func:`sparse_parameters`). With
+            adam/adamw they are updated by ``SparseAdam`` (same lr, betas and eps; no weight decay)
+            inside a :class:`SparseAwareOptimizer`; sgd takes sparse gradients itself.
 
     Raises:
         ConfigError: unknown type or option (with a suggestion), or a bad value, at ``where/<key>``.
     """
+    sparse = list(sparse)
+    if sparse:
+        chosen = {id(p) for p in sparse}
+        dense = [p for p in parameters if id(p) not in chosen]
+        probe = build_optimizer([nn.Parameter(torch.zeros(1))], config, where)  # checks the config once
+        group = probe.param_groups[0]
+        if isinstance(probe, torch.optim.SGD):  # sgd takes sparse gradients, but not with weight decay
+            groups = [{"params": dense}] if dense else []
+            return build_optimizer(groups + [{"params": sparse, "weight_decay": 0.0}], config, where)
+        sparse_optimizer = torch.optim.SparseAdam(sparse, lr=group["lr"], betas=group["betas"], eps=group["eps"])
+        if not dense:
+            return sparse_optimizer
+        return SparseAwareOptimizer(build_optimizer(dense, config, where), sparse_optimizer)
     config = _node(config, "optimizer", where)
     kind = _type(config, OPTIMIZER_TYPES, "adam", "optimizer", where)
     _check_keys(config, _SGD_KEYS if kind == "sgd" else _ADAM_KEYS, f"optimizer '{kind}'", where)

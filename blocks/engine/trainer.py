@@ -34,7 +34,7 @@ from blocks.engine.checkpoint import (atomic_write_json, load_checkpoint, optimi
                                       optimizer_to_tensors, rng_from_tensors, rng_to_tensors, save_checkpoint)
 from blocks.engine.distributed import SINGLE, Distributed, batches_per_epoch, epoch_slices
 from blocks.engine.evaluation import autocast, evaluate
-from blocks.engine.optim import build_optimizer, build_schedule
+from blocks.engine.optim import build_optimizer, build_schedule, clip_grad_norm, sparse_parameters
 from blocks.engine.plots import plot_teacher_weights
 from blocks.engine.run_dir import RunDir
 from blocks.engine.teacher_cache import CachedOutputs, open_or_build, requested_nodes
@@ -133,14 +133,20 @@ class StageTrainer:
                                 for p in (loss.student_parameters() if hasattr(loss, "student_parameters")
                                           else loss.parameters()) if p.requires_grad]
         parameters = [p for p in self.model.parameters() if p.requires_grad] + self.loss_parameters
+        where = f"/stages/{self.stage_index}"
+        sparse = sparse_parameters(self.model)
+        if sparse and self.dist.enabled:
+            raise TrainingError(f"{where}: model '{self.model_name}' has an Embedding with 'sparse': true, "
+                                "which trains in one process only (its sparse gradients are not averaged "
+                                "over processes); set 'sparse': false to train with torchrun")
         if self.dist.enabled and any(p.requires_grad for p in self.model.parameters()):
             from torch.nn.parallel import DistributedDataParallel
 
             self.ddp = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=bool(self.stage.get("find_unused_parameters", False)))
-        where = f"/stages/{self.stage_index}"
-        self.optimizer = build_optimizer(parameters, self.stage["optimizer"], where=f"{where}/optimizer")
+        self.optimizer = build_optimizer(parameters, self.stage["optimizer"], where=f"{where}/optimizer",
+                                         sparse=sparse)
         self.schedule = build_schedule(self.optimizer, self.stage["schedule"], self.total_steps,
                                        where=f"{where}/schedule")
         use_scaler = self.device.type == "cuda" and self.precision == "fp16"
@@ -405,12 +411,12 @@ class StageTrainer:
         if self.scaler is not None:
             if clip:
                 self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+                clip_grad_norm(self.model.parameters(), clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             if clip:
-                nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+                clip_grad_norm(self.model.parameters(), clip)
             self.optimizer.step()
         self.schedule.step()
         self.optimizer.zero_grad(set_to_none=True)

@@ -57,10 +57,16 @@ class Embedding(Block):
             tokenizer produced the input (an input of "type": "pretrained"; dim must equal that
             model's embedding size), so a student reads the teacher's word pieces with the
             teacher's vectors.
+        sparse: sparse gradients: a step touches only the rows of the batch's tokens (the
+            optimizer updates them with lazy Adam, torch's ``SparseAdam``, or SGD), instead of
+            computing, clipping and applying a dense gradient over the whole table. Several times
+            cheaper for a large vocabulary (a 30k-word-piece table); the update differs from dense
+            Adam in that rows absent from a batch keep their moments and get no weight decay.
+            Not under torchrun (DDP); needs a trainable table.
     """
 
     def __init__(self, inputs: list[Spec], dim: int = 300, trainable: bool = True,
-                 pretrained: str | None = None, init_from_pretrained: bool = False):
+                 pretrained: str | None = None, init_from_pretrained: bool = False, sparse: bool = False):
         super().__init__()
         expect_inputs(inputs, 1, (TOKENS,))
         self.vocab = _vocabulary(inputs[0])
@@ -79,7 +85,9 @@ class Embedding(Block):
             if size != dim:
                 raise WidthError(f"init_from_pretrained needs dim {size} (the embedding size of "
                                  f"{self.pretrained_model}), got dim {dim}")
-        self.embedding = nn.Embedding(len(self.vocab), dim, padding_idx=self.pad_index)
+        if sparse and not trainable:
+            raise WidthError("'sparse' gradients need a trainable embedding (trainable: false has no update)")
+        self.embedding = nn.Embedding(len(self.vocab), dim, padding_idx=self.pad_index, sparse=sparse)
         self.embedding.weight.requires_grad_(trainable)
         self.output_spec = Spec(SEQUENCE, dim)
 

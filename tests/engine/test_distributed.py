@@ -66,6 +66,16 @@ def test_a_nan_on_any_rank_stops_every_rank_and_resume_needs_the_same_process_co
         trainer.restore()
 
 
+def test_sparse_embeddings_are_refused_under_several_processes(project):
+    values = project.single_stage()
+    values["models"]["teacher"]["graph"][0]["sparse"] = True
+    experiment = project.prepare(values)
+    trainer = StageTrainer(experiment, 0, RunDir(project.root / "run"), torch.device("cpu"), log=quiet,
+                           progress=False, dist=Distributed(rank=0, world_size=2))
+    with pytest.raises(TrainingError, match="/stages/0: model 'teacher' has an Embedding with 'sparse': true"):
+        trainer._prepare()
+
+
 # -- two processes ----------------------------------------------------------------------------
 # Runs `blocks train ARGS` in each process as `torchrun ... -m blocks train ARGS` does, with every
 # rank stopping (KeyboardInterrupt) at its INTERRUPT_AT-th evaluation, then `blocks train ARGS

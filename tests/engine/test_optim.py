@@ -237,3 +237,103 @@ def test_fused_option_errors(monkeypatch):
         build_optimizer([parameter()], {"fused": True}, where="/stages/0/optimizer")
     assert error.value.path == "/stages/0/optimizer/fused"
     assert "not supported here" in str(error.value) and "leave 'fused' out" in str(error.value)
+
+
+# -- sparse embeddings ------------------------------------------------------------------------
+from blocks.engine.optim import SparseAwareOptimizer, clip_grad_norm, sparse_parameters  # noqa: E402
+
+
+class Bag(torch.nn.Module):
+    """An embedding (sparse or dense gradients) and a linear layer, with the same initial weights."""
+
+    def __init__(self, sparse: bool, rows: int = 6):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embedding = torch.nn.Embedding(rows, 4, sparse=sparse)
+        self.linear = torch.nn.Linear(4, 1)
+
+    def forward(self, ids):
+        return self.linear(self.embedding(ids)).pow(2).sum()
+
+
+def train_bag(sparse: bool, config: dict, batches, clip: float | None = None, schedule: bool = True,
+              model: Bag | None = None, optimizer=None) -> tuple[Bag, torch.optim.Optimizer]:
+    model = model or Bag(sparse)
+    optimizer = optimizer or build_optimizer(list(model.parameters()), config, sparse=sparse_parameters(model))
+    scheduler = build_schedule(optimizer, {"type": "linear", "warmup": 1}, len(batches) + 1) if schedule else None
+    for ids in batches:
+        optimizer.zero_grad(set_to_none=True)
+        model(torch.tensor(ids)).backward()
+        if clip:
+            clip_grad_norm(model.parameters(), clip)
+        optimizer.step()
+        if scheduler:
+            scheduler.step()
+    return model, optimizer
+
+
+@pytest.mark.parametrize("kind", ["adam", "adamw"])
+def test_sparse_embedding_matches_dense_adam_when_every_row_is_in_every_batch(kind):
+    """Lazy (sparse) Adam differs from Adam only for rows missing from a batch."""
+    every_row = [[0, 1, 2, 3, 4, 5, 5, 2]] * 4  # repeated ids: their gradients add up
+    config = {"type": kind, "lr": 0.05, "weight_decay": 0.0}
+    sparse_model, optimizer = train_bag(True, config, every_row, clip=0.5)
+    dense_model, _ = train_bag(False, config, every_row, clip=0.5)
+    assert isinstance(optimizer, SparseAwareOptimizer)
+    assert [g["lr"] for g in optimizer.param_groups] == [optimizer.param_groups[0]["lr"]] * 2  # one schedule
+    # SparseAdam adds eps after the bias correction of the second moment, Adam before it: the two
+    # agree to ~1e-4 here, while training moved the weights by far more than that
+    for a, b, start in zip(sparse_model.parameters(), dense_model.parameters(), Bag(False).parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
+        assert float((a - start).detach().abs().max()) > 0.02
+
+
+def test_sparse_embedding_leaves_rows_outside_the_batches_alone():
+    model, _ = train_bag(True, {"lr": 0.1}, [[0, 1], [1, 2]])
+    start = Bag(True)
+    assert torch.equal(model.embedding.weight[3:], start.embedding.weight[3:])
+    assert not torch.equal(model.embedding.weight[:3], start.embedding.weight[:3])
+
+
+def test_sparse_aware_optimizer_state_round_trip_continues_identically():
+    batches = [[0, 1, 4], [2, 4], [1, 5, 5], [0, 3]]
+    full, _ = train_bag(True, {"lr": 0.05}, batches, schedule=False)
+    first, optimizer = train_bag(True, {"lr": 0.05}, batches[:2], schedule=False)
+    saved = copy.deepcopy(optimizer.state_dict())
+    assert set(saved) == {"dense", "sparse"} and saved["sparse"]["state"]
+    resumed = Bag(True)
+    resumed.load_state_dict(first.state_dict())
+    again = build_optimizer(list(resumed.parameters()), {"lr": 0.05}, sparse=sparse_parameters(resumed))
+    again.load_state_dict(saved)
+    train_bag(True, {}, batches[2:], schedule=False, model=resumed, optimizer=again)
+    for a, b in zip(resumed.parameters(), full.parameters()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="not a dense \\+ sparse pair"):
+        again.load_state_dict(saved["dense"])
+
+
+def test_clip_grad_norm_counts_sparse_gradients_like_dense_ones():
+    ids = torch.tensor([0, 2, 2, 5])
+    grads = {}
+    for sparse in (True, False):
+        model = Bag(sparse)
+        model(ids).backward()
+        total = clip_grad_norm(model.parameters(), 0.1)
+        grads[sparse] = (float(total), [p.grad.to_dense() for p in model.parameters()])
+    assert grads[True][0] == pytest.approx(grads[False][0], rel=1e-5)
+    for a, b in zip(grads[True][1], grads[False][1]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert sum(float(g.pow(2).sum()) for g in grads[True][1]) ** 0.5 == pytest.approx(0.1, rel=1e-4)
+
+
+def test_sparse_embedding_with_sgd_and_weight_decay_and_alone():
+    model, optimizer = train_bag(True, {"type": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 0.01},
+                                 [[0, 1], [1, 2]])
+    assert type(optimizer) is torch.optim.SGD
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.01, 0.0]  # none on the sparse rows
+    embedding = torch.nn.Embedding(5, 3, sparse=True)
+    alone = build_optimizer([embedding.weight], {"lr": 0.01}, sparse=[embedding.weight])
+    assert type(alone) is torch.optim.SparseAdam
+    with pytest.raises(ConfigError) as error:  # the config is still checked
+        build_optimizer([embedding.weight], {"lr": -1}, sparse=[embedding.weight], where="/stages/2/optimizer")
+    assert error.value.path == "/stages/2/optimizer/lr"

@@ -139,17 +139,24 @@ def test_gradient_accumulation(project):
     assert summary["models"]["teacher"]["dev"]["accuracy"] > 0.5
 
 
-@pytest.mark.parametrize("eval_every, call, resumed", [
-    (3, 2, "stage 'teacher': training 'teacher', 16 steps, resuming at step 3"),  # in the middle of epoch 1
-    (4, 3, "stage 'teacher': training 'teacher', 16 steps, resuming at step 8"),  # at the end of epoch 1
+@pytest.mark.parametrize("eval_every, call, resumed, sparse", [
+    (3, 2, "stage 'teacher': training 'teacher', 16 steps, resuming at step 3", False),  # in the middle of epoch 1
+    (4, 3, "stage 'teacher': training 'teacher', 16 steps, resuming at step 8", False),  # at the end of epoch 1
     # in the distillation stage: the teacher comes back from models/teacher.safetensors
-    (3, 9, "stage 'distill': training 'student' with teacher(s) teacher, 16 steps, resuming at step 6"),
-], ids=["teacher-mid-epoch", "teacher-epoch-end", "distill"])
-def test_resume_after_an_interrupt_gives_the_same_result(project, monkeypatch, eval_every, call, resumed):
+    (3, 9, "stage 'distill': training 'student' with teacher(s) teacher, 16 steps, resuming at step 6", False),
+    # sparse embeddings: Adam + SparseAdam, their two states in the checkpoint, clipping sparse gradients
+    (3, 9, "stage 'distill': training 'student' with teacher(s) teacher, 16 steps, resuming at step 6", True),
+], ids=["teacher-mid-epoch", "teacher-epoch-end", "distill", "distill-sparse-embeddings"])
+def test_resume_after_an_interrupt_gives_the_same_result(project, monkeypatch, eval_every, call, resumed, sparse):
     values = project.config()
     for stage in values["stages"]:
         stage["eval_every"] = eval_every
         stage["log_every"] = 1
+        if sparse:
+            stage["grad_clip"] = 0.5
+    if sparse:
+        for model in values["models"].values():
+            model["graph"][0]["sparse"] = True
     values["stages"][0]["optimizer"]["lr"] = 0.01
     summary_a = run(project, values, run_dir="a")
 
@@ -195,6 +202,8 @@ def test_resume_after_an_interrupt_gives_the_same_result(project, monkeypatch, e
         b_last, _ = load_checkpoint(root_b / "stages" / stage / "last.safetensors")
         assert_same_tensors({k: v for k, v in a_last.items() if not k.startswith("rng/")},
                             {k: v for k, v in b_last.items() if not k.startswith("rng/")})
+        # with sparse embeddings the checkpoint holds SparseAdam's moments next to Adam's
+        assert any("sparse.state" in k for k in a_last) == sparse, sorted(a_last)[:8]
 
 
 def test_resume_of_a_finished_run_trains_nothing(run_copy):

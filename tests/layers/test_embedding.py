@@ -36,6 +36,21 @@ def test_embedding_gradient_and_frozen(vocab):
     assert not frozen.embedding.weight.requires_grad
 
 
+def test_sparse_embedding_gradient_holds_only_the_batch_rows(vocab):
+    block = Embedding([tokens_spec(vocab)], dim=4, sparse=True)
+    dense = Embedding([tokens_spec(vocab)], dim=4)
+    dense.load_state_dict(block.state_dict())
+    ids = torch.tensor([[2, 3, 3, 0]])
+    for b in (block, dense):
+        b(Sequence(ids, ids != 0)).values.pow(2).sum().backward()
+    grad = block.embedding.weight.grad
+    assert grad.is_sparse
+    assert set(grad.coalesce().indices()[0].tolist()) <= {2, 3}  # the padding row gets no gradient
+    assert torch.equal(grad.to_dense(), dense.embedding.weight.grad)
+    with pytest.raises(WidthError, match="'sparse' gradients need a trainable embedding"):
+        Embedding([tokens_spec(vocab)], dim=4, sparse=True, trainable=False)
+
+
 def test_embedding_width_errors(vocab):
     with pytest.raises(WidthError):
         Embedding([Spec(SEQUENCE, 8)])
