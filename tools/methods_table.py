@@ -3,6 +3,7 @@ literature's claims checked against them.
 
 Usage:
     python tools/methods_table.py runs/mrpc [--metric accuracy] [--split dev|test]
+    python tools/methods_table.py runs/mrpc runs/rte runs/snli runs/sst2 --across
 
 Reads OUT/<recipe>-seed<S>/summary.json as written by ``tools/zoo_measure.py --out OUT`` for the
 recipes named ``<prefix><row>`` (``student_*``: the BiLSTM rows of docs/methods.md; ``student3_*``:
@@ -10,7 +11,9 @@ the 3-layer transformer student's), prints a Markdown table of the
 student's dev and test metrics (mean ± sample std over the seeds), then each claim of
 ../shared/docs/methods.md with the two means it compares and whether it holds on this data. A claim
 "A ≥ B" holds when mean(A) ≥ mean(B); the gap is given next to the seeds' spread, because with three
-seeds a gap smaller than the std is not evidence either way.
+seeds a gap smaller than the std is not evidence either way. With ``--across`` and several folders
+(one per task), one table gives each claim's gap and verdict per task and how many tasks it holds
+on, and the three best rows of each task.
 """
 from __future__ import annotations
 
@@ -62,9 +65,113 @@ def fmt(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
+def default_split(scores: dict) -> str:
+    """test where every run has test scores, else dev."""
+    every_run = [entry for seeds in scores.values() for entry in seeds.values()]
+    return "dev" if any("test" not in entry for entry in every_run) else "test"
+
+
+def claim_results(scores: dict, split: str, metric: str) -> list[dict]:
+    """Each claim both of whose rows ran: the two means, the gap, and whether "≥" holds."""
+    results = []
+    for better, worse, claim in CLAIMS:
+        if better not in scores or worse not in scores:
+            continue
+        a = [e[split][metric] for e in scores[better].values() if split in e]
+        b = [e[split][metric] for e in scores[worse].values() if split in e]
+        if not a or not b:
+            continue
+        gap = statistics.mean(a) - statistics.mean(b)
+        if abs(gap) < 1e-9:  # the same scores: a tie, which "≥" accepts
+            gap = 0.0
+        spread = max(statistics.stdev(a) if len(a) > 1 else 0.0, statistics.stdev(b) if len(b) > 1 else 0.0)
+        results.append({"better": better, "worse": worse, "claim": claim, "means": (statistics.mean(a), statistics.mean(b)),
+                        "gap": gap, "holds": gap >= 0, "within_std": abs(gap) < spread})
+    return results
+
+
+def verdict(result: dict) -> str:
+    return ("yes" if result["holds"] else "no") + (" (within the seeds' std)" if result["within_std"] else "")
+
+
+def table(out: Path, prefix: str, metric: str, split: str | None) -> None:
+    scores = student_scores(out, prefix)
+    if split is None:
+        split = default_split(scores)
+        if split == "dev":
+            print("(no test scores in these runs: the claims compare dev scores, the split that also chose "
+                  "each run's checkpoint)\n")
+    lines = []
+    for recipe, name in ROWS:
+        seeds = scores.get(recipe)
+        if not seeds:
+            lines.append(f"| {name} | `{prefix}{recipe}` | 0 | not run | not run |")
+            continue
+        entries = [seeds[s] for s in sorted(seeds)]
+        cells = []
+        for part in ("dev", "test"):
+            if part not in entries[0]:
+                cells.append("—")
+                continue
+            cells.append("<br>".join(f"{m} {fmt([e[part][m] for e in entries])}" for m in entries[0][part]))
+        lines.append(f"| {name} | `{prefix}{recipe}` | {len(entries)} | {cells[0]} | {cells[1]} |")
+    print("| row | recipe | seeds | dev (student) | test (student) |")
+    print("|---|---|---|---|---|")
+    print("\n".join(lines))
+    print()
+    print(f"Claims, on {split} {metric} (mean over seeds):")
+    print()
+    print("| claim | rows | means | gap | holds? |")
+    print("|---|---|---|---|---|")
+    for r in claim_results(scores, split, metric):
+        print(f"| {r['claim']} | `{prefix}{r['better']}` vs `{prefix}{r['worse']}` | {r['means'][0]:.4f} vs "
+              f"{r['means'][1]:.4f} | {r['gap']:+.4f} | {verdict(r)} |")
+    print()
+    print(f"command: python tools/methods_table.py {out} --prefix {prefix} --metric {metric} --split {split}")
+
+
+def across(outs: list[Path], prefix: str, metric: str) -> None:
+    """One column per task: each claim's gap and verdict, and the row that scored best."""
+    tasks = {out: student_scores(out, prefix) for out in outs}
+    splits = {out: default_split(scores) for out, scores in tasks.items()}
+    results = {out: {(r["better"], r["worse"]): r for r in claim_results(scores, splits[out], metric)}
+               for out, scores in tasks.items()}
+    names = dict(ROWS)
+    print(f"Claims across tasks, on {metric} (test where the runs have it, else dev; mean over seeds; the gap "
+          f"is the first row's mean minus the second's; ~ marks a gap smaller than the seeds' std):")
+    print()
+    print("| claim | rows | " + " | ".join(f"{out.name} ({splits[out]})" for out in outs) + " | holds on |")
+    print("|---|---|" + "---|" * len(outs) + "---|")
+    for better, worse, claim in CLAIMS:
+        cells, held, measured = [], 0, 0
+        for out in outs:
+            r = results[out].get((better, worse))
+            if r is None:
+                cells.append("not run")
+                continue
+            measured += 1
+            held += r["holds"]
+            cells.append(f"{r['gap']:+.4f} {'yes' if r['holds'] else 'no'}{' ~' if r['within_std'] else ''}")
+        print(f"| {claim} | `{better}` vs `{worse}` | " + " | ".join(cells) + f" | {held} of {measured} |")
+    print()
+    print("Best row per task (highest mean):")
+    print()
+    for out, scores in tasks.items():
+        means = {recipe: statistics.mean(e[splits[out]][metric] for e in seeds.values() if splits[out] in e)
+                 for recipe, seeds in scores.items() if any(splits[out] in e for e in seeds.values())}
+        ranked = sorted(means, key=means.get, reverse=True)
+        if ranked:
+            best = ", ".join(f"{names.get(recipe, recipe)} {means[recipe]:.4f}" for recipe in ranked[:3])
+            baseline = f"; no KD {means['nokd']:.4f}" if "nokd" in means else ""
+            print(f"- {out.name} ({splits[out]} {metric}): {best}{baseline}")
+    print()
+    print("command: python tools/methods_table.py " + " ".join(str(out) for out in outs)
+          + f" --across --prefix {prefix} --metric {metric}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("out", type=Path, help="the --out folder of tools/zoo_measure.py")
+    parser.add_argument("out", type=Path, nargs="+", help="the --out folder(s) of tools/zoo_measure.py")
     parser.add_argument("--prefix", default="student_",
                         help="recipe name prefix of the rows (default: student_, the BiLSTM student; student3_: "
                              "the 3-layer transformer student)")
@@ -72,55 +179,17 @@ def main() -> None:
     parser.add_argument("--split", choices=["dev", "test"],
                         help="split the claims compare (default: test where every run has it, else dev; "
                              "dev chose the checkpoints)")
+    parser.add_argument("--across", action="store_true",
+                        help="several --out folders (tasks): one table of the claims with a column per task")
     args = parser.parse_args()
-    scores = student_scores(args.out, args.prefix)
-    if args.split is None:
-        every_run = [entry for seeds in scores.values() for entry in seeds.values()]
-        args.split = "dev" if any("test" not in entry for entry in every_run) else "test"
-        if args.split == "dev":
-            print("(no test scores in these runs: the claims compare dev scores, the split that also chose "
-                  "each run's checkpoint)\n")
-    lines = []
-    for recipe, name in ROWS:
-        seeds = scores.get(recipe)
-        if not seeds:
-            lines.append(f"| {name} | `{args.prefix}{recipe}` | 0 | not run | not run |")
-            continue
-        entries = [seeds[s] for s in sorted(seeds)]
-        cells = []
-        for split in ("dev", "test"):
-            if split not in entries[0]:
-                cells.append("—")
-                continue
-            cells.append("<br>".join(f"{m} {fmt([e[split][m] for e in entries])}" for m in entries[0][split]))
-        lines.append(f"| {name} | `{args.prefix}{recipe}` | {len(entries)} | {cells[0]} | {cells[1]} |")
-    print("| row | recipe | seeds | dev (student) | test (student) |")
-    print("|---|---|---|---|---|")
-    print("\n".join(lines))
-    print()
-    print(f"Claims, on {args.split} {args.metric} (mean over seeds):")
-    print()
-    print("| claim | rows | means | gap | holds? |")
-    print("|---|---|---|---|---|")
-    for better, worse, claim in CLAIMS:
-        if better not in scores or worse not in scores:
-            continue
-        a = [e[args.split][args.metric] for e in scores[better].values() if args.split in e]
-        b = [e[args.split][args.metric] for e in scores[worse].values() if args.split in e]
-        if not a or not b:
-            continue
-        gap = statistics.mean(a) - statistics.mean(b)
-        if abs(gap) < 1e-9:  # the same scores: a tie, which "≥" accepts
-            gap = 0.0
-        spread = max(statistics.stdev(a) if len(a) > 1 else 0.0, statistics.stdev(b) if len(b) > 1 else 0.0)
-        verdict = "yes" if gap >= 0 else "no"
-        if abs(gap) < spread:
-            verdict += " (within the seeds' std)"
-        print(f"| {claim} | `{args.prefix}{better}` vs `{args.prefix}{worse}` | {statistics.mean(a):.4f} vs {statistics.mean(b):.4f} | "
-              f"{gap:+.4f} | {verdict} |")
-    print()
-    print(f"command: python tools/methods_table.py {args.out} --prefix {args.prefix} --metric {args.metric} "
-          f"--split {args.split}")
+    if args.across:
+        if args.split:
+            parser.error("--across picks each task's split itself (test where the runs have it, else dev)")
+        across(args.out, args.prefix, args.metric)
+        return
+    if len(args.out) != 1:
+        parser.error("give one --out folder, or several with --across")
+    table(args.out[0], args.prefix, args.metric, args.split)
 
 
 if __name__ == "__main__":

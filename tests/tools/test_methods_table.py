@@ -51,3 +51,22 @@ def test_equal_means_are_a_tie_that_holds(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["methods_table.py", str(tmp_path)])
     load_tool("methods_table").main()
     assert "| +0.0000 | yes (within the seeds' std) |" in capsys.readouterr().out
+
+
+def test_across_tasks_one_column_per_task(tmp_path, capsys, monkeypatch):
+    """Each task uses its own split (test where its runs have it); claims not run there say so."""
+    mrpc, rte = tmp_path / "mrpc", tmp_path / "rte"
+    for seed, (a, b, c) in enumerate([(0.70, 0.80, 0.60), (0.72, 0.78, 0.62)], 1):
+        write(mrpc, "student_nokd", seed, a, a + 0.01)
+        write(mrpc, "student_kd_best", seed, b, b - 0.2)  # better on dev, worse on test: test decides
+        write(rte, "student_nokd", seed, a)
+        write(rte, "student_kd_best", seed, b)
+        write(rte, "student_annealing", seed, c)
+    monkeypatch.setattr(sys, "argv", ["methods_table.py", str(mrpc), str(rte), "--across"])
+    load_tool("methods_table").main()
+    out = capsys.readouterr().out
+    assert "| claim | rows | mrpc (test) | rte (dev) | holds on |" in out
+    assert "| every KD row ≥ no KD | `kd_best` vs `nokd` | -0.1300 no | +0.0800 yes | 1 of 2 |" in out
+    assert "| annealing ≥ classic KD | `annealing` vs `kd_best` | not run | -0.1800 no | 0 of 1 |" in out
+    assert "- rte (dev accuracy): classic KD, best single teacher 0.7900, no KD 0.7100, Annealing-KD 0.6100; " \
+           "no KD 0.7100" in out
