@@ -38,7 +38,6 @@ import argparse
 import contextlib
 import gc
 import io
-import shlex
 import statistics
 import sys
 import tempfile
@@ -54,8 +53,8 @@ from blocks.data.batching import bucket_batches
 from blocks.engine.optim import build_schedule
 from blocks.engine.run_dir import RunDir
 from blocks.engine.trainer import StageTrainer, epoch_generator
-from blocks.engine.benchmark import (NestedTimer, available_cores, busy_warning, compare_weights, load_average,
-                                     machine_lines, snapshot, synchronize)
+from blocks.engine.benchmark import (NestedTimer, available_cores, compare_weights, load_average, snapshot,
+                                     start_benchmark, synchronize)
 from blocks.errors import DistilBlocksError
 from blocks.experiment import Experiment
 
@@ -259,21 +258,10 @@ def verdict(ratio: float, target: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    threads = args.threads or available_cores()
-    torch.set_num_threads(threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda but CUDA is not available")
-
-    shown_argv = sys.argv[1:] if argv is None else list(argv)
-    print("DistilBlocks engine-overhead benchmark: one epoch through the engine vs a hand-written PyTorch loop")
-    print("command: " + shlex.join([sys.executable, "tools/bench_engine_overhead.py", *shown_argv]))
-    for line in machine_lines(device):
-        print(line)
-    print(f"load average before (1, 5, 15 min): {load_average()}")
-    warning = busy_warning()
-    if warning:
-        print(warning)
+    device = start_benchmark("DistilBlocks engine-overhead benchmark: one epoch through the engine vs a "
+                             "hand-written PyTorch loop", "tools/bench_engine_overhead.py", argv, args.threads,
+                             args.device)
+    threads = torch.get_num_threads()
 
     stage_overrides = [f"stages.{args.stage}.epochs=1", f"stages.{args.stage}.eval_every=0"]
     if args.max_batches:

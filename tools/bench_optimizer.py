@@ -23,9 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import os
-import platform
-import shlex
 import statistics
 import sys
 import tempfile
@@ -34,8 +31,8 @@ import time
 import torch
 
 from blocks.config.loader import load_config
-from blocks.engine.benchmark import (NestedTimer, available_cores, busy_warning, compare_weights, cpu_name,
-                                     load_average, snapshot, synchronize)
+from blocks.engine.benchmark import (NestedTimer, available_cores, compare_weights, load_average, snapshot,
+                                     start_benchmark, synchronize)
 from blocks.engine.run import load_run_model
 from blocks.engine.run_dir import RunDir
 from blocks.engine.trainer import StageTrainer
@@ -86,20 +83,8 @@ def parse_args(argv) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    threads = args.threads or available_cores()
-    torch.set_num_threads(threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda but CUDA is not available")
-    shown_argv = sys.argv[1:] if argv is None else list(argv)
-    print("DistilBlocks optimizer benchmark: fused Adam kernel vs the multi-tensor loop, same stage, same steps")
-    print("command: " + shlex.join([sys.executable, "tools/bench_optimizer.py", *shown_argv]))
-    print(f"machine: {platform.platform()}; CPU: {cpu_name()}; {os.cpu_count()} logical CPUs "
-          f"({available_cores()} usable); torch {torch.__version__}, {threads} thread(s); device {device}")
-    print(f"load average before (1, 5, 15 min): {load_average()}")
-    warning = busy_warning()
-    if warning:
-        print(warning)
+    device = start_benchmark("DistilBlocks optimizer benchmark: fused Adam kernel vs the multi-tensor loop, "
+                             "same stage, same steps", "tools/bench_optimizer.py", argv, args.threads, args.device)
     try:
         probe = load_config(args.config, args.overrides)
         stage_index = len(probe["stages"]) - 1 if args.stage is None else args.stage

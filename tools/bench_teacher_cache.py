@@ -40,9 +40,6 @@ import argparse
 import contextlib
 import gc
 import io
-import os
-import platform
-import shlex
 import sys
 import tempfile
 import time
@@ -56,8 +53,8 @@ from blocks.engine.run import load_run_model
 from blocks.engine.run_dir import RunDir
 from blocks.engine.teacher_cache import TeacherCache
 from blocks.engine.trainer import StageTrainer
-from blocks.engine.benchmark import (NestedTimer, available_cores, busy_warning, compare_weights, cpu_name,
-                                     load_average, snapshot, synchronize)
+from blocks.engine.benchmark import (NestedTimer, available_cores, compare_weights, load_average, snapshot,
+                                     start_benchmark, synchronize)
 from blocks.errors import DistilBlocksError
 from blocks.experiment import Experiment
 
@@ -207,20 +204,9 @@ def parse_args(argv) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    threads = args.threads or available_cores()
-    torch.set_num_threads(threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda but CUDA is not available")
-    shown_argv = sys.argv[1:] if argv is None else list(argv)
-    print("DistilBlocks teacher-cache benchmark: one distillation epoch, teacher in the loop vs cached outputs")
-    print("command: " + shlex.join([sys.executable, "tools/bench_teacher_cache.py", *shown_argv]))
-    print(f"machine: {platform.platform()}; CPU: {cpu_name()}; {os.cpu_count()} logical CPUs "
-          f"({available_cores()} usable); torch {torch.__version__}, {threads} thread(s); device {device}")
-    print(f"load average before (1, 5, 15 min): {load_average()}")
-    warning = busy_warning()
-    if warning:
-        print(warning)
+    device = start_benchmark("DistilBlocks teacher-cache benchmark: one distillation epoch, teacher in the loop "
+                             "vs cached outputs", "tools/bench_teacher_cache.py", argv, args.threads, args.device)
+    threads = torch.get_num_threads()
 
     try:
         probe = load_config(args.config, args.overrides)

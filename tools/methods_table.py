@@ -85,7 +85,8 @@ def claim_results(scores: dict, split: str, metric: str) -> list[dict]:
         if abs(gap) < 1e-9:  # the same scores: a tie, which "≥" accepts
             gap = 0.0
         spread = max(statistics.stdev(a) if len(a) > 1 else 0.0, statistics.stdev(b) if len(b) > 1 else 0.0)
-        results.append({"better": better, "worse": worse, "claim": claim, "means": (statistics.mean(a), statistics.mean(b)),
+        results.append({"better": better, "worse": worse, "claim": claim,
+                        "means": (statistics.mean(a), statistics.mean(b)),
                         "gap": gap, "holds": gap >= 0, "within_std": abs(gap) < spread})
     return results
 

@@ -69,6 +69,32 @@ def machine_lines(device: torch.device) -> list[str]:
     return lines
 
 
+def start_benchmark(title: str, script: str, argv: list[str] | None, threads: int | None,
+                    device_name: str) -> torch.device:
+    """Set the torch threads and the device of a ``tools/bench_*.py`` run and print its header.
+
+    The header: the title, the command that reproduces the run, the machine and software, the load
+    average and, on a busy machine, a warning. Exits with a message when CUDA is asked for and absent.
+    """
+    torch.set_num_threads(threads or available_cores())
+    device = torch.device(device_name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but CUDA is not available")
+    import shlex
+    import sys
+
+    shown = sys.argv[1:] if argv is None else list(argv)
+    print(title)
+    print("command: " + shlex.join([sys.executable, script, *shown]))
+    for line in machine_lines(device):
+        print(line)
+    print(f"load average before (1, 5, 15 min): {load_average()}")
+    warning = busy_warning()
+    if warning:
+        print(warning)
+    return device
+
+
 def busy_warning() -> str | None:
     try:
         load = os.getloadavg()[0]
