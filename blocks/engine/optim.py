@@ -219,6 +219,9 @@ def build_optimizer(parameters: Any, config: dict | None, where: str = "/optimiz
     """
     sparse = list(sparse)
     if sparse:
+        parameters = list(parameters)
+        if any(isinstance(p, dict) for p in parameters):
+            raise ValueError("with sparse parameters, give the parameters as tensors, not parameter groups")
         chosen = {id(p) for p in sparse}
         dense = [p for p in parameters if id(p) not in chosen]
         probe = build_optimizer([nn.Parameter(torch.zeros(1))], config, where)  # checks the config once

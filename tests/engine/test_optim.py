@@ -337,3 +337,5 @@ def test_sparse_embedding_with_sgd_and_weight_decay_and_alone():
     with pytest.raises(ConfigError) as error:  # the config is still checked
         build_optimizer([embedding.weight], {"lr": -1}, sparse=[embedding.weight], where="/stages/2/optimizer")
     assert error.value.path == "/stages/2/optimizer/lr"
+    with pytest.raises(ValueError, match="not parameter groups"):
+        build_optimizer([{"params": [embedding.weight]}], {}, sparse=[embedding.weight])
