@@ -21,18 +21,15 @@ optimizer updates densely every step)::
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import statistics
 import sys
 import tempfile
-import time
 
 import torch
 
 from blocks.config.loader import load_config
-from blocks.engine.benchmark import (NestedTimer, available_cores, compare_weights, load_average, snapshot,
-                                     start_benchmark, synchronize)
+from blocks.engine.benchmark import (available_cores, compare_weights, load_average, snapshot, start_benchmark,
+                                     time_stage)
 from blocks.engine.run import load_run_model
 from blocks.engine.run_dir import RunDir
 from blocks.engine.trainer import StageTrainer
@@ -48,18 +45,9 @@ def side(experiment: Experiment, stage_index: int, device: torch.device, initial
     model.load_state_dict(initial)
     with tempfile.TemporaryDirectory(prefix="bench-optimizer-") as folder:
         trainer = StageTrainer(experiment, stage_index, RunDir(folder), device, log=lambda *a: None, progress=False)
-        end, build = NestedTimer(), NestedTimer()
-        for method in ("_evaluate_and_save", "save", "save_best", "_finish"):
-            setattr(trainer, method, end.wrap(getattr(trainer, method)))
-        trainer._open_teacher_cache = build.wrap(trainer._open_teacher_cache)
-        synchronize(device)
-        with contextlib.redirect_stdout(io.StringIO()):
-            start = time.perf_counter()
-            result = trainer.run(resume=False)
-            synchronize(device)
-            total = time.perf_counter() - start
+        timed = time_stage(trainer, device)
         kernel = trainer.optimizer.defaults.get("fused")
-    return {"loop": total - end.total - build.total, "build": build.total, "steps": result["steps"],
+    return {"loop": timed.loop, "build": timed.build, "steps": timed.result["steps"],
             "weights": snapshot(model), "kernel": "fused" if kernel else "foreach"}
 
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import io
 import sys
 import tempfile
 import time
@@ -54,7 +53,7 @@ from blocks.engine.run_dir import RunDir
 from blocks.engine.teacher_cache import TeacherCache
 from blocks.engine.trainer import StageTrainer
 from blocks.engine.benchmark import (NestedTimer, available_cores, compare_weights, load_average, snapshot,
-                                     start_benchmark, synchronize)
+                                     start_benchmark, time_stage)
 from blocks.errors import DistilBlocksError
 from blocks.experiment import Experiment
 
@@ -120,7 +119,6 @@ def side(experiment: Experiment, stage_index: int, device: torch.device, initial
     model.load_state_dict(initial)
     gc.collect()
     messages: list[str] = []
-    captured = io.StringIO()
     reads = NestedTimer()  # slicing the cache each step
     original_outputs = TeacherCache.outputs
     TeacherCache.outputs = reads.wrap(original_outputs)
@@ -128,21 +126,13 @@ def side(experiment: Experiment, stage_index: int, device: torch.device, initial
             tempfile.TemporaryDirectory(prefix="bench-cache-", dir=run_root) as folder:
         restore.callback(setattr, TeacherCache, "outputs", original_outputs)
         trainer = StageTrainer(experiment, stage_index, RunDir(folder), device, log=messages.append, progress=False)
-        end, build = NestedTimer(), NestedTimer()
-        for method in ("_evaluate_and_save", "save", "save_best", "_finish"):
-            setattr(trainer, method, end.wrap(getattr(trainer, method)))
-        trainer._open_teacher_cache = build.wrap(trainer._open_teacher_cache)
-        synchronize(device)
-        with contextlib.redirect_stdout(captured):
-            start = time.perf_counter()
-            result = trainer.run(resume=False)
-            synchronize(device)
-            total = time.perf_counter() - start
+        timed = time_stage(trainer, device)
+        result = timed.result
         cache_bytes = trainer.teacher_cache.size_bytes if trainer.teacher_cache is not None else 0
         agreement = cache_agreement(experiment, trainer, device) if trainer.teacher_cache is not None else None
     last = result["history"][-1] if result["history"] else {}
     dev = {k: v for k, v in last.items() if k not in ("step", "epoch")}
-    return {"total": total, "end": end.total, "build": build.total, "loop": total - end.total - build.total,
+    return {"total": timed.total, "end": timed.end, "build": timed.build, "loop": timed.loop,
             "steps": result["steps"], "dev": dev, "weights": snapshot(model), "cache_bytes": cache_bytes,
             "reads": reads.total, "messages": messages, "agreement": agreement}
 

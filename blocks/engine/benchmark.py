@@ -13,8 +13,12 @@ The one implementation behind ``blocks bench`` and ``tools/bench_inference.py``:
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import platform
+import shlex
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,9 +84,6 @@ def start_benchmark(title: str, script: str, argv: list[str] | None, threads: in
     device = torch.device(device_name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but CUDA is not available")
-    import shlex
-    import sys
-
     shown = sys.argv[1:] if argv is None else list(argv)
     print(title)
     print("command: " + shlex.join([sys.executable, script, *shown]))
@@ -132,6 +133,36 @@ class NestedTimer:
                     self.total += time.perf_counter() - start
                     self.calls += 1
         return timed
+
+
+@dataclass
+class TimedStage:
+    """One ``StageTrainer.run``: its result and seconds, the end-of-epoch work and the cache opening apart."""
+
+    result: dict
+    total: float
+    end: float  # dev evaluation and checkpoint writing
+    build: float  # opening (or building) the teacher cache
+
+    @property
+    def loop(self) -> float:
+        """The training loop alone: what both sides of a benchmark do differently."""
+        return self.total - self.end - self.build
+
+
+def time_stage(trainer, device: torch.device) -> TimedStage:
+    """Run ``trainer`` (a fresh ``StageTrainer``) once, its prints captured, timing its parts."""
+    end, build = NestedTimer(), NestedTimer()
+    for method in ("_evaluate_and_save", "save", "save_best", "_finish"):
+        setattr(trainer, method, end.wrap(getattr(trainer, method)))
+    trainer._open_teacher_cache = build.wrap(trainer._open_teacher_cache)
+    synchronize(device)
+    with contextlib.redirect_stdout(io.StringIO()):
+        start = time.perf_counter()
+        result = trainer.run(resume=False)
+        synchronize(device)
+        total = time.perf_counter() - start
+    return TimedStage(result, total, end.total, build.total)
 
 
 def compare_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], rtol: float = 1e-5,

@@ -217,22 +217,29 @@ def build_optimizer(parameters: Any, config: dict | None, where: str = "/optimiz
     Raises:
         ConfigError: unknown type or option (with a suggestion), or a bad value, at ``where/<key>``.
     """
+    kind, options, fused = _options(config, where)
+    parameters = list(parameters)  # a generator would be spent by a first try
     sparse = list(sparse)
     if sparse:
-        parameters = list(parameters)
         if any(isinstance(p, dict) for p in parameters):
             raise ValueError("with sparse parameters, give the parameters as tensors, not parameter groups")
         chosen = {id(p) for p in sparse}
         dense = [p for p in parameters if id(p) not in chosen]
-        probe = build_optimizer([nn.Parameter(torch.zeros(1))], config, where)  # checks the config once
-        group = probe.param_groups[0]
-        if isinstance(probe, torch.optim.SGD):  # sgd takes sparse gradients, but not with weight decay
-            groups = [{"params": dense}] if dense else []
-            return build_optimizer(groups + [{"params": sparse, "weight_decay": 0.0}], config, where)
-        sparse_optimizer = torch.optim.SparseAdam(sparse, lr=group["lr"], betas=group["betas"], eps=group["eps"])
-        if not dense:
-            return sparse_optimizer
-        return SparseAwareOptimizer(build_optimizer(dense, config, where), sparse_optimizer)
+        if kind == "sgd":  # sgd takes sparse gradients, but not with weight decay
+            parameters = ([{"params": dense}] if dense else []) + [{"params": sparse, "weight_decay": 0.0}]
+        else:
+            sparse_optimizer = torch.optim.SparseAdam(sparse, lr=options["lr"], betas=options["betas"],
+                                                      eps=options["eps"])
+            if not dense:
+                return sparse_optimizer
+            return SparseAwareOptimizer(_adam(kind, dense, options, fused, where), sparse_optimizer)
+    if kind == "sgd":
+        return torch.optim.SGD(parameters, **options)
+    return _adam(kind, parameters, options, fused, where)
+
+
+def _options(config: dict | None, where: str) -> tuple[str, dict, bool | None]:
+    """The optimizer type, its torch options, and ``fused`` (adam/adamw; None: where supported)."""
     config = _node(config, "optimizer", where)
     kind = _type(config, OPTIMIZER_TYPES, "adam", "optimizer", where)
     _check_keys(config, _SGD_KEYS if kind == "sgd" else _ADAM_KEYS, f"optimizer '{kind}'", where)
@@ -245,8 +252,7 @@ def build_optimizer(parameters: Any, config: dict | None, where: str = "/optimiz
             raise ConfigError(f"'nesterov' must be true or false, not {nesterov!r}", None, f"{where}/nesterov")
         if nesterov and momentum == 0:
             raise ConfigError("'nesterov' needs a momentum > 0", None, f"{where}/nesterov")
-        return torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                               nesterov=nesterov)
+        return kind, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "nesterov": nesterov}, None
     betas = config.get("betas", [0.9, 0.999])
     if (not isinstance(betas, (list, tuple)) or len(betas) != 2
             or any(isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 <= b < 1 for b in betas)):
@@ -256,9 +262,13 @@ def build_optimizer(parameters: Any, config: dict | None, where: str = "/optimiz
     fused = config.get("fused")
     if fused is not None and not isinstance(fused, bool):
         raise ConfigError(f"'fused' must be true or false, not {fused!r}", None, f"{where}/fused")
+    return kind, {"lr": lr, "betas": (float(betas[0]), float(betas[1])), "eps": eps,
+                  "weight_decay": weight_decay}, fused
+
+
+def _adam(kind: str, parameters: list, options: dict, fused: bool | None, where: str) -> torch.optim.Optimizer:
+    """Adam or AdamW with torch's fused kernel where it exists (``fused`` None), or as ``fused`` says."""
     optimizer_class = torch.optim.AdamW if kind == "adamw" else torch.optim.Adam
-    options = {"lr": lr, "betas": (float(betas[0]), float(betas[1])), "eps": eps, "weight_decay": weight_decay}
-    parameters = list(parameters)  # tried twice below: a generator would be spent by the first try
     if fused is False:
         return optimizer_class(parameters, foreach=True, **options)
     try:
