@@ -82,6 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="examples timed at batch 64 (default 1000); batch 1 times the first min(N, 300)")
     bench.add_argument("--repeats", type=int, default=3, help="interleaved timed passes, best kept (default 3)")
     bench.add_argument("--threads", type=int, default=None, help="torch threads (default: every usable core)")
+
+    clean = commands.add_parser(
+        "clean", help="free the disk space finished runs no longer need",
+        description="For every run directory at or below the given paths: delete the resumable state of "
+                    "completed stages (stages/<stage>/last.safetensors, best.safetensors; the engine does "
+                    "this itself unless the config says \"keep_checkpoints\": true), and turn copies of "
+                    "models taken from other runs into hard links to the source when the weights are equal. "
+                    "models/, vocabularies, metrics and summaries stay: test, predict, export and --resume "
+                    "work as before.")
+    clean.add_argument("paths", nargs="+", help="run directories, or folders holding them")
+    clean.add_argument("--cache", action="store_true", help="also delete each run's teacher cache (RUN/cache)")
+    clean.add_argument("--dry-run", action="store_true", help="list what would be done, change nothing")
     return parser
 
 
@@ -317,8 +329,21 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_clean(args) -> int:
+    from blocks.engine.clean import clean_runs, format_size
+
+    report = clean_runs(args.paths, dry_run=args.dry_run, cache=args.cache)
+    for action in report.actions if args.dry_run else []:
+        print(action)
+    verb = "would free" if args.dry_run else "freed"
+    print(f"{report.runs} run(s): {verb} {format_size(report.freed)} "
+          f"({report.linked} model copies {'to link' if args.dry_run else 'linked'} to their source run)")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "validate": cmd_validate, "test": cmd_test, "predict": cmd_predict,
-            "list": cmd_list, "schema": cmd_schema, "export": cmd_export, "bench": cmd_bench}
+            "list": cmd_list, "schema": cmd_schema, "export": cmd_export, "bench": cmd_bench,
+            "clean": cmd_clean}
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -282,6 +282,10 @@ CONFIG_SCHEMA = {
         "cache_dir": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None,
                       "description": "a teacher-output cache folder shared by several runs (relative to the "
                                      "config), e.g. the seeds of one experiment; default: RUN/cache"},
+        "keep_checkpoints": {"type": "boolean", "default": False,
+                             "description": "keep each completed stage's resumable state (stages/<stage>/"
+                                            "last.safetensors and best.safetensors); by default they are "
+                                            "deleted once the stage's best weights are in models/"},
         "task": {"$ref": "#/$defs/task"},
         "data": {"$ref": "#/$defs/data"},
         "vocabularies": {"type": "object", "default": {},

@@ -19,7 +19,8 @@ from blocks.config.loader import Config
 from blocks.data.vocabulary import Vocabulary
 from blocks.engine import distributed
 from blocks.config.run_models import check_run_task, run_weights
-from blocks.engine.checkpoint import atomic_write_json, load_checkpoint, save_checkpoint
+from blocks.engine.checkpoint import atomic_write_json, load_checkpoint
+from blocks.engine.clean import drop_stage_checkpoints, share_weights
 from blocks.engine.evaluation import evaluate, throughput
 from blocks.engine.run_dir import RunDir
 from blocks.engine.trainer import StageTrainer
@@ -89,9 +90,8 @@ def adopt_run_models(experiment: Experiment, directory: RunDir, state: dict,
         tensors = load_run_model(experiment, name)
         state["models"][name] = f"run {model['run']}"
         if dist.is_main:
-            directory.model_weights(name).parent.mkdir(parents=True, exist_ok=True)
-            save_checkpoint(directory.model_weights(name), tensors, {"from_run": model["run"],
-                                                                    "model": model["model"]})
+            share_weights(run_weights(model["run"], model["model"]), directory.model_weights(name), tensors,
+                          {"from_run": model["run"], "model": model["model"]})
             directory.write_progress(state)
         log(f"model '{name}': {model['model']} from {model['run']}")
 
@@ -186,6 +186,8 @@ def _train(config: Config, run_dir, resume: bool, log, progress: bool, dist: dis
         state["stage_results"] = stage_results
         if dist.is_main:
             directory.write_progress(state)
+            if not config["keep_checkpoints"]:  # resume skips a completed stage; its weights are in models/
+                drop_stage_checkpoints(directory, stage["name"])
         log(f"stage '{stage['name']}' done: best dev {result['select']} = {_fmt(result['best'])} "
             f"at step {result['best_step']:,}")
     summary = None

@@ -8,8 +8,11 @@
       task.json              label set and task type
       vocab/<name>.txt       vocabularies
       stages/<stage>/last.safetensors   resumable state: weights, optimizer, schedule, RNG, position
+                                        (with best.safetensors, deleted once the stage is completed
+                                        unless "keep_checkpoints": see blocks.engine.clean)
       stages/<stage>/state.json         the same state, readable
-      models/<model>.safetensors        final weights of each trained model (best dev checkpoint)
+      models/<model>.safetensors        final weights of each trained model (best dev checkpoint); a
+                                        model from another run is a hard link to its file there
       progress.json          which stages are finished
       metrics.jsonl          one line per log step and per evaluation
       summary.json           per-model results, parameter counts and speed

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -43,6 +44,9 @@ def test_a_teacher_from_a_finished_run_teaches_with_its_own_weights_and_vocabula
     copied, _ = load_checkpoint(project.root / "student_run" / "models" / "teacher.safetensors")
     assert teacher_weights.keys() == copied.keys()
     assert all(torch.equal(teacher_weights[k], copied[k]) for k in teacher_weights)
+    # on one file system the "copy" is a hard link: the weights are on disk once
+    assert os.path.samefile(teacher_run / "models" / "teacher.safetensors",
+                            project.root / "student_run" / "models" / "teacher.safetensors")
     # The teacher scores in the new run exactly as it did in its own run.
     own = json.loads((teacher_run / "summary.json").read_text())["models"]["teacher"]
     assert summary["models"]["teacher"]["dev"] == own["dev"]

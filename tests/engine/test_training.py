@@ -62,9 +62,10 @@ def test_two_stage_run_writes_everything_and_keeps_the_teacher_frozen(project, m
 
     for name in ("config.json", "task.json", "environment.json", "progress.json", "metrics.jsonl",
                  "summary.json", "vocab/words.txt", "models/teacher.safetensors", "models/student.safetensors",
-                 "stages/teacher/last.safetensors", "stages/teacher/best.safetensors", "stages/teacher/state.json",
-                 "stages/distill/last.safetensors", "stages/distill/best.safetensors"):
+                 "stages/teacher/state.json", "stages/distill/state.json"):
         assert (root / name).is_file(), name
+    # a completed stage's resumable state is deleted once its best weights are in models/
+    assert not list((root / "stages").rglob("*.safetensors"))
 
     saved = json.loads((root / "config.json").read_text())
     assert saved["run_dir"] == str(root)
@@ -99,10 +100,21 @@ def test_two_stage_run_writes_everything_and_keeps_the_teacher_frozen(project, m
     assert snapshots["requires_grad"] and not any(snapshots["requires_grad"])
     assert snapshots["training"] is False
     assert_same_tensors(weights(root / "models" / "teacher.safetensors"), snapshots["after"])
+
+
+def test_keep_checkpoints_keeps_each_stage_state_and_models_hold_the_best_checkpoint(project):
+    values = project.config()
+    values["keep_checkpoints"] = True
+    run(project, values)
+    root = project.root / "run"
+    for stage in ("teacher", "distill"):
+        for name in ("last.safetensors", "best.safetensors", "state.json"):
+            assert (root / "stages" / stage / name).is_file(), (stage, name)
     # the published student weights are the best checkpoint's
     best, state = load_checkpoint(root / "stages" / "distill" / "best.safetensors")
     student = weights(root / "models" / "student.safetensors")
     assert_same_tensors(student, {k[len("model/"):]: v for k, v in best.items() if k.startswith("model/")})
+    assert state["step"] == json.loads((root / "summary.json").read_text())["stages"]["distill"]["best_step"]
 
 
 def test_early_stopping_stops_before_the_last_epoch(project):
@@ -149,6 +161,7 @@ def test_gradient_accumulation(project):
 ], ids=["teacher-mid-epoch", "teacher-epoch-end", "distill", "distill-sparse-embeddings"])
 def test_resume_after_an_interrupt_gives_the_same_result(project, monkeypatch, eval_every, call, resumed, sparse):
     values = project.config()
+    values["keep_checkpoints"] = True  # to compare the final optimizer states below
     for stage in values["stages"]:
         stage["eval_every"] = eval_every
         stage["log_every"] = 1
