@@ -17,13 +17,18 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 ZOO = REPOSITORY / "model_zoo"
 RECIPES = sorted(p for p in ZOO.rglob("*.json"))
 
-# comparison set -> its shared models config (the teachers and the student every row uses)
+# comparison set (task, recipe prefix) -> its shared models config (the teachers and the student
+# every row uses) and how many rows it has at least
 COMPARISONS = {
-    "mrpc": "mrpc_teachers_bilstm_student.json",
-    "rte": "rte_teachers_bilstm_student.json",
-    "snli": "snli_teachers_bilstm_student.json",
-    "sst2": "sst2_teachers_bilstm_student.json",
+    ("mrpc", "student_"): ("mrpc_teachers_bilstm_student.json", 11),
+    ("rte", "student_"): ("rte_teachers_bilstm_student.json", 11),
+    ("snli", "student_"): ("snli_teachers_bilstm_student.json", 11),
+    ("sst2", "student_"): ("sst2_teachers_bilstm_student.json", 11),
+    ("mrpc", "student3_"): ("mrpc_teachers_3layer_student.json", 4),  # the 3-layer transformer student
+    ("snli", "student3_"): ("snli_teachers_3layer_student.json", 4),
 }
+SETS = sorted(COMPARISONS)
+SET_IDS = [f"{task}/{prefix}" for task, prefix in SETS]
 # layers a TMKD per-teacher-head student shares with the plain student (it replaces only the head)
 SHARED_LAYERS = ("embed", "embed_drop", "encoder", "pool")
 
@@ -41,11 +46,12 @@ def test_recipe_is_a_valid_config(path):
     assert values.get("stages"), f"{path}: a zoo recipe trains something"
 
 
-@pytest.mark.parametrize("task", sorted(COMPARISONS))
-def test_comparison_rows_share_one_student(task):
-    base = merged(REPOSITORY / "configs" / "models" / COMPARISONS[task])["models"]["student"]
-    rows = sorted((ZOO / task).glob("student_*.json"))
-    assert len(rows) >= 11, f"{task}: the comparison has a recipe per method row"
+@pytest.mark.parametrize("task, prefix", SETS, ids=SET_IDS)
+def test_comparison_rows_share_one_student(task, prefix):
+    config, minimum = COMPARISONS[task, prefix]
+    base = merged(REPOSITORY / "configs" / "models" / config)["models"]["student"]
+    rows = sorted((ZOO / task).glob(f"{prefix}*.json"))
+    assert len(rows) >= minimum, f"{task}: the comparison has a recipe per method row"
     for path in rows:
         student = merged(path)["models"]["student"]
         assert student["inputs"] == base["inputs"], path.name
@@ -53,13 +59,13 @@ def test_comparison_rows_share_one_student(task):
             layers = {node["name"]: node for node in student["graph"]}
             for name in SHARED_LAYERS:
                 expected = next(node for node in base["graph"] if node["name"] == name)
-                assert layers[name] == expected, f"{path.name}: layer '{name}' differs from {COMPARISONS[task]}"
+                assert layers[name] == expected, f"{path.name}: layer '{name}' differs from {config}"
         else:
             assert student["graph"] == base["graph"], path.name
 
 
-@pytest.mark.parametrize("task", sorted(COMPARISONS))
-def test_comparison_rows_get_the_same_epochs_on_the_task(task):
+@pytest.mark.parametrize("task, prefix", SETS, ids=SET_IDS)
+def test_comparison_rows_get_the_same_epochs_on_the_task(task, prefix):
     """Every row passes over the task as often as the classic KD row, so no method wins by training longer.
 
     The exceptions are by the method's definition: Annealing-KD's phase 2 (cross-entropy from the
@@ -70,8 +76,8 @@ def test_comparison_rows_get_the_same_epochs_on_the_task(task):
     def task_epochs(stages: list) -> list:
         return [s.get("epochs", 3) for s in stages if not s.get("transfer", {}).get("files")]
 
-    budget = sum(task_epochs(merged(ZOO / task / "student_kd_best.json")["stages"]))
-    for path in sorted((ZOO / task).glob("student_*.json")):
+    budget = sum(task_epochs(merged(ZOO / task / f"{prefix}kd_best.json")["stages"]))
+    for path in sorted((ZOO / task).glob(f"{prefix}*.json")):
         epochs = task_epochs(merged(path)["stages"])
         if "annealing" in path.name:
             assert epochs[0] == budget and epochs[1] <= (budget + 1) // 2, f"{path.name}: {epochs}"
