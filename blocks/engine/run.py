@@ -252,26 +252,37 @@ def _scores_from_run(config: Config, name: str) -> dict | None:
     return {**kept, "scores_from": str(root / "summary.json")} if "examples_per_second_batch64" in kept else None
 
 
+def _speed(experiment: Experiment, name: str, split, device: torch.device) -> float:
+    return round(throughput(experiment, name, split, 64, device), 1)
+
+
 def summarize(experiment: Experiment, directory: RunDir, device: torch.device, state: dict) -> dict:
     config = experiment.config
     batch_size = config["stages"][-1]["eval_batch_size"]
     speed_split = experiment.splits.get("dev") or experiment.splits["train"]
     models = {}
-    for name, role in roles(config).items():
+    role_of = roles(config)
+    student = final_model(config)
+    teachers = [n for n, r in role_of.items() if r == "teacher"]
+    for name, role in role_of.items():
         entry = {"role": role, "parameters": experiment.models[name].parameter_count(),
                  "stage": state["models"].get(name)}
         reused = _scores_from_run(config, name)
         if reused is not None:  # a model from a finished run, on the same data: its scores are known
-            models[name] = {**entry, **reused}
+            entry.update(reused)
+            if teachers and name == teachers[0]:
+                # the speedup below is a ratio of two speeds: both are measured here, in this process
+                entry["examples_per_second_batch64"] = _speed(experiment, name, speed_split, device)
+            else:
+                entry["examples_per_second_batch64_from"] = reused["scores_from"]
+            models[name] = entry
             continue
         for split in ("dev", "test"):
             if split in experiment.splits and experiment.splits[split].labels is not None:
                 entry[split] = evaluate(experiment, name, experiment.splits[split], batch_size, device,
                                         config["precision"])
-        entry["examples_per_second_batch64"] = round(throughput(experiment, name, speed_split, 64, device), 1)
+        entry["examples_per_second_batch64"] = _speed(experiment, name, speed_split, device)
         models[name] = entry
-    student = final_model(config)
-    teachers = [n for n, e in models.items() if e["role"] == "teacher"]
     if teachers:
         teacher_speed = models[teachers[0]]["examples_per_second_batch64"]
         models[student]["speedup_vs_" + teachers[0]] = round(
@@ -294,6 +305,8 @@ def format_summary(summary: dict) -> str:
             if split in entry:
                 scores.append(f"{split} " + ", ".join(f"{k} {v:.4f}" for k, v in entry[split].items()))
         speed = f"{entry['examples_per_second_batch64']:,.0f} ex/s at batch 64"
+        if "examples_per_second_batch64_from" in entry:
+            speed += " (timed in its own run)"
         extra = "".join(f"; {k.replace('_vs_', ' vs ')} {v}x" for k, v in entry.items()
                         if k.startswith(("speedup", "compression")))
         lines.append(f"  {name} ({entry['role']}): {entry['parameters']:,} parameters; "

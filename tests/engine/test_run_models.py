@@ -10,7 +10,8 @@ import torch
 
 from blocks.config.loader import load_config
 from blocks.engine.checkpoint import load_checkpoint
-from blocks.engine.run import load_run, train
+from blocks.engine import run as run_module
+from blocks.engine.run import format_summary, load_run, train
 from blocks.errors import ConfigError
 
 
@@ -121,15 +122,43 @@ def test_runs_sharing_a_cache_folder_compute_the_teacher_once(project, teacher_r
     assert not (project.root / "seed2" / "cache").exists()
 
 
-def test_a_teacher_from_a_run_on_the_same_data_keeps_its_scores(project, teacher_run):
+def test_a_teacher_from_a_run_on_the_same_data_keeps_its_scores(project, teacher_run, monkeypatch):
+    timed = []
+    original = run_module.throughput
+
+    def counting(experiment, name, *args, **kwargs):
+        timed.append(name)
+        return original(experiment, name, *args, **kwargs)
+
+    monkeypatch.setattr(run_module, "throughput", counting)
     summary = run(project, student_config(project), "student_run")
     own = json.loads((teacher_run / "summary.json").read_text())["models"]["teacher"]
     entry = summary["models"]["teacher"]
     assert entry["scores_from"] == str(teacher_run / "summary.json")
-    assert entry["examples_per_second_batch64"] == own["examples_per_second_batch64"]
+    assert entry["dev"] == own["dev"] and entry["test"] == own["test"]
+    # the speedup is a ratio of speeds timed in one process: the teacher is timed again here
+    assert sorted(timed) == ["student", "teacher"] and "examples_per_second_batch64_from" not in entry
+    student = summary["models"]["student"]
+    assert student["speedup_vs_teacher"] == round(
+        student["examples_per_second_batch64"] / entry["examples_per_second_batch64"], 2)
     # on other data the teacher is evaluated afresh
     values = student_config(project)
     values["data"]["test"] = "dev.tsv"
     summary = run(project, values, "other_data")
     assert "scores_from" not in summary["models"]["teacher"]
     assert summary["models"]["teacher"]["test"] == summary["models"]["teacher"]["dev"]
+
+
+def test_only_the_first_teacher_is_timed_again_the_others_keep_their_runs_speed(project, teacher_run):
+    values = student_config(project)
+    values["models"]["second"] = {"run": "teacher_run"}
+    values["stages"][0]["teachers"] = ["teacher", "second"]
+    values["stages"][0]["losses"][0] = {"block": "MultiTeacherKD", "weighting": "equal", "weight": 0.7}
+    summary = run(project, values, "two_teachers")
+    own = json.loads((teacher_run / "summary.json").read_text())["models"]["teacher"]
+    second = summary["models"]["second"]
+    assert second["examples_per_second_batch64"] == own["examples_per_second_batch64"]
+    assert second["examples_per_second_batch64_from"] == str(teacher_run / "summary.json")
+    assert "examples_per_second_batch64_from" not in summary["models"]["teacher"]
+    assert "speedup_vs_teacher" in summary["models"]["student"]
+    assert "(timed in its own run)" in format_summary(summary).splitlines()[3]
