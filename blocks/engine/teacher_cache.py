@@ -24,7 +24,10 @@ nodes and the storage policy (``cache_dtype``, ``precision``, device type). Any 
 new key, so a cache is reused across epochs, stages and resumes exactly when it is still valid.
 Opening a cache checks ``meta.json`` (the key and what went into it) and every file's size and
 SHA-256; a truncated, altered or foreign file is never used: the line ``rebuilding teacher
-cache: <reason>`` is logged and the cache is built again.
+cache: <reason>`` is logged and the cache is built again. Runs that share a cache folder
+(``cache_dir``) and start side by side build each cache once: the first takes a lock
+(``.lock-<key>``, hidden like the unfinished ``.building-*`` folders), the others wait for it and
+then reuse its cache.
 
 Storage: a teacher's output node (its logits) is stored as float32 whatever ``cache_dtype``
 says; other nodes (hidden states) as float16 under ``"cache_dtype": "float16"`` (the default; a
@@ -40,6 +43,7 @@ import os
 import re
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -441,14 +445,17 @@ def _what_changed(old: dict, new: dict) -> str | None:
     return "; ".join(changes) or None
 
 
+def cache_folders(root: Path) -> list[Path]:
+    """The caches in ``root``: its folders, without the hidden lock files and unfinished builds."""
+    if not Path(root).is_dir():
+        return []
+    return [f for f in sorted(Path(root).iterdir()) if f.is_dir() and not f.name.startswith(".")]
+
+
 def _stale_caches(root: Path, components: dict) -> list[tuple[Path, str]]:
     """Caches in ``root`` for the same teachers and nodes that no longer fit, with what changed."""
     found = []
-    if not root.is_dir():
-        return found
-    for folder in sorted(root.iterdir()):
-        if not folder.is_dir() or folder.name.startswith("."):
-            continue
+    for folder in cache_folders(root):
         try:
             old = json.loads((folder / "meta.json").read_text(encoding="utf-8"))["components"]
         except (OSError, ValueError, KeyError, TypeError):
@@ -485,6 +492,60 @@ def _build(root: Path, key: str, components: dict, experiment, split, nodes, dev
     return target
 
 
+@contextmanager
+def _build_lock(root: Path, key: str, log):
+    """Hold an exclusive lock on building cache ``key`` in ``root``, across processes.
+
+    Runs that share a ``cache_dir`` (the seeds of one experiment, started side by side) would
+    otherwise all compute the same teacher outputs, and the last to finish would replace the
+    folder the first ones are reading. The first takes the lock and builds; the others wait, then
+    find the cache valid. Where ``fcntl`` is missing (Windows) there is no lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on Linux or macOS
+        yield
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".lock-{key}", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"teacher cache: waiting for another process that is building {root / key}")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _validate_or_build(root: Path, key: str, components: dict, experiment, split, nodes, device, precision: str,
+                       cache_dtype: str, batch_size: int, progress: bool, log, shared: bool) -> dict:
+    """Under the build lock: the cache another process finished while this one waited, or a new build."""
+    folder = root / key
+    try:
+        meta = _validate(folder, key, components, checksums=True)
+        log(f"teacher cache: reusing {folder} ({meta['examples']:,} examples), built meanwhile by another process")
+        return meta
+    except InvalidCache as problem:
+        if folder.exists():
+            log(f"rebuilding teacher cache: {problem}")
+        else:
+            stale = [] if shared else _stale_caches(root, components)
+            for old, reason in stale:
+                shutil.rmtree(old, ignore_errors=True)
+            if stale:
+                log(f"rebuilding teacher cache: {stale[0][1]}")
+            else:
+                described = ", ".join(f"{t}.{n}" for t in nodes for n in nodes[t])
+                log(f"building teacher cache of {described} for {len(split):,} examples in {folder}")
+    started = time.perf_counter()
+    _build(root, key, components, experiment, split, nodes, device, precision, cache_dtype, batch_size, progress)
+    meta = _validate(folder, key, components, checksums=False)
+    log(f"teacher cache built in {time.perf_counter() - started:.1f} s ({_size(TeacherCache(folder, meta).size_bytes)})")
+    return meta
+
+
 def open_or_build(run_root: Path, experiment, split, nodes: dict[str, list[str]], device: torch.device,
                   precision: str, cache_dtype: str, batch_size: int, progress: bool = True, log=print,
                   dist: Distributed = SINGLE, shared_root: Path | None = None) -> TeacherCache:
@@ -503,24 +564,10 @@ def open_or_build(run_root: Path, experiment, split, nodes: dict[str, list[str]]
         try:
             meta = _validate(folder, key, components, checksums=True)
             log(f"teacher cache: reusing {folder} ({meta['examples']:,} examples)")
-        except InvalidCache as problem:
-            if folder.exists():
-                log(f"rebuilding teacher cache: {problem}")
-            else:
-                stale = _stale_caches(root, components) if shared_root is None else []
-                for old, reason in stale:
-                    shutil.rmtree(old, ignore_errors=True)
-                if stale:
-                    log(f"rebuilding teacher cache: {stale[0][1]}")
-                else:
-                    described = ", ".join(f"{t}.{n}" for t in nodes for n in nodes[t])
-                    log(f"building teacher cache of {described} for {len(split):,} examples in {folder}")
-            started = time.perf_counter()
-            _build(root, key, components, experiment, split, nodes, device, precision, cache_dtype, batch_size,
-                   progress)
-            meta = _validate(folder, key, components, checksums=False)
-            cache = TeacherCache(folder, meta)
-            log(f"teacher cache built in {time.perf_counter() - started:.1f} s ({_size(cache.size_bytes)})")
+        except InvalidCache:
+            with _build_lock(root, key, log):
+                meta = _validate_or_build(root, key, components, experiment, split, nodes, device, precision,
+                                          cache_dtype, batch_size, progress, log, shared_root is not None)
     dist.barrier()
     if not dist.is_main:
         try:

@@ -10,6 +10,7 @@ import torch
 
 from blocks.config.loader import load_config
 from blocks.engine.checkpoint import load_checkpoint
+from blocks.engine.teacher_cache import cache_folders
 from blocks.engine import run as run_module
 from blocks.engine.run import format_summary, load_run, train
 from blocks.errors import ConfigError
@@ -118,7 +119,7 @@ def test_runs_sharing_a_cache_folder_compute_the_teacher_once(project, teacher_r
     finally:
         teacher_cache._build = original
     assert len(builds) == 1  # the second seed reused the first one's teacher outputs
-    assert len(list((project.root / "shared_cache").iterdir())) == 1
+    assert len(cache_folders(project.root / "shared_cache")) == 1
     assert not (project.root / "seed2" / "cache").exists()
 
 

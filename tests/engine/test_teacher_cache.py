@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
+import threading
+import time
 
 import pytest
 import torch
@@ -12,6 +15,7 @@ from blocks.config.loader import load_config
 from blocks.distill.losses import Loss, TeacherLoss
 from blocks.engine import teacher_cache
 from blocks.engine.checkpoint import load_checkpoint
+from blocks.engine.teacher_cache import cache_folders
 from blocks.engine.run import load_model_weights, train
 from blocks.engine.run_dir import RunDir
 from blocks.engine.teacher_cache import CachedOutputs, open_or_build, requested_nodes
@@ -88,7 +92,7 @@ def test_cached_teacher_gives_the_same_student_as_teacher_in_the_loop(project, m
     cached = run(project, values, "cached")
     assert loop_forwards == 16 and counter.count == 1  # every step vs once (120 examples, one batch of 256)
     assert not (project.root / "loop" / "cache").exists()
-    assert len(list((project.root / "cached" / "cache").iterdir())) == 1
+    assert len(cache_folders(project.root / "cached" / "cache")) == 1
 
     a = weights(project.root / "loop" / "models" / "student.safetensors")
     b = weights(project.root / "cached" / "models" / "student.safetensors")
@@ -244,7 +248,7 @@ def test_hidden_states_and_sequences_through_the_cache(project, monkeypatch):
         other = weights(project.root / name / "models" / "student.safetensors")
         for key in loop:
             assert torch.allclose(loop[key], other[key], rtol=0, atol=tolerance), (name, key)
-    (folder,) = (project.root / "fp16" / "cache").iterdir()
+    (folder,) = cache_folders(project.root / "fp16" / "cache")
     meta = json.loads((folder / "meta.json").read_text())
     stored = {e["node"]: (e["kind"], e["files"]["values"]["dtype"], e["value_dtype"]) for e in meta["entries"]}
     assert stored == {"encoder": ("sequence", "float16", "float32"), "pool": ("vector", "float16", "float32")}
@@ -302,4 +306,39 @@ def test_auto_policy_keeps_the_teacher_in_the_loop_for_stages_shorter_than_an_ep
     values["stages"][1]["cache_teachers"] = True  # an explicit true always caches
     train(load_config(project.write(values), environ={}), run_dir=project.root / "forced", progress=False,
           log=lambda *a: None)
-    assert any((project.root / "forced" / "cache").iterdir())
+    assert cache_folders(project.root / "forced" / "cache")
+
+
+def test_a_run_waits_for_another_process_building_the_same_cache_then_reuses_it(prepared, monkeypatch):
+    """Seeds started side by side on one shared cache folder compute the teacher outputs once."""
+    fcntl = pytest.importorskip("fcntl")
+    root, experiment, split = prepared
+    nodes, cpu = {"teacher": ["logits"]}, torch.device("cpu")
+    cache_root = root / "cache"
+    for folder in cache_folders(cache_root):
+        shutil.rmtree(folder)
+    components = teacher_cache.cache_components(experiment, split, nodes, "float16", "fp32", cpu)
+    key = teacher_cache.key_of(components)
+    real_build = teacher_cache._build
+    builds = []
+    monkeypatch.setattr(teacher_cache, "_build", lambda *args, **kwargs: builds.append(args[1]))
+
+    with open(cache_root / f".lock-{key}", "w") as other:  # another process is building this cache
+        fcntl.flock(other, fcntl.LOCK_EX)
+        messages, opened = [], {}
+        waiter = threading.Thread(target=lambda: opened.update(cache=open_or_build(
+            root, experiment, split, nodes, cpu, "fp32", "float16", 64, progress=False, log=messages.append)))
+        waiter.start()
+        deadline = time.monotonic() + 30
+        while not messages and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert messages == [f"teacher cache: waiting for another process that is building {cache_root / key}"]
+        assert waiter.is_alive()
+        real_build(cache_root, key, components, experiment, split, nodes, cpu, "fp32", "float16", 64, False)
+        fcntl.flock(other, fcntl.LOCK_UN)
+    waiter.join(30)
+    assert not waiter.is_alive()
+    assert builds == []  # the waiting run built nothing: it opened the other one's cache
+    assert messages[-1].endswith("built meanwhile by another process")
+    assert opened["cache"].folder == cache_root / key
+    assert cache_folders(cache_root) == [cache_root / key]
