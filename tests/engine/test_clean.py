@@ -116,3 +116,25 @@ def test_clean_cache_deletes_the_teacher_cache(project, kept_run):
 def test_clean_of_a_missing_path_names_it(project, capsys):
     assert main(["clean", str(project.root / "nowhere")]) == 2
     assert f"{project.root / 'nowhere'}: no such file or directory" in capsys.readouterr().err
+
+
+def test_share_weights_copies_where_hard_links_fail(tmp_path, monkeypatch):
+    from blocks.engine import clean
+
+    source = tmp_path / "a" / "teacher.safetensors"
+    source.parent.mkdir()
+    tensors = {"w": torch.arange(6.0).reshape(2, 3)}
+    save_checkpoint(source, tensors, {"model": "teacher"})
+    assert clean.share_weights(source, tmp_path / "b" / "linked.safetensors", tensors, {})
+    assert os.path.samefile(source, tmp_path / "b" / "linked.safetensors")
+
+    def no_links(*args):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(clean.os, "link", no_links)
+    target = tmp_path / "c" / "copied.safetensors"
+    assert not clean.share_weights(source, target, tensors, {"from_run": "a"})
+    assert not os.path.samefile(source, target)
+    copied, state = load_checkpoint(target)
+    assert torch.equal(copied["w"], tensors["w"]) and state == {"from_run": "a"}
+    assert not list(target.parent.glob("*.link"))  # no partial file left behind
