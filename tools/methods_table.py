@@ -95,7 +95,7 @@ def verdict(result: dict) -> str:
     return ("yes" if result["holds"] else "no") + (" (within the seeds' std)" if result["within_std"] else "")
 
 
-def table(out: Path, prefix: str, metric: str, split: str | None) -> None:
+def table(out: Path, prefix: str, metric: str, split: str | None, measured_only: bool = False) -> None:
     scores = student_scores(out, prefix)
     if split is None:
         split = default_split(scores)
@@ -106,7 +106,8 @@ def table(out: Path, prefix: str, metric: str, split: str | None) -> None:
     for recipe, name in ROWS:
         seeds = scores.get(recipe)
         if not seeds:
-            lines.append(f"| {name} | `{prefix}{recipe}` | 0 | not run | not run |")
+            if not measured_only:
+                lines.append(f"| {name} | `{prefix}{recipe}` | 0 | not run | not run |")
             continue
         entries = [seeds[s] for s in sorted(seeds)]
         cells = []
@@ -128,7 +129,8 @@ def table(out: Path, prefix: str, metric: str, split: str | None) -> None:
         print(f"| {r['claim']} | `{prefix}{r['better']}` vs `{prefix}{r['worse']}` | {r['means'][0]:.4f} vs "
               f"{r['means'][1]:.4f} | {r['gap']:+.4f} | {verdict(r)} |")
     print()
-    print(f"command: python tools/methods_table.py {out} --prefix {prefix} --metric {metric} --split {split}")
+    print(f"command: python tools/methods_table.py {out} --prefix {prefix} --metric {metric} --split {split}"
+          + (" --measured-only" if measured_only else ""))
 
 
 def across(outs: list[Path], prefix: str, metric: str) -> None:
@@ -182,6 +184,8 @@ def main() -> None:
                              "dev chose the checkpoints)")
     parser.add_argument("--across", action="store_true",
                         help="several --out folders (tasks): one table of the claims with a column per task")
+    parser.add_argument("--measured-only", action="store_true",
+                        help="leave out the rows with no finished run (e.g. a student measured on a few rows)")
     args = parser.parse_args()
     if args.across:
         if args.split:
@@ -190,7 +194,7 @@ def main() -> None:
         return
     if len(args.out) != 1:
         parser.error("give one --out folder, or several with --across")
-    table(args.out[0], args.prefix, args.metric, args.split)
+    table(args.out[0], args.prefix, args.metric, args.split, args.measured_only)
 
 
 if __name__ == "__main__":

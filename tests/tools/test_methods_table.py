@@ -29,6 +29,12 @@ def test_rows_and_claims(tmp_path, capsys, monkeypatch):
     assert "| RL teacher selector | `student_rl_selector` | 0 | not run | not run |" in out
     assert "| every KD row ≥ no KD | `student_kd_best` vs `student_nokd` | 0.7900 vs 0.7100 | +0.0800 | yes |" in out
 
+    monkeypatch.setattr(sys, "argv", ["methods_table.py", str(tmp_path), "--measured-only"])
+    load_tool("methods_table").main()
+    out = capsys.readouterr().out
+    assert "not run" not in out and "| no KD | `student_nokd` | 3 |" in out
+    assert out.rstrip().endswith("--measured-only")
+
 
 def test_runs_without_test_scores_compare_dev(tmp_path, capsys, monkeypatch):
     """RTE's test file is unlabelled: the runs hold dev scores only, and the claims use them."""
