@@ -28,18 +28,15 @@ from blocks.errors import CheckpointError
 STAGE_CHECKPOINTS = ("last.safetensors", "best.safetensors")
 
 
-def drop_stage_checkpoints(run_dir: RunDir, stage: str) -> int:
-    """Delete a completed stage's resumable state; returns the bytes freed (``state.json`` stays)."""
-    freed = 0
-    for name in STAGE_CHECKPOINTS:
-        path = run_dir.stage_dir(stage) / name
-        try:
-            size = path.stat().st_size
-            path.unlink()
-        except FileNotFoundError:
-            continue
-        freed += size
-    return freed
+def stage_checkpoints(run_dir: RunDir, stage: str) -> list[Path]:
+    """A stage's resumable-state files that exist (``state.json``, the readable copy, is not one)."""
+    return [path for path in (run_dir.stage_dir(stage) / name for name in STAGE_CHECKPOINTS) if path.is_file()]
+
+
+def drop_stage_checkpoints(run_dir: RunDir, stage: str) -> None:
+    """Delete a completed stage's resumable state."""
+    for path in stage_checkpoints(run_dir, stage):
+        path.unlink(missing_ok=True)
 
 
 def share_weights(source: Path, target: Path, tensors: dict, state: dict) -> bool:
@@ -80,9 +77,7 @@ def find_runs(paths: list[str | Path]) -> list[RunDir]:
     return found
 
 
-def _same_tensors(a: Path, b: Path) -> bool:
-    first, _ = load_checkpoint(a)
-    second, _ = load_checkpoint(b)
+def _equal(first: dict, second: dict) -> bool:
     return first.keys() == second.keys() and all(
         first[k].dtype == second[k].dtype and first[k].shape == second[k].shape and bool((first[k] == second[k]).all())
         for k in first)
@@ -92,25 +87,25 @@ def clean_run(run_dir: RunDir, report: CleanReport, dry_run: bool = False, cache
     progress = run_dir.progress()
     config = run_dir.read_json(run_dir.config)
     for stage in progress.get("completed_stages", []):
-        for name in STAGE_CHECKPOINTS:
-            path = run_dir.stage_dir(stage) / name
-            if path.is_file():
-                report.freed += path.stat().st_size
-                report.actions.append(f"delete {path}")
-                if not dry_run:
-                    path.unlink()
+        for path in stage_checkpoints(run_dir, stage):
+            report.freed += path.stat().st_size
+            report.actions.append(f"delete {path}")
+            if not dry_run:
+                path.unlink()
     for name, model in config.get("models", {}).items():
         target = run_dir.model_weights(name)
         if "run" not in model or not target.is_file():
             continue
         source = run_weights(model["run"], model["model"])
-        if not source.is_file() or os.path.samefile(source, target) or not _same_tensors(source, target):
-            continue  # the source run is gone or re-trained: this copy is the only one left
+        if not source.is_file() or os.path.samefile(source, target):
+            continue
+        tensors, state = load_checkpoint(source)
+        if not _equal(tensors, load_checkpoint(target)[0]):
+            continue  # the source run was re-trained: this copy is the only one left
         report.freed += target.stat().st_size
         report.linked += 1
         report.actions.append(f"link {target} -> {source}")
         if not dry_run:
-            tensors, state = load_checkpoint(source)
             share_weights(source, target, tensors, state)
     if cache and run_dir.cache.is_dir():
         size = sum(f.stat().st_size for f in run_dir.cache.rglob("*") if f.is_file())
@@ -129,8 +124,9 @@ def clean_runs(paths: list[str | Path], dry_run: bool = False, cache: bool = Fal
 
 
 def format_size(size: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+    if size < 1024:
+        return f"{size} B"
+    for unit in ("KB", "MB", "GB"):
         size /= 1024
-    return f"{size:.1f} GB"
+        if size < 1024 or unit == "GB":
+            return f"{size:.1f} {unit}"

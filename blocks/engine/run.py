@@ -252,10 +252,6 @@ def _scores_from_run(config: Config, name: str) -> dict | None:
     return {**kept, "scores_from": str(root / "summary.json")} if "examples_per_second_batch64" in kept else None
 
 
-def _speed(experiment: Experiment, name: str, split, device: torch.device) -> float:
-    return round(throughput(experiment, name, split, 64, device), 1)
-
-
 def summarize(experiment: Experiment, directory: RunDir, device: torch.device, state: dict) -> dict:
     config = experiment.config
     batch_size = config["stages"][-1]["eval_batch_size"]
@@ -267,22 +263,19 @@ def summarize(experiment: Experiment, directory: RunDir, device: torch.device, s
     for name, role in role_of.items():
         entry = {"role": role, "parameters": experiment.models[name].parameter_count(),
                  "stage": state["models"].get(name)}
+        models[name] = entry
         reused = _scores_from_run(config, name)
         if reused is not None:  # a model from a finished run, on the same data: its scores are known
             entry.update(reused)
-            if teachers and name == teachers[0]:
-                # the speedup below is a ratio of two speeds: both are measured here, in this process
-                entry["examples_per_second_batch64"] = _speed(experiment, name, speed_split, device)
-            else:
+            if not teachers or name != teachers[0]:  # the speedup divides by teachers[0]'s speed: timed here
                 entry["examples_per_second_batch64_from"] = reused["scores_from"]
-            models[name] = entry
-            continue
-        for split in ("dev", "test"):
-            if split in experiment.splits and experiment.splits[split].labels is not None:
-                entry[split] = evaluate(experiment, name, experiment.splits[split], batch_size, device,
-                                        config["precision"])
-        entry["examples_per_second_batch64"] = _speed(experiment, name, speed_split, device)
-        models[name] = entry
+                continue
+        else:
+            for split in ("dev", "test"):
+                if split in experiment.splits and experiment.splits[split].labels is not None:
+                    entry[split] = evaluate(experiment, name, experiment.splits[split], batch_size, device,
+                                            config["precision"])
+        entry["examples_per_second_batch64"] = round(throughput(experiment, name, speed_split, 64, device), 1)
     if teachers:
         teacher_speed = models[teachers[0]]["examples_per_second_batch64"]
         models[student]["speedup_vs_" + teachers[0]] = round(
