@@ -71,7 +71,8 @@ def test_comparison_rows_get_the_same_epochs_on_the_task(task, prefix):
     The exceptions are by the method's definition: Annealing-KD's phase 2 (cross-entropy from the
     best phase-1 model) comes on top of a phase 1 of the same budget, and is at most half of it; the
     augmented transfer set's epochs pass over N perturbed copies as well. Stages on other text
-    (TMKD's general distillation) do not count.
+    (TMKD's general distillation) do not count. A matched-steps control (``*nokd_steps``) trains
+    without KD for as many steps as the augmented row: its epochs times (copies + 1).
     """
     def task_epochs(stages: list) -> list:
         return [s.get("epochs", 3) for s in stages if not s.get("transfer", {}).get("files")]
@@ -83,6 +84,10 @@ def test_comparison_rows_get_the_same_epochs_on_the_task(task, prefix):
             assert epochs[0] == budget and epochs[1] <= (budget + 1) // 2, f"{path.name}: {epochs}"
         elif "augmented" in path.name:
             assert sum(epochs) <= budget, f"{path.name}: {epochs}"
+        elif path.name.endswith("nokd_steps.json"):
+            augmented = merged(ZOO / task / f"{prefix}augmented.json")["stages"][0]
+            steps = augmented["epochs"] * (augmented["transfer"]["augment"]["copies"] + 1)
+            assert epochs == [steps], f"{path.name}: {epochs} epochs, the augmented row makes {steps} passes' steps"
         else:
             assert sum(epochs) == budget, f"{path.name}: {epochs} epochs on the task, the KD row has {budget}"
 

@@ -47,6 +47,16 @@ CLAIMS = [  # (better, worse, claim)
     ("tmkd_heads", "mt_mse_nostage1", "TMKD (heads) ≥ multi-teacher without stage 1"),
 ]
 
+# controls: recipes that are not methods but separate a method's gain into its causes; listed only
+# where they ran, and never counted as KD rows
+CONTROL_ROWS = [
+    ("nokd_steps", "control: no KD, as many steps as the augmented row"),
+]
+CONTROL_CLAIMS = [
+    ("nokd_steps", "nokd", "control: more steps alone ≥ no KD"),
+    ("augmented", "nokd_steps", "control: augmented ≥ no KD with as many steps"),
+]
+
 
 def student_scores(out: Path, prefix: str = "student_") -> dict[str, dict[int, dict]]:
     """recipe without the prefix -> seed -> the student's summary entry (the model the run delivers)."""
@@ -74,7 +84,7 @@ def default_split(scores: dict) -> str:
 def claim_results(scores: dict, split: str, metric: str) -> list[dict]:
     """Each claim both of whose rows ran: the two means, the gap, and whether "≥" holds."""
     results = []
-    for better, worse, claim in CLAIMS:
+    for better, worse, claim in CLAIMS + CONTROL_CLAIMS:
         if better not in scores or worse not in scores:
             continue
         a = [e[split][metric] for e in scores[better].values() if split in e]
@@ -103,10 +113,10 @@ def table(out: Path, prefix: str, metric: str, split: str | None, measured_only:
             print("(no test scores in these runs: the claims compare dev scores, the split that also chose "
                   "each run's checkpoint)\n")
     lines = []
-    for recipe, name in ROWS:
+    for recipe, name in ROWS + CONTROL_ROWS:
         seeds = scores.get(recipe)
         if not seeds:
-            if not measured_only:
+            if not measured_only and (recipe, name) in ROWS:
                 lines.append(f"| {name} | `{prefix}{recipe}` | 0 | not run | not run |")
             continue
         entries = [seeds[s] for s in sorted(seeds)]
@@ -139,7 +149,7 @@ def across(outs: list[Path], prefix: str, metric: str) -> None:
     splits = {out: default_split(scores) for out, scores in tasks.items()}
     results = {out: {(r["better"], r["worse"]): r for r in claim_results(scores, splits[out], metric)}
                for out, scores in tasks.items()}
-    names = dict(ROWS)
+    names = dict(ROWS + CONTROL_ROWS)
     print(f"Claims across tasks, on {metric} (test where the runs have it, else dev; mean over seeds; the gap "
           f"is the first row's mean minus the second's; ~ marks a gap smaller than the seeds' std):")
     print()

@@ -76,3 +76,25 @@ def test_across_tasks_one_column_per_task(tmp_path, capsys, monkeypatch):
     assert "| annealing ≥ classic KD | `annealing` vs `kd_best` | not run | -0.1800 no | 0 of 1 |" in out
     assert "- rte (dev accuracy): classic KD, best single teacher 0.7900, no KD 0.7100, Annealing-KD 0.6100; " \
            "no KD 0.7100" in out
+
+
+def test_control_rows_only_where_they_ran_and_never_a_kd_row(tmp_path, capsys, monkeypatch):
+    """The matched-steps control is listed and compared only when measured, and not as a KD row."""
+    for seed, (a, b, c) in enumerate([(0.70, 0.72, 0.75), (0.70, 0.74, 0.77)], 1):
+        write(tmp_path, "student3_nokd", seed, a, a)
+        write(tmp_path, "student3_augmented", seed, c, c)
+    monkeypatch.setattr(sys, "argv", ["methods_table.py", str(tmp_path), "--prefix", "student3_"])
+    load_tool("methods_table").main()
+    out = capsys.readouterr().out
+    assert "nokd_steps" not in out and "control:" not in out
+
+    for seed, b in enumerate([0.72, 0.74], 1):
+        write(tmp_path, "student3_nokd_steps", seed, b, b)
+    load_tool("methods_table").main()
+    out = capsys.readouterr().out
+    assert "| control: no KD, as many steps as the augmented row | `student3_nokd_steps` | 2 |" in out
+    assert "| control: more steps alone ≥ no KD | `student3_nokd_steps` vs `student3_nokd` | 0.7300 vs 0.7000 | " \
+           "+0.0300 | yes |" in out
+    assert "| control: augmented ≥ no KD with as many steps | `student3_augmented` vs `student3_nokd_steps` | " \
+           "0.7600 vs 0.7300 | +0.0300 | yes |" in out
+    assert "every KD row ≥ no KD | `student3_nokd_steps`" not in out
