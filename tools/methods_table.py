@@ -149,7 +149,7 @@ def across(outs: list[Path], prefix: str, metric: str) -> None:
     splits = {out: default_split(scores) for out, scores in tasks.items()}
     results = {out: {(r["better"], r["worse"]): r for r in claim_results(scores, splits[out], metric)}
                for out, scores in tasks.items()}
-    names = dict(ROWS + CONTROL_ROWS)
+    names = dict(ROWS)
     print(f"Claims across tasks, on {metric} (test where the runs have it, else dev; mean over seeds; the gap "
           f"is the first row's mean minus the second's; ~ marks a gap smaller than the seeds' std):")
     print()
@@ -167,14 +167,15 @@ def across(outs: list[Path], prefix: str, metric: str) -> None:
             cells.append(f"{r['gap']:+.4f} {'yes' if r['holds'] else 'no'}{' ~' if r['within_std'] else ''}")
         print(f"| {claim} | `{better}` vs `{worse}` | " + " | ".join(cells) + f" | {held} of {measured} |")
     print()
-    print("Best row per task (highest mean):")
+    print("Best row per task (highest mean; methods only, not controls):")
     print()
     for out, scores in tasks.items():
         means = {recipe: statistics.mean(e[splits[out]][metric] for e in seeds.values() if splits[out] in e)
-                 for recipe, seeds in scores.items() if any(splits[out] in e for e in seeds.values())}
+                 for recipe, seeds in scores.items()
+                 if recipe in names and any(splits[out] in e for e in seeds.values())}
         ranked = sorted(means, key=means.get, reverse=True)
         if ranked:
-            best = ", ".join(f"{names.get(recipe, recipe)} {means[recipe]:.4f}" for recipe in ranked[:3])
+            best = ", ".join(f"{names[recipe]} {means[recipe]:.4f}" for recipe in ranked[:3])
             baseline = f"; no KD {means['nokd']:.4f}" if "nokd" in means else ""
             print(f"- {out.name} ({splits[out]} {metric}): {best}{baseline}")
     print()

@@ -98,3 +98,8 @@ def test_control_rows_only_where_they_ran_and_never_a_kd_row(tmp_path, capsys, m
     assert "| control: augmented ≥ no KD with as many steps | `student3_augmented` vs `student3_nokd_steps` | " \
            "0.7600 vs 0.7300 | +0.0300 | yes |" in out
     assert "every KD row ≥ no KD | `student3_nokd_steps`" not in out
+
+    monkeypatch.setattr(sys, "argv", ["methods_table.py", str(tmp_path), "--across", "--prefix", "student3_"])
+    load_tool("methods_table").main()
+    best = [line for line in capsys.readouterr().out.splitlines() if line.startswith("- ")]
+    assert best == [f"- {tmp_path.name} (test accuracy): augmented transfer set 0.7600; no KD 0.7000"]
