@@ -11,7 +11,9 @@ the 3-layer transformer student's), prints a Markdown table of the
 student's dev and test metrics (mean ± sample std over the seeds), then each claim of
 ../shared/docs/methods.md with the two means it compares and whether it holds on this data. A claim
 "A ≥ B" holds when mean(A) ≥ mean(B); the gap is given next to the seeds' spread, because with three
-seeds a gap smaller than the std is not evidence either way. With ``--across`` and several folders
+seeds a gap smaller than the std is not evidence either way. Control recipes (``CONTROL_ROWS``, e.g.
+``<prefix>nokd_steps``: no KD for as many steps as the augmented row) are listed with their
+comparisons only where they ran, and are never counted as a KD row or a best row. With ``--across`` and several folders
 (one per task), one table gives each claim's gap and verdict per task and how many tasks it holds
 on, and the three best rows of each task.
 """
