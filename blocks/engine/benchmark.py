@@ -27,6 +27,7 @@ import torch
 
 from blocks.data.batching import sorted_batches
 from blocks.data.dataset import EncodedSplit, encode_rows, read_split, split_sources
+from blocks.engine.host_memory import keep_freed_memory
 from blocks.errors import DistilBlocksError
 
 
@@ -74,11 +75,13 @@ def machine_lines(device: torch.device) -> list[str]:
 
 
 def start_benchmark(title: str, script: str, argv: list[str] | None, threads: int | None,
-                    device_name: str) -> torch.device:
+                    device_name: str, host_memory: bool = True) -> torch.device:
     """Set the torch threads and the device of a ``tools/bench_*.py`` run and print its header.
 
     The header: the title, the command that reproduces the run, the machine and software, the load
     average and, on a busy machine, a warning. Exits with a message when CUDA is asked for and absent.
+    On CPU, unless ``host_memory`` is false, the process keeps freed memory for reuse as ``blocks
+    train`` does (:mod:`blocks.engine.host_memory`), so the timed steps are the ones users get.
     """
     torch.set_num_threads(threads or available_cores())
     device = torch.device(device_name)
@@ -89,6 +92,8 @@ def start_benchmark(title: str, script: str, argv: list[str] | None, threads: in
     print("command: " + shlex.join([sys.executable, script, *shown]))
     for line in machine_lines(device):
         print(line)
+    if device.type == "cpu" and host_memory:
+        print(f"host memory: {keep_freed_memory()}")
     print(f"load average before (1, 5, 15 min): {load_average()}")
     warning = busy_warning()
     if warning:

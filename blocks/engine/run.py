@@ -22,6 +22,7 @@ from blocks.config.run_models import check_run_task, run_weights
 from blocks.engine.checkpoint import atomic_write_json, load_checkpoint
 from blocks.engine.clean import drop_stage_checkpoints, share_weights
 from blocks.engine.evaluation import evaluate, throughput
+from blocks.engine.host_memory import keep_freed_memory
 from blocks.engine.run_dir import RunDir
 from blocks.engine.trainer import StageTrainer
 from blocks.errors import CheckpointError, ConfigError
@@ -121,6 +122,8 @@ def train(config: Config, run_dir: str | Path | None = None, resume: bool = Fals
     it joins the process group, trains its share of each batch, and leaves the group at the end.
     """
     dist, device = distributed.setup(resolve_device(config["device"]))
+    if device.type == "cpu":  # big per-step tensors reuse freed memory: see blocks.engine.host_memory
+        keep_freed_memory()
     try:
         summary = _train(config, run_dir, resume, log if dist.is_main else _quiet, progress and dist.is_main,
                          dist, device)
@@ -205,7 +208,7 @@ def environment_record(device: torch.device, dist: distributed.Distributed = dis
               "torch": torch.__version__, "transformers": transformers.__version__,
               "platform": platform.platform(), "device": str(device),
               "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-              "command": sys.argv}
+              "command": sys.argv, "host_memory": keep_freed_memory() if device.type == "cpu" else None}
     if dist.enabled:
         record["processes"] = dist.world_size
         record["backend"] = dist.backend

@@ -67,6 +67,8 @@ def test_two_stage_run_writes_everything_and_keeps_the_teacher_frozen(project, m
     # a completed stage's resumable state is deleted once its best weights are in models/
     assert not list((root / "stages").rglob("*.safetensors"))
 
+    environment = json.loads((root / "environment.json").read_text())
+    assert environment["device"] == "cpu" and environment["host_memory"]  # what the allocator does
     saved = json.loads((root / "config.json").read_text())
     assert saved["run_dir"] == str(root)
     assert saved["stages"][0]["eval_batch_size"] == 256  # the resolved config, defaults filled

@@ -159,3 +159,17 @@ def test_optimizer_benchmark_times_both_kernels_on_the_same_steps(tiny_config, t
         tool.main(["--config", str(tiny_config), "--threads", "1", "--steps", "2"])
     with pytest.raises(SystemExit, match="the recipe has 2 stage"):
         tool.main(["--config", str(tiny_config), "--stage", "5"])
+
+
+def test_host_memory_benchmark_runs_each_allocator_in_its_own_process(tiny_config, tmp_path, capsys):
+    recipe = student_recipe_with_a_finished_teacher(tiny_config, tmp_path)
+    tool = load_tool("bench_host_memory")
+    code = tool.main(["--config", str(recipe), "--threads", "1", "--steps", "4", "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "repeat 1, system: " in out and "(system default (DISTILBLOCKS_MALLOC=system))" in out
+    assert "repeat 1, keep  : " in out
+    assert "speedup system / keep:" in out and "students at the end: bitwise identical" in out
+    with pytest.raises(SystemExit, match="the 'system' side failed"):
+        tool.main(["--config", str(tiny_config), "--threads", "1", "--steps", "2", "--repeats", "1"])
+    assert "trained by the recipe itself" in capsys.readouterr().err
