@@ -13,7 +13,8 @@ steps of the recipe's stage, from the same weights and the same batch order; tea
 their run directories and, by default, their outputs from the recipe's shared teacher cache (built
 by the first child if missing, not timed); ``--teacher loop`` runs the teacher in every step
 instead. Reported: ms per step of each side (end-of-run evaluation and checkpoints subtracted), the
-speedup system / keep, each child's peak resident memory (what keeping freed memory costs), and
+speedup system / keep, the minor page faults of the stage's run per step (setup and the end-of-run
+evaluation included), each child's peak resident memory (what keeping freed memory costs), and
 whether the students end bitwise identical (they must: only where tensors live changes).
 
 Example (the SST-2 BiLSTM student over MiniLM word pieces)::
@@ -97,14 +98,16 @@ def child(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-host-memory-") as folder:
         trainer = StageTrainer(experiment, index, RunDir(folder), torch.device("cpu"), log=lambda *a: None,
                                progress=False)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         timed = time_stage(trainer, torch.device("cpu"))
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     model = experiment.models[stage["train"]]
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().contiguous().numpy().tobytes())
     history = timed.result["history"]
-    print(json.dumps({"allocator": allocator, "loop": timed.loop, "steps": timed.result["steps"],
+    print(json.dumps({"allocator": allocator, "loop": timed.loop, "steps": timed.result["steps"], "faults": faults,
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "weights": digest.hexdigest(),
                       "dev": {k: v for k, v in history[-1].items() if k not in ("step", "epoch")} if history else {},
@@ -149,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
             times[mode].append(per_step)
             ends.setdefault(mode, result)
             same = result["weights"] == ends[mode]["weights"]
-            print(f"  repeat {repeat + 1}, {mode:6s}: {1000 * per_step:.1f} ms/step, peak memory "
+            print(f"  repeat {repeat + 1}, {mode:6s}: {1000 * per_step:.1f} ms/step, "
+                  f"{result['faults'] / max(result['steps'], 1):,.0f} page faults/step, peak memory "
                   f"{result['peak_rss_mb']:,.0f} MB ({result['allocator']})"
                   + ("" if same else "  [weights differ from this side's first repeat]"), flush=True)
     system_ms, keep_ms = (1000 * statistics.median(times[mode]) for mode in MODES)
