@@ -66,35 +66,19 @@ def parse_args(argv) -> argparse.Namespace:
 def child(args: argparse.Namespace) -> int:
     """One side: apply (or not) the setting first, then time the steps; one JSON line on stdout."""
     allocator = keep_freed_memory()  # DISTILBLOCKS_MALLOC=system in the environment makes it a no-op
-    from blocks.config.loader import load_config
-    from blocks.engine.benchmark import time_stage
-    from blocks.engine.run import load_run_model
+    from blocks.engine.benchmark import first_steps_of_stage, time_stage
     from blocks.engine.run_dir import RunDir
     from blocks.engine.trainer import StageTrainer
     from blocks.errors import DistilBlocksError
-    from blocks.experiment import Experiment
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
     try:
-        probe = load_config(args.config, args.overrides)
-        index = len(probe["stages"]) - 1 if args.stage is None else args.stage
-        if not 0 <= index < len(probe["stages"]):
-            raise SystemExit(f"error: --stage {index}: the recipe has {len(probe['stages'])} stage(s)")
-        config = load_config(args.config, [*args.overrides, f"stages.{index}.epochs=1",
-                                           f"stages.{index}.eval_every=0", f"stages.{index}.max_steps={args.steps}",
-                                           f"stages.{index}.cache_teachers={str(args.teacher == 'cache').lower()}",
-                                           "device=cpu"])
-        experiment = Experiment.prepare(config, splits=("train", "dev"), log=lambda *a: None)
-        experiment.load_pretrained(log=lambda *a: None)
-        stage = experiment.config["stages"][index]
-        for teacher in stage["teachers"]:
-            if "run" not in experiment.config["models"][teacher]:
-                raise SystemExit(f"error: teacher '{teacher}' is trained by the recipe itself; this benchmark "
-                                 f"takes teachers from run directories (--set models.{teacher}.run=RUN)")
-            load_run_model(experiment, teacher)
+        experiment, index = first_steps_of_stage(args.config, args.overrides, args.stage, args.steps,
+                                                 cache_teachers=args.teacher == "cache", device_name="cpu")
     except DistilBlocksError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    stage = experiment.config["stages"][index]
     with tempfile.TemporaryDirectory(prefix="bench-host-memory-") as folder:
         trainer = StageTrainer(experiment, index, RunDir(folder), torch.device("cpu"), log=lambda *a: None,
                                progress=False)

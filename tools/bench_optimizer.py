@@ -28,9 +28,8 @@ import tempfile
 import torch
 
 from blocks.config.loader import load_config
-from blocks.engine.benchmark import (available_cores, compare_weights, load_average, snapshot, start_benchmark,
-                                     time_stage)
-from blocks.engine.run import load_run_model
+from blocks.engine.benchmark import (available_cores, compare_weights, first_steps_of_stage, load_average, snapshot,
+                                     start_benchmark, time_stage)
 from blocks.engine.run_dir import RunDir
 from blocks.engine.trainer import StageTrainer
 from blocks.errors import DistilBlocksError
@@ -76,25 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         probe = load_config(args.config, args.overrides)
         stage_index = len(probe["stages"]) - 1 if args.stage is None else args.stage
-        if not 0 <= stage_index < len(probe["stages"]):
-            raise SystemExit(f"error: --stage {stage_index}: the recipe has {len(probe['stages'])} stage(s)")
-        if probe["stages"][stage_index]["optimizer"].get("type", "adam") == "sgd":
+        if 0 <= stage_index < len(probe["stages"]) and \
+                probe["stages"][stage_index]["optimizer"].get("type", "adam") == "sgd":
             raise SystemExit(f"error: stage {stage_index} uses sgd, which has no fused option here")
-        config = load_config(args.config, [*args.overrides, f"stages.{stage_index}.epochs=1",
-                                           f"stages.{stage_index}.eval_every=0",
-                                           f"stages.{stage_index}.max_steps={args.steps}",
-                                           f"stages.{stage_index}.cache_teachers=true", f"device={args.device}"])
-        experiment = Experiment.prepare(config, splits=("train", "dev"), log=lambda *a: None)
-        experiment.load_pretrained(log=lambda *a: None)
-        stage = experiment.config["stages"][stage_index]
-        for teacher in stage["teachers"]:
-            if "run" not in experiment.config["models"][teacher]:
-                raise SystemExit(f"error: teacher '{teacher}' is trained by the recipe itself; this benchmark "
-                                 f"takes teachers from run directories (--set models.{teacher}.run=RUN)")
-            load_run_model(experiment, teacher)
+        experiment, stage_index = first_steps_of_stage(args.config, args.overrides, args.stage, args.steps,
+                                                       cache_teachers=True, device_name=args.device)
     except DistilBlocksError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    stage = experiment.config["stages"][stage_index]
     student = experiment.models[stage["train"]]
     for name in [stage["train"], *stage["teachers"]]:
         experiment.models[name].to(device)

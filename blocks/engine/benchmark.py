@@ -170,6 +170,37 @@ def time_stage(trainer, device: torch.device) -> TimedStage:
     return TimedStage(result, total, end.total, build.total)
 
 
+def first_steps_of_stage(config_file: str, overrides: list[str], stage: int | None, steps: int, cache_teachers: bool,
+                         device_name: str):
+    """The experiment of a recipe set up to time the first ``steps`` steps of one stage.
+
+    The stage (default: the last one) runs one epoch cut to ``steps`` steps, with one dev evaluation
+    at the end; its teachers come from their run directories (a recipe that trains its own teacher
+    is refused with a message). Returns ``(experiment, stage_index)``; raises ``DistilBlocksError``
+    for a bad recipe, ``SystemExit`` for a bad ``stage``.
+    """
+    from blocks.config.loader import load_config
+    from blocks.engine.run import load_run_model
+    from blocks.experiment import Experiment
+
+    probe = load_config(config_file, overrides)
+    index = len(probe["stages"]) - 1 if stage is None else stage
+    if not 0 <= index < len(probe["stages"]):
+        raise SystemExit(f"error: --stage {index}: the recipe has {len(probe['stages'])} stage(s)")
+    config = load_config(config_file, [*overrides, f"stages.{index}.epochs=1", f"stages.{index}.eval_every=0",
+                                       f"stages.{index}.max_steps={steps}",
+                                       f"stages.{index}.cache_teachers={str(cache_teachers).lower()}",
+                                       f"device={device_name}"])
+    experiment = Experiment.prepare(config, splits=("train", "dev"), log=lambda *a: None)
+    experiment.load_pretrained(log=lambda *a: None)
+    for teacher in experiment.config["stages"][index]["teachers"]:
+        if "run" not in experiment.config["models"][teacher]:
+            raise SystemExit(f"error: teacher '{teacher}' is trained by the recipe itself; this benchmark "
+                             f"takes teachers from run directories (--set models.{teacher}.run=RUN)")
+        load_run_model(experiment, teacher)
+    return experiment, index
+
+
 def compare_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], rtol: float = 1e-5,
                     atol: float = 1e-6) -> tuple[str, bool]:
     """('bitwise identical' | 'equal within tolerance (max |diff| x), not bitwise' | 'DIFFER ...', ok)."""
