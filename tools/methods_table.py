@@ -175,7 +175,7 @@ def across(outs: list[Path], prefix: str, metric: str) -> None:
         means = {recipe: statistics.mean(e[splits[out]][metric] for e in seeds.values() if splits[out] in e)
                  for recipe, seeds in scores.items()
                  if recipe in names and any(splits[out] in e for e in seeds.values())}
-        ranked = sorted(means, key=means.get, reverse=True)
+        ranked = sorted((r for r in means if r != "nokd"), key=means.get, reverse=True)  # no KD: the baseline
         if ranked:
             best = ", ".join(f"{names[recipe]} {means[recipe]:.4f}" for recipe in ranked[:3])
             baseline = f"; no KD {means['nokd']:.4f}" if "nokd" in means else ""
