@@ -66,12 +66,12 @@ def parse_args(argv) -> argparse.Namespace:
 def child(args: argparse.Namespace) -> int:
     """One side: apply (or not) the setting first, then time the steps; one JSON line on stdout."""
     allocator = keep_freed_memory()  # DISTILBLOCKS_MALLOC=system in the environment makes it a no-op
-    from blocks.engine.benchmark import first_steps_of_stage, time_stage
+    from blocks.engine.benchmark import available_cores, first_steps_of_stage, time_stage
     from blocks.engine.run_dir import RunDir
     from blocks.engine.trainer import StageTrainer
     from blocks.errors import DistilBlocksError
 
-    torch.set_num_threads(args.threads or torch.get_num_threads())
+    torch.set_num_threads(args.threads or available_cores())  # as the parent's header says
     try:
         experiment, index = first_steps_of_stage(args.config, args.overrides, args.stage, args.steps,
                                                  cache_teachers=args.teacher == "cache", device_name="cpu")

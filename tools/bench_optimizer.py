@@ -27,7 +27,6 @@ import tempfile
 
 import torch
 
-from blocks.config.loader import load_config
 from blocks.engine.benchmark import (available_cores, compare_weights, first_steps_of_stage, load_average, snapshot,
                                      start_benchmark, time_stage)
 from blocks.engine.run_dir import RunDir
@@ -73,17 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     device = start_benchmark("DistilBlocks optimizer benchmark: fused Adam kernel vs the multi-tensor loop, "
                              "same stage, same steps", "tools/bench_optimizer.py", argv, args.threads, args.device)
     try:
-        probe = load_config(args.config, args.overrides)
-        stage_index = len(probe["stages"]) - 1 if args.stage is None else args.stage
-        if 0 <= stage_index < len(probe["stages"]) and \
-                probe["stages"][stage_index]["optimizer"].get("type", "adam") == "sgd":
-            raise SystemExit(f"error: stage {stage_index} uses sgd, which has no fused option here")
         experiment, stage_index = first_steps_of_stage(args.config, args.overrides, args.stage, args.steps,
                                                        cache_teachers=True, device_name=args.device)
     except DistilBlocksError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     stage = experiment.config["stages"][stage_index]
+    if stage["optimizer"].get("type", "adam") == "sgd":
+        raise SystemExit(f"error: stage {stage_index} uses sgd, which has no fused option here")
     student = experiment.models[stage["train"]]
     for name in [stage["train"], *stage["teachers"]]:
         experiment.models[name].to(device)
