@@ -7,6 +7,7 @@ the students of a comparison set with the one its shared models config defines.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ COMPARISONS = {
     ("mrpc", "student3_"): ("mrpc_teachers_3layer_student.json", 11),  # the 3-layer transformer student
     ("rte", "student3_"): ("rte_teachers_3layer_student.json", 11),
     ("snli", "student3_"): ("snli_teachers_3layer_student.json", 11),
-    ("sst2", "student3_"): ("sst2_teachers_3layer_student.json", 3),  # three rows so far: 10-20 CPU minutes a run
+    ("sst2", "student3_"): ("sst2_teachers_3layer_student.json", 10),  # no augmented row yet: 10-20 CPU minutes a run
 }
 SETS = sorted(COMPARISONS)
 SET_IDS = [f"{task}/{prefix}" for task, prefix in SETS]
@@ -90,7 +91,8 @@ def test_comparison_rows_get_the_same_epochs_on_the_task(task, prefix):
             steps = augmented["epochs"] * (augmented["transfer"]["augment"]["copies"] + 1)
             assert epochs == [steps], f"{path.name}: {epochs} epochs, the augmented row makes {steps} passes' steps"
         else:
-            assert sum(epochs) == budget, f"{path.name}: {epochs} epochs on the task, the KD row has {budget}"
+            # fractions of an epoch may split the budget (RL-KD's warm-up and selection on SST-2)
+            assert math.isclose(sum(epochs), budget), f"{path.name}: {epochs} epochs on the task, the KD row has {budget}"
 
 
 def test_recipes_are_formatted_json():

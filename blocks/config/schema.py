@@ -226,7 +226,9 @@ STAGE_SCHEMA = {
                      "description": "models that teach, frozen, in inference mode"},
         "losses": {"type": "array", "items": {"$ref": "#/$defs/loss"}, "minItems": 1,
                    "default": [{"block": "CrossEntropy"}], "description": "summed with their weights"},
-        "epochs": {"type": "integer", "minimum": 1, "default": 3},
+        "epochs": {"type": "number", "exclusiveMinimum": 0, "default": 3,
+                   "description": "passes over the training set; a fraction (0.5, 1.5) stops partway "
+                                  "through the last pass"},
         "max_steps": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}], "default": None},
         "batch_size": {"type": "integer", "minimum": 1, "default": 32},
         "eval_batch_size": {"type": "integer", "minimum": 1, "default": 256},

@@ -546,6 +546,24 @@ def _validate_or_build(root: Path, key: str, components: dict, experiment, split
     return meta
 
 
+def open_existing(run_root: Path, experiment, split, nodes: dict[str, list[str]], device: torch.device,
+                  precision: str, cache_dtype: str, log=print, shared_root: Path | None = None) -> TeacherCache | None:
+    """The valid cache of these teacher nodes on ``split`` if one is already on disk, else None.
+
+    Nothing is built: a stage too short to pay for a cache still reads one an earlier stage or run
+    (in a shared ``cache_dir``) left behind.
+    """
+    root = Path(shared_root) if shared_root is not None else Path(run_root) / "cache"
+    components = cache_components(experiment, split, nodes, cache_dtype, precision, device)
+    key = key_of(components)
+    try:
+        meta = _validate(root / key, key, components, checksums=True)
+    except InvalidCache:
+        return None
+    log(f"teacher cache: reusing {root / key} ({meta['examples']:,} examples)")
+    return TeacherCache(root / key, meta)
+
+
 def open_or_build(run_root: Path, experiment, split, nodes: dict[str, list[str]], device: torch.device,
                   precision: str, cache_dtype: str, batch_size: int, progress: bool = True, log=print,
                   dist: Distributed = SINGLE, shared_root: Path | None = None) -> TeacherCache:

@@ -8,7 +8,8 @@ optimizer, schedule, RNG, position in the epoch), so a killed run continues to t
 Teachers either run in the loop (every step, under ``no_grad`` in eval mode) or once per stage
 into the teacher cache on disk (:mod:`blocks.engine.teacher_cache`), which each step then slices
 by the batch's example indexes: ``"cache_teachers": "auto"`` (the default) caches when the stage
-sees at least one epoch, ``true`` always, ``false`` never.
+sees at least one epoch (a shorter stage still reads a valid cache already on disk), ``true``
+always, ``false`` never.
 
 With several processes (``torchrun``, see :mod:`blocks.engine.distributed`) the trained model is
 wrapped in ``DistributedDataParallel``; every rank builds the same global batches of
@@ -37,7 +38,7 @@ from blocks.engine.evaluation import autocast, evaluate
 from blocks.engine.optim import build_optimizer, build_schedule, clip_grad_norm, sparse_parameters
 from blocks.engine.plots import plot_teacher_weights
 from blocks.engine.run_dir import RunDir
-from blocks.engine.teacher_cache import CachedOutputs, open_or_build, requested_nodes
+from blocks.engine.teacher_cache import CachedOutputs, open_existing, open_or_build, requested_nodes
 from blocks.errors import CheckpointError, TrainingError
 from blocks.metrics import higher_is_better
 
@@ -107,7 +108,8 @@ class StageTrainer:
             raise TrainingError(f"stage '{self.stage['name']}': {len(train)} training example(s) cannot be shared "
                                 f"by {dist.world_size} processes")
         self.steps_per_epoch = math.ceil(batches / self.stage["accumulate"])
-        total = self.steps_per_epoch * self.stage["epochs"]
+        # a fractional number of epochs (0.5) stops partway through the last one
+        total = max(1, math.ceil(self.steps_per_epoch * self.stage["epochs"]))
         self.total_steps = min(total, self.stage["max_steps"] or total)
         self.state = StageState()
         self.ddp = None  # the model wrapped in DistributedDataParallel (several processes only)
@@ -252,7 +254,7 @@ class StageTrainer:
         started = time.perf_counter()
         examples = 0
         stop = False
-        while self.state.epoch < stage["epochs"] and not stop:
+        while self.state.epoch < math.ceil(stage["epochs"]) and not stop:
             batches = self.epoch_batches(self.state.epoch)
             first = self.state.batch_in_epoch
             for position in range(first, len(batches)):
@@ -345,10 +347,21 @@ class StageTrainer:
             self.log(f"stage '{self.stage['name']}': teachers run every step (no loss block declares a teacher "
                      f"node it reads)")
             return
+        shared_root = Path(self.config["cache_dir"]) if self.config.get("cache_dir") else None
         examples_seen = self.total_steps * self.stage["batch_size"] * self.stage["accumulate"]
         if policy == "auto" and examples_seen < len(self.train_split):
-            self.log(f"stage '{self.stage['name']}': teachers run every step (the stage sees {examples_seen:,} "
-                     f"examples, fewer than the {len(self.train_split):,} a cache would compute)")
+            # too short to pay for building a cache; one already on disk is read all the same (a
+            # single process decides alone; several would have to agree, so they keep the teachers)
+            started = time.perf_counter()
+            if not self.dist.enabled:
+                self.teacher_cache = open_existing(self.run_dir.root, self.experiment, self.train_split, nodes,
+                                                   self.device, self.precision,
+                                                   self.stage.get("cache_dtype", "float16"), log=self.log,
+                                                   shared_root=shared_root)
+            self.cache_seconds = time.perf_counter() - started
+            if self.teacher_cache is None:
+                self.log(f"stage '{self.stage['name']}': teachers run every step (the stage sees {examples_seen:,} "
+                         f"examples, fewer than the {len(self.train_split):,} a cache would compute)")
             return
         started = time.perf_counter()
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
@@ -357,7 +370,7 @@ class StageTrainer:
                 self.run_dir.root, self.experiment, self.train_split, nodes, self.device, self.precision,
                 self.stage.get("cache_dtype", "float16"), self.stage["eval_batch_size"],
                 progress=self.show_progress, log=self.log, dist=self.dist,
-                shared_root=Path(self.config["cache_dir"]) if self.config.get("cache_dir") else None)
+                shared_root=shared_root)
         self.cache_seconds = time.perf_counter() - started
 
     def _student_values(self, batch) -> dict:

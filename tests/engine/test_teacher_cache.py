@@ -309,6 +309,28 @@ def test_auto_policy_keeps_the_teacher_in_the_loop_for_stages_shorter_than_an_ep
     assert cache_folders(project.root / "forced" / "cache")
 
 
+def test_auto_policy_reads_a_cache_already_on_disk_even_for_a_short_stage(project):
+    """A stage shorter than an epoch builds nothing, but reads the cache a full run left in cache_dir."""
+    from blocks.config.loader import load_config
+    from blocks.engine.run import train
+
+    values = project.config()
+    values["cache_dir"] = str(project.root / "shared")
+    train(load_config(project.write(values), environ={}), run_dir=project.root / "full", progress=False,
+          log=lambda *a: None)
+    built = cache_folders(project.root / "shared")
+    assert len(built) == 1
+
+    values["stages"][1]["max_steps"] = 2
+    messages = []
+    summary = train(load_config(project.write(values), environ={}), run_dir=project.root / "short", progress=False,
+                    log=messages.append)
+    assert any(m.startswith(f"teacher cache: reusing {built[0]}") for m in messages), messages
+    assert not any("teachers run every step" in m for m in messages)
+    assert summary["stages"]["distill"]["steps"] == 2
+    assert cache_folders(project.root / "shared") == built  # nothing new was built
+
+
 def test_a_run_waits_for_another_process_building_the_same_cache_then_reuses_it(prepared, monkeypatch):
     """Seeds started side by side on one shared cache folder compute the teacher outputs once."""
     fcntl = pytest.importorskip("fcntl")

@@ -141,6 +141,23 @@ def test_max_steps_limits_training(project):
     assert summary["stages"]["teacher"]["steps"] == 5
 
 
+@pytest.mark.parametrize("epochs, steps, eval_steps", [(0.5, 4, [4]), (1.5, 12, [8, 12]), (0.01, 1, [1])])
+def test_fractional_epochs_stop_partway_through_the_last_pass(project, epochs, steps, eval_steps):
+    values = project.single_stage()
+    values["stages"][0].update(epochs=epochs, eval_every=0)  # 8 batches of 16 per epoch
+    summary = run(project, values)
+    evals = [e for e in read_jsonl(project.root / "run" / "metrics.jsonl") if e["event"] == "eval"]
+    assert [e["step"] for e in evals] == eval_steps  # each finished epoch, then where the stage stops
+    assert summary["stages"]["teacher"]["steps"] == steps
+
+
+def test_epochs_must_be_positive(project):
+    values = project.single_stage()
+    values["stages"][0]["epochs"] = 0
+    with pytest.raises(ConfigError, match=r"/stages/0/epochs"):
+        load_config(project.write(values), environ={})
+
+
 def test_gradient_accumulation(project):
     values = project.single_stage()
     values["stages"][0].update(epochs=1, accumulate=2, log_every=1)
