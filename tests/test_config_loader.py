@@ -123,7 +123,7 @@ def test_set_value_is_validated(project):
     with pytest.raises(ConfigError) as caught:
         project.load(overrides=["stages.0.epochs=0"])
     assert caught.value.path == "/stages/0/epochs"
-    assert "less than the minimum of 1" in caught.value.message
+    assert "less than or equal to the minimum of 0" in caught.value.message
 
 
 def test_data_root_environment_variable_and_set(project, tmp_path):

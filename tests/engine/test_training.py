@@ -151,13 +151,6 @@ def test_fractional_epochs_stop_partway_through_the_last_pass(project, epochs, s
     assert summary["stages"]["teacher"]["steps"] == steps
 
 
-def test_epochs_must_be_positive(project):
-    values = project.single_stage()
-    values["stages"][0]["epochs"] = 0
-    with pytest.raises(ConfigError, match=r"/stages/0/epochs"):
-        load_config(project.write(values), environ={})
-
-
 def test_gradient_accumulation(project):
     values = project.single_stage()
     values["stages"][0].update(epochs=1, accumulate=2, log_every=1)
