@@ -546,6 +546,21 @@ def _validate_or_build(root: Path, key: str, components: dict, experiment, split
     return meta
 
 
+def _where(run_root: Path, shared_root: Path | None, experiment, split, nodes: dict[str, list[str]],
+           device: torch.device, precision: str, cache_dtype: str) -> tuple[Path, str, dict]:
+    """(the caches' folder, this cache's key, what the key hashes)."""
+    root = Path(shared_root) if shared_root is not None else Path(run_root) / "cache"
+    components = cache_components(experiment, split, nodes, cache_dtype, precision, device)
+    return root, key_of(components), components
+
+
+def _reuse(root: Path, key: str, components: dict, log) -> dict:
+    """The metadata of the valid cache ``root/key``, checksums verified; InvalidCache when there is none."""
+    meta = _validate(root / key, key, components, checksums=True)
+    log(f"teacher cache: reusing {root / key} ({meta['examples']:,} examples)")
+    return meta
+
+
 def open_existing(run_root: Path, experiment, split, nodes: dict[str, list[str]], device: torch.device,
                   precision: str, cache_dtype: str, log=print, shared_root: Path | None = None) -> TeacherCache | None:
     """The valid cache of these teacher nodes on ``split`` if one is already on disk, else None.
@@ -553,15 +568,11 @@ def open_existing(run_root: Path, experiment, split, nodes: dict[str, list[str]]
     Nothing is built: a stage too short to pay for a cache still reads one an earlier stage or run
     (in a shared ``cache_dir``) left behind.
     """
-    root = Path(shared_root) if shared_root is not None else Path(run_root) / "cache"
-    components = cache_components(experiment, split, nodes, cache_dtype, precision, device)
-    key = key_of(components)
+    root, key, components = _where(run_root, shared_root, experiment, split, nodes, device, precision, cache_dtype)
     try:
-        meta = _validate(root / key, key, components, checksums=True)
+        return TeacherCache(root / key, _reuse(root, key, components, log))
     except InvalidCache:
         return None
-    log(f"teacher cache: reusing {root / key} ({meta['examples']:,} examples)")
-    return TeacherCache(root / key, meta)
 
 
 def open_or_build(run_root: Path, experiment, split, nodes: dict[str, list[str]], device: torch.device,
@@ -574,14 +585,11 @@ def open_or_build(run_root: Path, experiment, split, nodes: dict[str, list[str]]
     shared between runs (the config's ``cache_dir``): a cache with the same key is reused from
     there, and caches of other runs in it are never removed as stale.
     """
-    root = Path(shared_root) if shared_root is not None else Path(run_root) / "cache"
-    components = cache_components(experiment, split, nodes, cache_dtype, precision, device)
-    key = key_of(components)
+    root, key, components = _where(run_root, shared_root, experiment, split, nodes, device, precision, cache_dtype)
     folder = root / key
     if dist.is_main:
         try:
-            meta = _validate(folder, key, components, checksums=True)
-            log(f"teacher cache: reusing {folder} ({meta['examples']:,} examples)")
+            meta = _reuse(root, key, components, log)
         except InvalidCache:
             with _build_lock(root, key, log):
                 meta = _validate_or_build(root, key, components, experiment, split, nodes, device, precision,
