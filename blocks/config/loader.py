@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 import jsonschema
 
-from blocks.config.run_models import expand_run_models
+from blocks.config.run_models import drop_unused_run_models, expand_run_models
 from blocks.config.schema import CONFIG_SCHEMA
 from blocks.errors import ConfigError, did_you_mean
 
@@ -232,6 +232,7 @@ def load_config(path: str | Path, overrides: Iterable[str] = (), environ: dict |
         values["task"] = {}
         _fill_defaults(CONFIG_SCHEMA["$defs"]["task"], values["task"], CONFIG_SCHEMA["$defs"])
     base_dir = path.resolve().parent
+    drop_unused_run_models(values)
     expand_run_models(values, base_dir, file)
     _fill_training_defaults(values)
     values["imports"] = [str(base_dir / name) if name.endswith(".py") and not os.path.isabs(name) else name

@@ -6,6 +6,10 @@ from the run's resolved config, its pretrained tokenizers point at the run's own
 ``<model>.<vocab>`` (so they never clash with the new run's vocabularies). The weights are loaded
 from ``RUN/models/<model>.safetensors`` when the new run starts, and copied into it, so the new
 run directory stays self-contained.
+
+A model from a run that no stage names (as the model it trains, a teacher, or anywhere else in
+its settings) is left out of the config before that: a shared base config can list every teacher
+of a comparison, and a recipe that uses one of them runs without the others' run directories.
 """
 from __future__ import annotations
 
@@ -29,6 +33,26 @@ def _read(path: Path, file: str, where: str) -> dict:
 
 def run_weights(root: str | Path, model: str) -> Path:
     return Path(root) / RUN_WEIGHTS / f"{model}.safetensors"
+
+
+def _strings(value) -> set[str]:
+    if isinstance(value, str):
+        return {value}
+    if isinstance(value, dict):
+        return set().union(*(_strings(v) for v in value.values())) if value else set()
+    if isinstance(value, list):
+        return set().union(*(_strings(v) for v in value)) if value else set()
+    return set()
+
+
+def drop_unused_run_models(values: dict) -> list[str]:
+    """Remove the ``{"run": ...}`` models that no stage names; return their names."""
+    named = _strings(values.get("stages", []))
+    unused = [name for name, model in values["models"].items()
+              if isinstance(model, dict) and "run" in model and name not in named]
+    for name in unused:
+        del values["models"][name]
+    return unused
 
 
 def expand_run_models(values: dict, base_dir: Path, file: str) -> None:

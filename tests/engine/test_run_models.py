@@ -84,6 +84,20 @@ def test_bad_run_references_name_the_config_path(project, teacher_run, teacher, 
     assert message in str(error.value) and error.value.path == where
 
 
+def test_run_models_no_stage_names_are_left_out_and_need_not_exist(project, teacher_run):
+    """A base config lists every teacher of a comparison; a recipe using one runs without the others."""
+    values = student_config(project)
+    values["models"]["spare"] = {"run": "nowhere"}  # no stage names it
+    values["models"]["unfinished"] = {"run": "teacher_run", "model": "studnt"}
+    config = load_config(project.write(values), environ={})
+    assert set(config["models"]) == {"teacher", "student"}
+    # named anywhere in a stage (here as a teacher), it is loaded and checked as before
+    values["stages"][0]["teachers"] = ["teacher", "spare"]
+    with pytest.raises(ConfigError, match="run directory not found") as error:
+        load_config(project.write(values), environ={})
+    assert error.value.path == "/models/spare/run"
+
+
 def test_an_unfinished_run_is_refused(project, teacher_run):
     progress = json.loads((teacher_run / "progress.json").read_text())
     (teacher_run / "progress.json").write_text(json.dumps({**progress, "models": {}}))
