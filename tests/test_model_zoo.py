@@ -74,7 +74,7 @@ def test_comparison_rows_get_the_same_epochs_on_the_task(task, prefix):
     best phase-1 model) comes on top of a phase 1 of the same budget, and is at most half of it; the
     augmented transfer set's epochs pass over N perturbed copies as well. Stages on other text
     (TMKD's general distillation) do not count. A matched-steps control (``*nokd_steps``) trains
-    without KD for as many steps as the augmented row: its epochs times (copies + 1).
+    without KD for as many steps as the augmented row: at most its epochs times (copies + 1).
     """
     def task_epochs(stages: list) -> list:
         return [s.get("epochs", 3) for s in stages if not s.get("transfer", {}).get("files")]
@@ -87,9 +87,12 @@ def test_comparison_rows_get_the_same_epochs_on_the_task(task, prefix):
         elif "augmented" in path.name:
             assert sum(epochs) <= budget, f"{path.name}: {epochs}"
         elif path.name.endswith("nokd_steps.json"):
+            # At most (copies + 1) passes: copies equal to a train example are dropped from the
+            # augmented set (SST-2's one copy per phrase adds 50,384 to 67,349), so its steps can be fewer.
             augmented = merged(ZOO / task / f"{prefix}augmented.json")["stages"][0]
             steps = augmented["epochs"] * (augmented["transfer"]["augment"]["copies"] + 1)
-            assert epochs == [steps], f"{path.name}: {epochs} epochs, the augmented row makes {steps} passes' steps"
+            assert len(epochs) == 1 and augmented["epochs"] < epochs[0] <= steps, \
+                f"{path.name}: {epochs} epochs, the augmented row makes at most {steps} passes' steps"
         else:
             # fractions of an epoch may split the budget (RL-KD's warm-up and selection on SST-2)
             assert math.isclose(sum(epochs), budget), f"{path.name}: {epochs} epochs on the task, the KD row has {budget}"
