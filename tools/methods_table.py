@@ -12,7 +12,8 @@ student's dev and test metrics (mean ± sample std over the seeds), then each cl
 ../shared/docs/methods.md with the two means it compares and whether it holds on this data. A claim
 "A ≥ B" holds when mean(A) ≥ mean(B); the gap is given next to the seeds' spread, because with three
 seeds a gap smaller than the std is not evidence either way. Control recipes (``CONTROL_ROWS``, e.g.
-``<prefix>nokd_steps``: no KD for as many steps as the augmented row) are listed with their
+``<prefix>nokd_steps``: no KD for as many steps as the augmented row; ``<prefix>mt_equal_staged``: equal
+weights in the RL recipe's two stages) are listed with their
 comparisons only where they ran, and are never counted as a KD row or a best row. With ``--across`` and several folders
 (one per task), one table gives each claim's gap and verdict per task and how many tasks it holds
 on, and the three best rows of each task.
@@ -53,10 +54,14 @@ CLAIMS = [  # (better, worse, claim)
 # where they ran, and never counted as KD rows
 CONTROL_ROWS = [
     ("nokd_steps", "control: no KD, as many steps as the augmented row"),
+    ("mt_equal_staged", "control: equal weights in the RL recipe's two stages"),
 ]
 CONTROL_CLAIMS = [
     ("nokd_steps", "nokd", "control: more steps alone ≥ no KD"),
     ("augmented", "nokd_steps", "control: augmented ≥ no KD with as many steps"),
+    ("mt_equal_staged", "mt_equal", "control: equal weights in two stages ≥ in one"),
+    ("rl_selector", "mt_equal_staged", "control: RL selector ≥ equal weights in the same two stages"),
+    ("rl_dev", "mt_equal_staged", "control: RL selector (dev reward) ≥ equal weights in the same two stages"),
 ]
 
 

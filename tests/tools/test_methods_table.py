@@ -98,7 +98,22 @@ def test_control_rows_only_where_they_ran_and_never_a_kd_row(tmp_path, capsys, m
            "0.7600 vs 0.7300 | +0.0300 | yes |" in out
     assert "every KD row ≥ no KD | `student3_nokd_steps`" not in out
 
+    # the RL recipe's two stages with equal weights: compared with one stage and with the selector
+    for seed, (equal, staged, rl) in enumerate([(0.70, 0.68, 0.69), (0.72, 0.70, 0.71)], 1):
+        write(tmp_path, "student3_mt_equal", seed, equal, equal)
+        write(tmp_path, "student3_mt_equal_staged", seed, staged, staged)
+        write(tmp_path, "student3_rl_selector", seed, rl, rl)
+    load_tool("methods_table").main()
+    out = capsys.readouterr().out
+    assert "| control: equal weights in the RL recipe's two stages | `student3_mt_equal_staged` | 2 |" in out
+    assert "| control: equal weights in two stages ≥ in one | `student3_mt_equal_staged` vs `student3_mt_equal` | " \
+           "0.6900 vs 0.7100 | -0.0200 | no |" in out
+    assert "| control: RL selector ≥ equal weights in the same two stages | `student3_rl_selector` vs " \
+           "`student3_mt_equal_staged` | 0.7000 vs 0.6900 | +0.0100 | yes (within the seeds' std) |" in out
+    assert "every KD row ≥ no KD | `student3_mt_equal_staged`" not in out
+
     monkeypatch.setattr(sys, "argv", ["methods_table.py", str(tmp_path), "--across", "--prefix", "student3_"])
     load_tool("methods_table").main()
     best = [line for line in capsys.readouterr().out.splitlines() if line.startswith("- ")]
-    assert best == [f"- {tmp_path.name} (test accuracy): augmented transfer set 0.7600; no KD 0.7000"]
+    assert best == [f"- {tmp_path.name} (test accuracy): augmented transfer set 0.7600, multi-teacher, equal weights "
+                    f"0.7100, RL teacher selector 0.7000; no KD 0.7000"]  # controls are never a best row
