@@ -408,7 +408,8 @@ def results(entries: list[Entry], batch_sizes) -> dict:
         for size in batch_sizes:
             entry[f"batch{size}_examples_per_second"] = round(e.speed(size), 1)
             if size == 1:
-                entry["batch1_ms_per_example"] = round(e.latency_ms(1), 4)
+                # significant digits, not decimals: a tiny model's latency is a few hundredths of a ms
+                entry["batch1_ms_per_example"] = float(f"{e.latency_ms(1):.5g}")
         models[e.model if len({x.run for x in entries}) == 1 else f"{e.run}/{e.model}"] = entry
     compared = [{**c, "speedup": {f"batch{s}": round(x, 2) for s, x in c["speedup"].items()},
                  "compression": round(c["compression"], 2)} for c in comparisons(entries, batch_sizes)]
