@@ -36,23 +36,19 @@ def run_weights(root: str | Path, model: str) -> Path:
 
 
 def _strings(value) -> set[str]:
+    """Every string anywhere inside a JSON value."""
     if isinstance(value, str):
         return {value}
-    if isinstance(value, dict):
-        return set().union(*(_strings(v) for v in value.values())) if value else set()
-    if isinstance(value, list):
-        return set().union(*(_strings(v) for v in value)) if value else set()
-    return set()
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return set().union(*(_strings(v) for v in items))
 
 
-def drop_unused_run_models(values: dict) -> list[str]:
-    """Remove the ``{"run": ...}`` models that no stage names; return their names."""
+def drop_unused_run_models(values: dict) -> None:
+    """Remove the ``{"run": ...}`` models that no stage names (in place)."""
     named = _strings(values.get("stages", []))
-    unused = [name for name, model in values["models"].items()
-              if isinstance(model, dict) and "run" in model and name not in named]
-    for name in unused:
+    for name in [name for name, model in values["models"].items()
+                 if isinstance(model, dict) and "run" in model and name not in named]:
         del values["models"][name]
-    return unused
 
 
 def expand_run_models(values: dict, base_dir: Path, file: str) -> None:
