@@ -17,17 +17,19 @@ length and chars are dynamic axes.
 
 How (torch 2.13, CPU):
 
-* TorchScript: ``torch.jit.trace`` of the wrapper. Tracing records ``pack_padded_sequence``,
-  the LSTM on the packed data and ``pad_packed_sequence`` as graph operations fed by the mask
-  (the lengths, the sort order, the LSTM's initial-state batch size and the padded length are all
-  computed from the inputs at run time), so a BiLSTM/BiGRU traced on one batch shape gives the
-  same numbers on any other. This is not taken on trust: see the check below.
+* TorchScript: ``torch.jit.trace`` of the wrapper. A BiLSTM/BiGRU on its default padded path
+  is traced as one LSTM/GRU per direction over the padded batch and the per-row reversal index
+  computed from the mask; on its packed path (``"packed": true``) as ``pack_padded_sequence``,
+  the LSTM on the packed data and ``pad_packed_sequence``. Either way the lengths, the padded
+  length and the initial-state batch size are computed from the inputs at run time, so a model
+  traced on one batch shape gives the same numbers on any other. This is not taken on trust:
+  see the check below.
 * ONNX: the TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``, opset 17),
-  which maps the packed LSTM to the ONNX ``LSTM`` operator with ``sequence_lens`` and needs only
-  the ``onnx`` package. The newer ``torch.export``-based exporter (the default since torch 2.9,
-  which also needs ``onnxscript``) cannot export ``pack_padded_sequence`` (the packed batch sizes
-  are data-dependent), so it is used only as a fallback when the TorchScript-based exporter
-  fails (or is gone from a later torch) and ``onnxscript`` is installed.
+  which maps each LSTM to the ONNX ``LSTM`` operator (with ``sequence_lens`` on the packed path)
+  and needs only the ``onnx`` package. The newer ``torch.export``-based exporter (the default
+  since torch 2.9, which also needs ``onnxscript``) cannot export ``pack_padded_sequence`` (the
+  packed batch sizes are data-dependent), so it is used only as a fallback when the
+  TorchScript-based exporter fails (or is gone from a later torch) and ``onnxscript`` is installed.
 
 After writing, the exported file is loaded back (``torch.jit.load`` / ``onnxruntime``) and run
 next to the PyTorch model on up to 64 real examples of the run's dev split (else test, else

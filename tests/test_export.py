@@ -40,8 +40,28 @@ def pytorch_outputs(run_dir, model: str, batches: list[tuple]) -> tuple:
         return experiment, [wrapper(*batch) for batch in batches]
 
 
-@pytest.mark.parametrize("model", ["student", "teacher"])  # teacher: a BiLSTM run on packed sequences
+def packed_copy(finished_run, tmp_path):
+    """A copy of the finished run whose teacher's BiLSTM runs on torch's packed-sequence path."""
+    import shutil
+
+    target = tmp_path / "packed_run"
+    shutil.copytree(finished_run, target)
+    config = json.loads((target / "config.json").read_text(encoding="utf-8"))
+    recurrent = [node for node in config["models"]["teacher"]["graph"] if node["block"] == "BiLSTM"]
+    assert recurrent
+    for node in recurrent:
+        node["packed"] = True
+    (target / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    _, experiment, _ = load_run(target, log=quiet)
+    assert any(getattr(module, "packed", False) for module in experiment.models["teacher"].modules())
+    return target
+
+
+# teacher: a BiLSTM on its padded path; packed: the same on torch's packed-sequence path
+@pytest.mark.parametrize("model", ["student", "teacher", "packed"])
 def test_torchscript_matches_pytorch_on_other_shapes(finished_run, tmp_path, model, capsys):
+    if model == "packed":
+        finished_run, model = packed_copy(finished_run, tmp_path), "teacher"
     target = tmp_path / f"{model}.pt"
     code = main(["export", str(finished_run), "--format", "torchscript", "--model", model, "--output", str(target)])
     out = capsys.readouterr().out
@@ -59,8 +79,10 @@ def test_torchscript_matches_pytorch_on_other_shapes(finished_run, tmp_path, mod
             assert (got - want).abs().max().item() < 1e-4
 
 
-@pytest.mark.parametrize("model", ["student", "teacher"])
+@pytest.mark.parametrize("model", ["student", "teacher", "packed"])
 def test_onnx_matches_pytorch_on_other_shapes(finished_run, tmp_path, model, capsys):
+    if model == "packed":
+        finished_run, model = packed_copy(finished_run, tmp_path), "teacher"
     pytest.importorskip("onnx", reason="ONNX export needs: pip install distilblocks[export]")
     onnxruntime = pytest.importorskip("onnxruntime", reason="ONNX export needs: pip install distilblocks[export]")
     target = tmp_path / f"{model}.onnx"

@@ -51,3 +51,29 @@ def test_shared_on_two_inputs(tools):
     a, b = tools.random_sequence([2, 3], 4), tools.random_sequence([4], 4)
     assert block(a).values.shape == (2, 4, 6)
     assert block(b).values.shape == (1, 5, 6)
+
+
+@pytest.mark.parametrize("cls", RNNS)
+@pytest.mark.parametrize("bidirectional, layers", [(True, 1), (True, 2), (False, 2)])
+def test_padded_path_equals_packed_path(cls, bidirectional, layers):
+    """The default padded path (reversed rows for the right-to-left direction) computes what
+    torch's PackedSequence path does: outputs and every gradient, with an empty row in the batch."""
+    torch.manual_seed(0)
+    padded = cls([Spec(SEQUENCE, 4)], hidden=3, layers=layers, bidirectional=bidirectional)
+    packed = cls([Spec(SEQUENCE, 4)], hidden=3, layers=layers, bidirectional=bidirectional, packed=True)
+    packed.load_state_dict(padded.state_dict())
+    lengths = torch.tensor([5, 2, 0, 4])
+    mask = torch.arange(6)[None] < lengths[:, None]
+    values = torch.randn(4, 6, 4)
+    results = []
+    for block in (padded, packed):
+        inputs = values.clone().requires_grad_(True)
+        out = block(Sequence(inputs, mask)).values
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append((out, inputs.grad, [p.grad for p in block.parameters()]))
+    (out_a, grad_a, params_a), (out_b, grad_b, params_b) = results
+    torch.testing.assert_close(out_a, out_b, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(grad_a, grad_b, atol=1e-6, rtol=1e-5)
+    for a, b in zip(params_a, params_b):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert torch.all(out_a[2] == 0) and torch.all(out_a[1, 2:] == 0)

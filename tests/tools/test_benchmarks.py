@@ -173,3 +173,24 @@ def test_host_memory_benchmark_runs_each_allocator_in_its_own_process(tiny_confi
     with pytest.raises(SystemExit, match="the 'system' side failed"):
         tool.main(["--config", str(tiny_config), "--threads", "1", "--steps", "2", "--repeats", "1"])
     assert "trained by the recipe itself" in capsys.readouterr().err
+
+
+def test_recurrent_benchmark_times_both_paths_in_training_and_inference(tiny_config, tmp_path, capsys):
+    run_dir = tmp_path / "tinyrun"
+    train(load_config(tiny_config), run_dir=run_dir, progress=False, log=lambda *a: None)
+    capsys.readouterr()
+    tool = load_tool("bench_recurrent")
+    code = tool.main(["--config", str(tiny_config), "--stage", "0", "--steps", "3", "--repeats", "2",
+                      "--run", str(run_dir), "--examples", "20", "--batch1-examples", "5", "--repeats", "1",
+                      "--threads", "1"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert out.count("padded: 3 steps") == 1 and out.count("packed: 3 steps") == 1
+    assert "speedup packed / padded:" in out and "final student weights, padded vs packed: equal" in out
+    assert "teacher (teacher), padded" in out and "teacher (teacher), packed" in out
+    assert "student (student)" not in out  # the TextCNN student has no recurrent block
+    difference = float(out.split("largest |output difference| ")[1].split()[0])
+    assert difference < 1e-5
+    recipe = student_recipe_with_a_finished_teacher(tiny_config, tmp_path)
+    with pytest.raises(SystemExit, match="'student' trained by stage 0 has no BiLSTM/BiGRU block"):
+        tool.main(["--config", str(recipe), "--threads", "1"])
