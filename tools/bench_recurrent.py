@@ -12,8 +12,10 @@ Two measurements, each with the sides alternating so that a change of machine lo
   and batch order, with every recurrent block of the trained model on one path, then the other.
   Teachers come from their run directories and their outputs from the shared teacher cache
   (built first if missing, not timed), so a step is the student's forward, backward, gradient
-  clipping and optimizer step. Reported: ms per step, the speedup, and whether the two students
-  end equal within float-rounding drift.
+  clipping and optimizer step. Checked first: the two paths' outputs and gradients at the same
+  weights on 4 training batches from short to long (the exit code is 1 if they differ by more than 1e-4).
+  Reported: ms per step, the speedup, and how far apart the two students end (float-rounding
+  drift: the kernels round differently and Adam amplifies it; not a pass/fail check).
 * ``--run RUN_DIR``: inference. Every trained model of the run that has a recurrent block, on
   each path, timed as ``tools/bench_inference.py`` does (dev split pre-collated, batches sorted
   by length, ``torch.inference_mode()``, best of ``--repeats`` interleaved passes), with the
@@ -44,6 +46,7 @@ from blocks.errors import DistilBlocksError
 from blocks.layers.recurrent import RecurrentEncoder
 
 PATHS = {False: "padded", True: "packed"}
+OUTPUT_TOLERANCE = 1e-4  # largest allowed |padded - packed| of an output or a gradient at the same weights
 
 
 def recurrent_blocks(model: torch.nn.Module) -> list[RecurrentEncoder]:
@@ -68,6 +71,37 @@ def training_side(experiment, stage_index: int, device: torch.device, initial: d
     return {"loop": timed.loop, "build": timed.build, "steps": timed.result["steps"], "weights": snapshot(model)}
 
 
+def gradient_difference(experiment, stage: dict, device: torch.device, batches: int = 4) -> tuple[float, float]:
+    """Largest |padded - packed| of the student's output and of its gradients, same weights, same batches.
+
+    The gradient is that of the sum of the output node over ``batches`` training batches spread from
+    the shortest to the longest (dropout off), so it tests the backward passes of both paths, not only their outputs.
+    """
+    from blocks.data.batching import sorted_batches
+
+    model = experiment.models[stage["train"]]
+    train = experiment.splits["train"]
+    largest_output = largest_gradient = 0.0
+    model.eval()
+    ordered = sorted_batches(train.lengths, stage["batch_size"])
+    for index in ordered[::max(1, len(ordered) // batches)][:batches]:  # short to long
+        batch = train.collate(index).to(device)
+        results = []
+        for packed in (False, True):
+            use_path(model, packed)
+            model.zero_grad(set_to_none=True)
+            output = experiment.model_values(stage["train"], batch)[model.output_name]
+            output.float().sum().backward()
+            results.append((output.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                              if p.grad is not None}))
+        (out_a, grads_a), (out_b, grads_b) = results
+        largest_output = max(largest_output, (out_a - out_b).abs().max().item())
+        largest_gradient = max([largest_gradient] + [(grads_a[n] - grads_b[n]).abs().max().item() for n in grads_a])
+    model.zero_grad(set_to_none=True)
+    model.train()
+    return largest_output, largest_gradient
+
+
 def bench_training(args, device: torch.device) -> bool:
     experiment, stage_index = first_steps_of_stage(args.config, args.overrides, args.stage, args.steps,
                                                    cache_teachers=True, device_name=args.device)
@@ -82,6 +116,10 @@ def bench_training(args, device: torch.device) -> bool:
     print(f"training: {args.config}, stage {stage_index} '{stage['name']}': '{stage['train']}' "
           f"({len(found)} recurrent block(s)), batch size {stage['batch_size']}, "
           f"teachers: {', '.join(stage['teachers']) or 'none'} (outputs from the teacher cache)")
+    output_gap, gradient_gap = gradient_difference(experiment, stage, device)
+    same = output_gap <= OUTPUT_TOLERANCE and gradient_gap <= OUTPUT_TOLERANCE
+    print(f"  same weights, 4 training batches (short to long): largest |padded - packed| output {output_gap:.2e}, "
+          f"gradient {gradient_gap:.2e} -> {'same' if same else 'DIFFERENT'} (tolerance {OUTPUT_TOLERANCE:g})")
     times: dict[bool, list[float]] = {False: [], True: []}
     ends: dict[bool, dict] = {}
     for repeat in range(args.repeats):
@@ -92,13 +130,15 @@ def bench_training(args, device: torch.device) -> bool:
             ends[packed] = result
             print(f"  repeat {repeat + 1}, {PATHS[packed]}: {result['steps']} steps, {1000 * per_step:.1f} ms/step"
                   f" (+ {result['build']:.1f} s opening or building the teacher cache, not timed)", flush=True)
-    weights, same = compare_weights(ends[False]["weights"], ends[True]["weights"], rtol=1e-3, atol=1e-5)
+    use_path(student, False)
+    weights, _ = compare_weights(ends[False]["weights"], ends[True]["weights"], rtol=1e-3, atol=1e-5)
     padded_ms, packed_ms = (1000 * statistics.median(times[p]) for p in (False, True))
     print(f"training results ({args.steps} steps, median of {args.repeats}):")
     print(f"  packed (\"packed\": true): {packed_ms:.1f} ms/step")
     print(f"  padded (the default):    {padded_ms:.1f} ms/step")
     print(f"  speedup packed / padded: {packed_ms / padded_ms:.2f}x")
-    print(f"  final student weights, padded vs packed: {weights}")
+    print(f"  final student weights, padded vs packed: {weights} (the kernels round differently, and Adam's "
+          f"normalised steps turn last-bit differences of small gradients into steps of up to the learning rate)")
     return same
 
 
@@ -134,10 +174,11 @@ def largest_difference(entry: Entry) -> float:
     return largest
 
 
-def bench_inference(args, device: torch.device) -> None:
+def bench_inference(args, device: torch.device) -> bool:
+    """Time the run's models with recurrent blocks on both paths; False if their outputs differ."""
     found, about = run_entries(args.run, args.run, args.batch_sizes, args.examples, args.batch1_examples,
                                device=device)
-    entries = []
+    entries, same = [], True
     for entry in found:
         if not recurrent_blocks(entry.experiment.models[entry.model]):
             continue
@@ -154,11 +195,14 @@ def bench_inference(args, device: torch.device) -> None:
     for padded, packed in zip(entries[::2], entries[1::2]):
         ratios = ", ".join(f"batch {size}: {padded.speed(size) / packed.speed(size):.2f}x"
                            for size in args.batch_sizes)
+        difference = largest_difference(padded)
+        same = same and difference <= OUTPUT_TOLERANCE
         print(f"  {padded.model}: padded / packed examples/s {ratios}; largest |output difference| "
-              f"{largest_difference(padded):.2e}")
+              f"{difference:.2e}")
     print("Markdown:")
     for line in markdown_table(headers, rows, left):
         print(line)
+    return same
 
 
 def parse_args(argv) -> argparse.Namespace:
@@ -193,9 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     same = True
     try:
         if args.run:
-            bench_inference(args, torch.device("cpu"))
+            same = bench_inference(args, torch.device("cpu"))
         if args.config:
-            same = bench_training(args, device)
+            same = bench_training(args, device) and same
     except DistilBlocksError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
