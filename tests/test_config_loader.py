@@ -198,3 +198,23 @@ def test_resolved_config_is_json_and_imports_are_absolute(project):
     assert config["imports"] == [str(project.root / "my_blocks.py"), "some.module"]
     assert json.loads(json.dumps(config.values)) == config.values
     assert config.base_dir == project.root
+
+
+def test_run_directories_in_overrides_are_relative_to_where_the_command_runs(project, tmp_path, monkeypatch):
+    """Whether the override names the run path itself or a whole model object holding it."""
+    folder = tmp_path / "recipes"
+    folder.mkdir()
+    values = project.config()
+    values["data"]["root"] = str(project.root / "data")
+    path = folder / "config.json"
+    path.write_text(json.dumps(values), encoding="utf-8")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    teachers = 'stages.1.teachers=["teacher","extra"]'
+    for override in ('models.extra={"run": "runs/t"}', 'models.extra.run=runs/t'):
+        extra = [] if override.startswith('models.extra={') else ['models.extra={"run": "x"}']
+        with pytest.raises(ConfigError, match="run directory not found") as error:
+            load_config(path, [*extra, override, teachers], environ={})
+        assert str(elsewhere / "runs" / "t") in str(error.value)
+        assert error.value.path == "/models/extra/run"

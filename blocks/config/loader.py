@@ -96,6 +96,21 @@ def _absolutize_paths(values: dict, folder: Path) -> None:
             model["run"] = os.path.normpath(folder / model["run"])
 
 
+def _command_line_paths(parts: list[str], value: Any) -> Any:
+    """An override's value with its data root, cache folder and run directories made absolute from
+    where the command runs (a config file's own are relative to that file), whether the override
+    names the path itself (``models.teacher.run=...``) or an object holding it (``models.t2={"run": ...}``)."""
+    if parts == ["cache_dir"] and isinstance(value, str):
+        return os.path.abspath(value)
+    nested = value
+    for part in reversed(parts):
+        nested = {part: nested}
+    _absolutize_paths(nested, Path.cwd())
+    for part in parts:
+        nested = nested[part]
+    return nested
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``stages.0.epochs=3`` or ``/stages/0/epochs=3`` -> (["stages", "0", "epochs"], 3).
 
@@ -218,10 +233,7 @@ def load_config(path: str | Path, overrides: Iterable[str] = (), environ: dict |
         values.setdefault("data", {})["root"] = os.path.abspath(environ[DATA_ROOT_VARIABLE])
     for text in overrides:
         parts, value = parse_override(text)
-        if (parts in (["data", "root"], ["cache_dir"]) or (len(parts) == 3 and parts[0] == "models" and parts[2] == "run")) \
-                and isinstance(value, str):  # paths given on the command line are relative to where it runs
-            value = os.path.abspath(value)
-        apply_override(values, parts, value, text)
+        apply_override(values, parts, _command_line_paths(parts, value), text)
     values.pop("$schema", None)
     validate_structure(values, file)
     task = values.setdefault("task", {})
