@@ -27,8 +27,8 @@ import tempfile
 
 import torch
 
-from blocks.engine.benchmark import (available_cores, compare_weights, first_steps_of_stage, load_average, snapshot,
-                                     start_benchmark, time_stage)
+from blocks.engine.benchmark import (alternate_sides, available_cores, compare_weights, first_steps_of_stage,
+                                     load_average, snapshot, start_benchmark, time_stage)
 from blocks.engine.run_dir import RunDir
 from blocks.engine.trainer import StageTrainer
 from blocks.errors import DistilBlocksError
@@ -46,7 +46,7 @@ def side(experiment: Experiment, stage_index: int, device: torch.device, initial
         timed = time_stage(trainer, device)
         kernel = trainer.optimizer.defaults.get("fused")
     return {"loop": timed.loop, "build": timed.build, "steps": timed.result["steps"],
-            "weights": snapshot(model), "kernel": "fused" if kernel else "foreach"}
+            "weights": snapshot(model), "label": "fused" if kernel else "foreach"}
 
 
 def parse_args(argv) -> argparse.Namespace:
@@ -90,19 +90,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{stage['batch_size']}, grad clip {stage['grad_clip']}; teachers: {', '.join(stage['teachers']) or 'none'}"
           f" (outputs from the teacher cache)")
 
-    times: dict[bool, list[float]] = {True: [], False: []}
-    ends: dict[bool, dict] = {}
-    for repeat in range(args.repeats):
-        for fused in (True, False):
-            result = side(experiment, stage_index, device, initial, fused)
-            per_step = result["loop"] / max(result["steps"], 1)
-            times[fused].append(per_step)
-            ends[fused] = result
-            note = f" (+ {result['build']:.1f} s opening or building the teacher cache, not timed)"
-            print(f"  repeat {repeat + 1}, {result['kernel']:7s}: {result['steps']} steps, "
-                  f"{1000 * per_step:.1f} ms/step{note}", flush=True)
-    weights, same = compare_weights(ends[True]["weights"], ends[False]["weights"], rtol=1e-3, atol=1e-5)
-    fused_ms, loop_ms = 1000 * statistics.median(times[True]), 1000 * statistics.median(times[False])
+    times, ends = alternate_sides({"fused": lambda: side(experiment, stage_index, device, initial, True),
+                                   "foreach": lambda: side(experiment, stage_index, device, initial, False)},
+                                  args.repeats)
+    weights, same = compare_weights(ends["fused"]["weights"], ends["foreach"]["weights"], rtol=1e-3, atol=1e-5)
+    fused_ms, loop_ms = 1000 * statistics.median(times["fused"]), 1000 * statistics.median(times["foreach"])
     print()
     print(f"results ({args.steps} steps, median of {args.repeats}):")
     print(f"  multi-tensor loop (fused: false): {loop_ms:.1f} ms/step")

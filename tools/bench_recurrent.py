@@ -37,9 +37,9 @@ from dataclasses import dataclass
 
 import torch
 
-from blocks.engine.benchmark import (Entry, available_cores, compare_weights, first_steps_of_stage, format_table,
-                                     load_average, markdown_table, measure, run_entries, snapshot, speed_table,
-                                     start_benchmark, time_stage)
+from blocks.engine.benchmark import (Entry, alternate_sides, available_cores, compare_weights, first_steps_of_stage,
+                                     format_table, load_average, markdown_table, measure, run_entries, snapshot,
+                                     speed_table, start_benchmark, time_stage)
 from blocks.engine.run_dir import RunDir
 from blocks.engine.trainer import StageTrainer
 from blocks.errors import DistilBlocksError
@@ -120,19 +120,11 @@ def bench_training(args, device: torch.device) -> bool:
     same = output_gap <= OUTPUT_TOLERANCE and gradient_gap <= OUTPUT_TOLERANCE
     print(f"  same weights, 4 training batches (short to long): largest |padded - packed| output {output_gap:.2e}, "
           f"gradient {gradient_gap:.2e} -> {'same' if same else 'DIFFERENT'} (tolerance {OUTPUT_TOLERANCE:g})")
-    times: dict[bool, list[float]] = {False: [], True: []}
-    ends: dict[bool, dict] = {}
-    for repeat in range(args.repeats):
-        for packed in (False, True):
-            result = training_side(experiment, stage_index, device, initial, packed)
-            per_step = result["loop"] / max(result["steps"], 1)
-            times[packed].append(per_step)
-            ends[packed] = result
-            print(f"  repeat {repeat + 1}, {PATHS[packed]}: {result['steps']} steps, {1000 * per_step:.1f} ms/step"
-                  f" (+ {result['build']:.1f} s opening or building the teacher cache, not timed)", flush=True)
+    times, ends = alternate_sides({PATHS[packed]: (lambda packed=packed: training_side(
+        experiment, stage_index, device, initial, packed)) for packed in (False, True)}, args.repeats)
     use_path(student, False)
-    weights, _ = compare_weights(ends[False]["weights"], ends[True]["weights"], rtol=1e-3, atol=1e-5)
-    padded_ms, packed_ms = (1000 * statistics.median(times[p]) for p in (False, True))
+    weights, _ = compare_weights(ends["padded"]["weights"], ends["packed"]["weights"], rtol=1e-3, atol=1e-5)
+    padded_ms, packed_ms = (1000 * statistics.median(times[path]) for path in ("padded", "packed"))
     print(f"training results ({args.steps} steps, median of {args.repeats}):")
     print(f"  packed (\"packed\": true): {packed_ms:.1f} ms/step")
     print(f"  padded (the default):    {padded_ms:.1f} ms/step")

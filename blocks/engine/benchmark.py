@@ -170,6 +170,29 @@ def time_stage(trainer, device: torch.device) -> TimedStage:
     return TimedStage(result, total, end.total, build.total)
 
 
+def alternate_sides(sides: dict, repeats: int) -> tuple[dict[str, list[float]], dict[str, dict]]:
+    """Run the sides of a benchmark in turn, ``repeats`` times, so that a change of load hits all.
+
+    ``sides`` maps a name to a function that runs that side once and returns at least ``loop``
+    (seconds), ``steps`` and ``build`` (seconds opening the teacher cache), and optionally
+    ``label`` (shown instead of the name). Prints a line per run; returns the seconds per step of
+    every run and the last result, both by side name.
+    """
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    last: dict[str, dict] = {}
+    width = max(len(name) for name in sides)
+    for repeat in range(repeats):
+        for name, run_side in sides.items():
+            result = run_side()
+            per_step = result["loop"] / max(result["steps"], 1)
+            times[name].append(per_step)
+            last[name] = result
+            print(f"  repeat {repeat + 1}, {result.get('label', name):{width}s}: {result['steps']} steps, "
+                  f"{1000 * per_step:.1f} ms/step (+ {result['build']:.1f} s opening or building the teacher "
+                  f"cache, not timed)", flush=True)
+    return times, last
+
+
 def first_steps_of_stage(config_file: str, overrides: list[str], stage: int | None, steps: int, cache_teachers: bool,
                          device_name: str):
     """The experiment of a recipe set up to time the first ``steps`` steps of one stage.
