@@ -46,6 +46,27 @@ class Block(nn.Module):
         """
         return None
 
+    def init_from(self, source: "Block") -> str:
+        """Copy the weights of ``source``, a node of another model (``"init_from"`` in the config).
+
+        Called once, when the first stage that trains this model starts. This default asks for a
+        block of the same type with the same tensors; a block whose layout can differ from its
+        source's (a transformer keeping fewer layers) overrides it. Returns what was copied, for
+        the log; raises :class:`WidthError` when the weights do not fit.
+        """
+        if type(source) is not type(self):
+            raise WidthError(f"is a {type(self).__name__}, its source a {type(source).__name__}")
+        mine, theirs = self.state_dict(), source.state_dict()
+        if set(mine) != set(theirs):
+            key = sorted(set(mine) ^ set(theirs))[0]
+            raise WidthError(f"has other tensors than its source (first difference: '{key}')")
+        for key, tensor in mine.items():
+            if theirs[key].shape != tensor.shape:
+                raise WidthError(f"'{key}' is {tuple(tensor.shape)} here but {tuple(theirs[key].shape)} "
+                                 f"in the source")
+        self.load_state_dict(theirs)
+        return f"{len(mine)} tensors"
+
 
 def expect_inputs(inputs: SequenceType[Spec], count: int | tuple[int, int],
                   kinds: tuple[str, ...] | None = None) -> None:

@@ -17,6 +17,7 @@ from torch import nn
 
 from blocks.catalog import load_builtin_entries
 from blocks.config.loader import REGRESSION_METRICS, Config
+from blocks.config.run_models import INIT_SEPARATOR
 from blocks.data.pretrained_tokenizer import slug
 from blocks.data.dataset import (PRETRAINED, SPLITS, EncodedSplit, Task, build_input_fields, count_tokens, discover_task,
                                  encode_rows, input_specs, read_split, split_sources)
@@ -25,7 +26,7 @@ from blocks.data.vocabulary import Vocabulary
 from blocks.distill.losses import LossContext
 from blocks.distill.schedules import make_schedule
 from blocks.engine.checkpoint import atomic_write_json
-from blocks.errors import ConfigError, DataError, did_you_mean
+from blocks.errors import ConfigError, DataError, WidthError, did_you_mean
 from blocks.graph import Graph, block_params
 from blocks.registry import LOSSES, METRICS
 
@@ -94,10 +95,47 @@ def check_references(config: Config) -> None:
         METRICS.get(stage["select"] or values["task"]["metrics"][0], file, f"{path}/select")
         check_transfer_config(values, i, file)
         trained.add(stage["train"])
+    first_stage = {}  # model -> index of the first stage that trains it
+    for i, stage in enumerate(values["stages"]):
+        first_stage.setdefault(stage["train"], i)
     for model_name, model in models.items():
         for i, node in enumerate(model["graph"]):
             if "block" in node:
                 block_params(node, file, f"/models/{model_name}/graph/{i}", num_outputs=2)
+            if "init_from" in node:
+                check_init_from(values, model_name, i, first_stage, file)
+
+
+def init_source(node: dict) -> tuple[str, str]:
+    """The (model, node) that a node's ``"init_from"`` names ("<model>" means the same node name)."""
+    model, _, source = node["init_from"].partition(INIT_SEPARATOR)
+    return model, source or node["name"]
+
+
+def check_init_from(values: dict, model_name: str, index: int, first_stage: dict[str, int], file) -> None:
+    node = values["models"][model_name]["graph"][index]
+    path = f"/models/{model_name}/graph/{index}/init_from"
+    models = values["models"]
+    source_model, source_node = init_source(node)
+    if "share" in node:
+        raise ConfigError(f"node '{node['name']}' shares the block of '{node['share']}', and with it that "
+                          f"node's weights: give init_from there", file, path)
+    if source_model not in models:
+        raise ConfigError(f"model '{source_model}' is not defined{did_you_mean(source_model, models)} "
+                          f"(models: {', '.join(models)})", file, path)
+    if source_model == model_name:
+        raise ConfigError(f"a node cannot start from a node of its own model '{model_name}'", file, path)
+    names = [n["name"] for n in models[source_model]["graph"]]
+    if source_node not in names:
+        raise ConfigError(f"model '{source_model}' has no node '{source_node}'{did_you_mean(source_node, names)} "
+                          f"(name it as \"{source_model}{INIT_SEPARATOR}<node>\")", file, path)
+    if model_name not in first_stage:
+        raise ConfigError(f"init_from takes effect when a stage trains model '{model_name}', and none does",
+                          file, path)
+    trained_before = any(stage["train"] == source_model for stage in values["stages"][:first_stage[model_name]])
+    if "run" not in models[source_model] and not trained_before:
+        raise ConfigError(f"model '{source_model}' is not trained before model '{model_name}' is (by an earlier "
+                          f"stage, or taken from a run)", file, path)
 
 
 def load_vocabulary_file(file: str, config: Config, path: str) -> Vocabulary:
@@ -271,6 +309,24 @@ class Experiment:
                 index[input_field.tokenizer.written] = name
         if index:
             atomic_write_json(folder.parent / PRETRAINED_FOLDER / "index.json", index)
+
+    def init_from_models(self, name: str, log=print) -> None:
+        """The nodes of model ``name`` with ``"init_from"`` take the weights of their source nodes."""
+        model = self.config["models"][name]
+        for index, node in enumerate(model["graph"]):
+            if "init_from" not in node:
+                continue
+            source_model, source_node = init_source(node)
+            source_graph = self.models[source_model]
+            owner = next(n.owner for n in source_graph.nodes if n.name == source_node)
+            try:
+                report = self.models[name].blocks[node["name"]].init_from(source_graph.blocks[owner])
+            except WidthError as error:
+                raise ConfigError(f"node '{node['name']}' cannot start from '{source_model}{INIT_SEPARATOR}"
+                                  f"{source_node}': it {error}", self.config.file,
+                                  f"/models/{name}/graph/{index}/init_from") from None
+            log(f"model '{name}': node '{node['name']}' starts from '{source_model}{INIT_SEPARATOR}{source_node}' "
+                f"({report})")
 
     def load_pretrained(self, log=print) -> None:
         """Pretrained weights of every block that has some (models from other runs bring their own)."""

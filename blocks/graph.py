@@ -30,7 +30,7 @@ from blocks.errors import ConfigError, WidthError, did_you_mean
 from blocks.registry import BLOCKS
 from blocks.values import LABELS, Spec
 
-RESERVED_NODE_KEYS = ("name", "block", "input", "share")
+RESERVED_NODE_KEYS = ("name", "block", "input", "share", "init_from")
 OUTPUT_SEPARATOR = ":"  # "<node>:<named output>"
 
 

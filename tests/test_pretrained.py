@@ -183,3 +183,98 @@ def test_bad_pretrained_locations_and_mismatched_tokenizers(project, tiny_bert, 
     with pytest.raises(ConfigError, match="tokenizer and weights do not match") as error:
         project.prepare(pretrained_config(project, mismatched))
     assert "/models/teacher/graph/0" in str(error.value)
+
+
+def test_student_layers_start_from_the_fine_tuned_teacher(project, tiny_bert):
+    """``"init_from": "teacher"``: kept layer i of the student takes the teacher's copy of the same
+    pretrained layer, the head the teacher's head."""
+    student = [
+        {"name": "encoder", "block": "PretrainedEncoder", "input": "pieces", "layers": [1, 3], "pooling": "mean",
+         "init_from": "teacher"},
+        {"name": "logits", "block": "Linear", "init_from": "teacher/logits"},
+    ]
+    values = pretrained_config(project, tiny_bert, student)
+    experiment = project.prepare(values)
+    teacher, pupil = experiment.models["teacher"], experiment.models["student"]
+    with torch.no_grad():  # a "fine-tuned" teacher: weights the pretrained folder does not have
+        for parameter in teacher.parameters():
+            parameter.add_(torch.randn_like(parameter))
+    lines = []
+    experiment.init_from_models("student", log=lines.append)
+    assert lines == ["model 'student': node 'encoder' starts from 'teacher/encoder' (layers [1, 3] from the "
+                     "source's [1, 3])",
+                     "model 'student': node 'logits' starts from 'teacher/logits' (2 tensors)"]
+    mine = pupil.blocks["encoder"].model.state_dict()
+    theirs = teacher.blocks["encoder"].model.state_dict()
+    assert torch.equal(mine["encoder.layer.0.attention.self.query.weight"],
+                       theirs["encoder.layer.1.attention.self.query.weight"])
+    assert torch.equal(mine["encoder.layer.1.output.dense.weight"], theirs["encoder.layer.3.output.dense.weight"])
+    assert torch.equal(mine["embeddings.word_embeddings.weight"], theirs["embeddings.word_embeddings.weight"])
+    assert torch.equal(pupil.blocks["logits"].linear.weight, teacher.blocks["logits"].linear.weight)
+
+    # a teacher that kept other layers cannot give layer 1 and 3
+    values["models"]["teacher"]["graph"][0]["layers"] = [0, 2, 3]
+    experiment = project.prepare(values)
+    with pytest.raises(ConfigError, match=r"/models/student/graph/0/init_from: node 'encoder' cannot start from "
+                                          r"'teacher/encoder': it keeps pretrained layers \[1\] that its source "
+                                          r"does not \(it keeps \[0, 2, 3\]\)"):
+        experiment.init_from_models("student")
+    # a node of another type
+    student[1]["init_from"] = "teacher/encoder"
+    values["models"]["teacher"]["graph"][0]["layers"] = None
+    experiment = project.prepare(values)
+    with pytest.raises(ConfigError, match="node 'logits' cannot start from 'teacher/encoder': it is a Linear, "
+                                          "its source a PretrainedEncoder"):
+        experiment.init_from_models("student")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda v: v["models"]["student"]["graph"][1].update(init_from="teachr"),
+     "model 'teachr' is not defined; did you mean 'teacher'?"),
+    (lambda v: v["models"]["student"]["graph"][1].update(init_from="teacher/head"),
+     "model 'teacher' has no node 'head'"),
+    (lambda v: v["models"]["student"]["graph"][1].update(init_from="student/encoder"),
+     "a node cannot start from a node of its own model 'student'"),
+    (lambda v: v["stages"].reverse(),
+     "model 'teacher' is not trained before model 'student' is"),
+    (lambda v: v["models"]["student"]["graph"].append({"name": "again", "share": "logits", "init_from": "teacher"}),
+     "node 'again' shares the block of 'logits', and with it that node's weights"),
+])
+def test_init_from_mistakes_name_the_place(project, tiny_bert, change, message):
+    student = [
+        {"name": "encoder", "block": "PretrainedEncoder", "input": "pieces", "layers": [0, 2]},
+        {"name": "logits", "block": "Linear", "init_from": "teacher"},
+    ]
+    values = pretrained_config(project, tiny_bert, student)
+    values["stages"][1]["teachers"] = []
+    values["stages"][1]["losses"] = [{"block": "CrossEntropy"}]
+    change(values)
+    with pytest.raises(ConfigError, match="/models/student/graph/[0-9]/init_from") as error:
+        project.prepare(values)
+    assert message in str(error.value)
+
+
+def test_init_from_a_run_model_end_to_end(project, tiny_bert):
+    """A model from a finished run that only init_from names is kept in the config, and the new
+    run's student starts from it (here: fine-tuned further on gold labels, no teacher)."""
+    from blocks.config.loader import load_config
+    from blocks.engine.run import train
+
+    values = pretrained_config(project, tiny_bert)
+    values["stages"] = values["stages"][:1]
+    train(load_config(project.write(values), environ={}), run_dir=project.root / "teacher_run", progress=False,
+          log=quiet)
+    student = [
+        {"name": "encoder", "block": "PretrainedEncoder", "input": "pieces", "layers": [0, 2], "pooling": "mean",
+         "init_from": "teacher"},
+        {"name": "logits", "block": "Linear", "init_from": "teacher"},
+    ]
+    values = pretrained_config(project, tiny_bert, student)
+    values["models"]["teacher"] = {"run": "teacher_run"}
+    values["stages"] = [{"name": "tune", "train": "student", "epochs": 1, "batch_size": 16,
+                         "optimizer": {"type": "adamw", "lr": 1e-9}}]
+    lines = []
+    summary = train(load_config(project.write(values, "student.json"), environ={}), run_dir=project.root / "run",
+                    progress=False, log=lines.append)
+    assert "model 'student': node 'logits' starts from 'teacher/logits' (2 tensors)" in lines
+    assert summary["models"]["student"]["dev"]["accuracy"] >= 0.9  # the teacher's head on its layers 0 and 2

@@ -8,7 +8,7 @@ from ``RUN/models/<model>.safetensors`` when the new run starts, and copied into
 run directory stays self-contained.
 
 A model from a run that no stage names (as the model it trains, a teacher, or anywhere else in
-its settings) is left out of the config before that: a shared base config can list every teacher
+its settings) and no graph node starts from (``"init_from"``) is left out of the config before that: a shared base config can list every teacher
 of a comparison, and a recipe that uses one of them runs without the others' run directories.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 from blocks.errors import ConfigError, did_you_mean
 
 RUN_WEIGHTS = "models"
+INIT_SEPARATOR = "/"  # a node's "init_from": "<model>" or "<model>/<node>"
 
 
 def _read(path: Path, file: str, where: str) -> dict:
@@ -44,8 +45,12 @@ def _strings(value) -> set[str]:
 
 
 def drop_unused_run_models(values: dict) -> None:
-    """Remove the ``{"run": ...}`` models that no stage names (in place)."""
+    """Remove the ``{"run": ...}`` models that no stage names and no node starts from (in place)."""
     named = _strings(values.get("stages", []))
+    for model in values["models"].values():
+        for node in model.get("graph", []) if isinstance(model, dict) else ():
+            if isinstance(node, dict) and isinstance(node.get("init_from"), str):
+                named.add(node["init_from"].split(INIT_SEPARATOR)[0])
     for name in [name for name, model in values["models"].items()
                  if isinstance(model, dict) and "run" in model and name not in named]:
         del values["models"][name]

@@ -117,6 +117,9 @@ NODE_SCHEMA = {
         "input": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}],
                   "description": "input name(s) or earlier node name(s); default: the previous node"},
         "share": {"type": "string", "description": "reuse the block instance (and weights) of this node"},
+        "init_from": {"type": "string", "pattern": "^[^/]+(/[^/]+)?$",
+                      "description": "start from the weights of a node of another model, \"<model>\" (its node "
+                                     "of the same name) or \"<model>/<node>\", once that model is trained"},
     },
     "oneOf": [{"required": ["block"], "not": {"required": ["share"]}},
               {"required": ["share"], "not": {"required": ["block"]}}],

@@ -179,6 +179,8 @@ def _train(config: Config, run_dir, resume: bool, log, progress: bool, dist: dis
     for index, stage in enumerate(config["stages"]):
         if stage["name"] in state["completed_stages"]:
             continue
+        if stage["train"] not in state["models"]:  # its first stage (a resumed one reloads its checkpoint)
+            experiment.init_from_models(stage["train"], log)
         trainer = StageTrainer(experiment, index, directory, device, log=log, progress=progress, dist=dist)
         result = trainer.run(resume=resume)
         del trainer  # with several processes: drops the DistributedDataParallel wrapper and its hooks

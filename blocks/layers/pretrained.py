@@ -158,17 +158,8 @@ class PretrainedEncoder(Block):
     def load_pretrained(self, base_dir: Path) -> str | None:
         """Copy the pretrained weights in, renumbering the kept layers."""
         source = load_model(self.location).state_dict()
-        target = self.model.state_dict()
-        loaded = {}
-        for key in target:
-            match = _LAYER_KEY.search(key)
-            source_key = key
-            if match:
-                original = self.kept_layers[int(match.group(2))]
-                source_key = key[:match.start(2)] + str(original) + key[match.end(2):]
-            if source_key in source and source[source_key].shape == target[key].shape:
-                loaded[key] = source[source_key]
-        missing = [k for k in target if k not in loaded and not k.endswith("position_ids")]
+        loaded = self._renumbered(source, {layer: layer for layer in self.kept_layers})
+        missing = [k for k in self.model.state_dict() if k not in loaded and not k.endswith("position_ids")]
         if missing:
             raise ConfigError(f"pretrained weights in '{self.location}' lack {len(missing)} tensors the model "
                               f"needs (first: {missing[0]})")
@@ -176,6 +167,39 @@ class PretrainedEncoder(Block):
         total = len({int(m.group(2)) for k in source for m in [_LAYER_KEY.search(k)] if m})
         return (f"PretrainedEncoder: {self.location} loaded, {len(self.kept_layers)} of {total} layers "
                 f"({', '.join(map(str, self.kept_layers))})")
+
+    def init_from(self, source: Block) -> str:
+        """Start from another PretrainedEncoder (e.g. the fine-tuned teacher): its embeddings and,
+        for each kept layer, the source's copy of the same pretrained layer."""
+        if not isinstance(source, PretrainedEncoder):
+            raise WidthError(f"is a PretrainedEncoder, its source a {type(source).__name__}")
+        at = {layer: i for i, layer in enumerate(source.kept_layers)}
+        absent = [layer for layer in self.kept_layers if layer not in at]
+        if absent:
+            raise WidthError(f"keeps pretrained layers {absent} that its source does not (it keeps "
+                             f"{source.kept_layers})")
+        loaded = self._renumbered(source.model.state_dict(), at)
+        target = self.model.state_dict()
+        if set(loaded) != set(target):
+            key = sorted(set(target) - set(loaded))[0]
+            raise WidthError(f"its source has no tensor of the shape of '{key}' (a different model?)")
+        self.model.load_state_dict(loaded)
+        return f"layers {self.kept_layers} from the source's {[at[layer] for layer in self.kept_layers]}"
+
+    def _renumbered(self, source: dict, position: dict[int, int]) -> dict:
+        """The tensors of ``source`` that fill this model, by key: kept layer i reads the source's
+        layer ``position[kept_layers[i]]``; tensors missing or of another shape are left out."""
+        target = self.model.state_dict()
+        loaded = {}
+        for key in target:
+            match = _LAYER_KEY.search(key)
+            source_key = key
+            if match:
+                original = position[self.kept_layers[int(match.group(2))]]
+                source_key = key[:match.start(2)] + str(original) + key[match.end(2):]
+            if source_key in source and source[source_key].shape == target[key].shape:
+                loaded[key] = source[source_key]
+        return loaded
 
 
 def input_embedding_matrix(location: str) -> torch.Tensor:
