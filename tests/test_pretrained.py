@@ -278,3 +278,33 @@ def test_init_from_a_run_model_end_to_end(project, tiny_bert):
                     progress=False, log=lines.append)
     assert "model 'student': node 'logits' starts from 'teacher/logits' (2 tensors)" in lines
     assert summary["models"]["student"]["dev"]["accuracy"] >= 0.9  # the teacher's head on its layers 0 and 2
+
+
+def test_student_embedding_starts_from_the_fine_tuned_teacher_word_pieces(project, tiny_bert):
+    student = [
+        {"name": "embed", "block": "Embedding", "input": "pieces", "dim": 32, "init_from": "teacher/encoder"},
+        {"name": "encoder", "block": "BiLSTM", "hidden": 8},
+        {"name": "pool", "block": "Pooling"},
+        {"name": "logits", "block": "Linear"},
+    ]
+    values = pretrained_config(project, tiny_bert, student)
+    experiment = project.prepare(values)
+    teacher = experiment.models["teacher"].blocks["encoder"].model.get_input_embeddings().weight
+    with torch.no_grad():
+        teacher.add_(1.0)
+    lines = []
+    experiment.init_from_models("student", log=lines.append)
+    assert lines == [f"model 'student': node 'embed' starts from 'teacher/encoder' ({len(teacher):,} word-piece "
+                     f"vectors)"]
+    embed = experiment.models["student"].blocks["embed"].embedding.weight
+    assert torch.equal(embed[1:], teacher[1:]) and torch.all(embed[0] == 0)
+
+    student[0]["dim"] = 16
+    with pytest.raises(ConfigError, match="'embed' cannot start from 'teacher/encoder': it has dim 16, its "
+                                          "source's input embeddings 32"):
+        project.prepare(pretrained_config(project, tiny_bert, student)).init_from_models("student")
+    student[0].update(dim=32, input="words")
+    values = pretrained_config(project, tiny_bert, student)
+    values["models"]["student"]["inputs"]["words"] = {"field": "text"}
+    with pytest.raises(ConfigError, match="it reads word-level tokens"):
+        project.prepare(values).init_from_models("student")

@@ -56,7 +56,8 @@ class Embedding(Block):
         init_from_pretrained: start from the input-embedding matrix of the pretrained model whose
             tokenizer produced the input (an input of "type": "pretrained"; dim must equal that
             model's embedding size), so a student reads the teacher's word pieces with the
-            teacher's vectors.
+            teacher's vectors. To start from the fine-tuned teacher's vectors instead, give the node
+            ``"init_from": "<teacher>/<its PretrainedEncoder node>"``.
         sparse: sparse gradients: a step touches only the rows of the batch's tokens (the
             optimizer updates them with lazy Adam, torch's ``SparseAdam``, or SGD), instead of
             computing, clipping and applying a dense gradient over the whole table. Several times
@@ -74,6 +75,7 @@ class Embedding(Block):
         self.dim = dim
         self.pretrained = pretrained
         self.pretrained_model = None
+        self.pieces_of = inputs[0].extra.get("pretrained")  # the pretrained tokenizer of the input, if any
         if init_from_pretrained:
             if pretrained is not None:
                 raise WidthError("give either 'pretrained' (a vectors file) or 'init_from_pretrained', not both")
@@ -94,16 +96,38 @@ class Embedding(Block):
     def forward(self, tokens: Sequence) -> Sequence:
         return Sequence(zero_padding(self.embedding(tokens.values), tokens.mask), tokens.mask)
 
+    def init_from(self, source: Block) -> str:
+        """From another Embedding of the same size, or from the input embeddings of a
+        PretrainedEncoder (e.g. the fine-tuned teacher) whose tokenizer this embedding reads."""
+        from blocks.layers.pretrained import PretrainedEncoder
+
+        if not isinstance(source, PretrainedEncoder):
+            return super().init_from(source)
+        if self.pieces_of is None:
+            raise WidthError("reads word-level tokens; it can start from a PretrainedEncoder only when its input "
+                             "has \"type\": \"pretrained\" with that encoder's tokenizer")
+        if self.embedding.num_embeddings != source.vocab_size:
+            raise WidthError(f"reads {self.embedding.num_embeddings:,} word pieces, its source {source.vocab_size:,}: "
+                             f"the two inputs use different tokenizers")
+        matrix = source.model.get_input_embeddings().weight.detach()
+        if matrix.shape[1] != self.dim:
+            raise WidthError(f"has dim {self.dim}, its source's input embeddings {matrix.shape[1]}")
+        return f"{self._copy_rows(matrix):,} word-piece vectors"
+
+    def _copy_rows(self, matrix: torch.Tensor) -> int:
+        """Start the table from the rows of ``matrix`` (the padding row stays zero); returns how many."""
+        rows = min(len(matrix), self.embedding.num_embeddings)
+        with torch.no_grad():
+            self.embedding.weight[:rows] = matrix[:rows].to(self.embedding.weight)
+            self.embedding.weight[self.pad_index] = 0
+        return rows
+
     def load_pretrained(self, base_dir: Path) -> str | None:
         """Copy the vectors of ``pretrained`` into the rows of the tokens it contains."""
         if self.pretrained_model is not None:
             from blocks.layers.pretrained import input_embedding_matrix
 
-            matrix = input_embedding_matrix(self.pretrained_model)
-            rows = min(len(matrix), self.embedding.num_embeddings)
-            with torch.no_grad():
-                self.embedding.weight[:rows] = matrix[:rows].to(self.embedding.weight)
-                self.embedding.weight[self.pad_index] = 0
+            rows = self._copy_rows(input_embedding_matrix(self.pretrained_model))
             return f"Embedding: {rows:,} word-piece vectors from {self.pretrained_model}"
         if self.pretrained is None:
             return None

@@ -85,7 +85,7 @@ class PretrainedEncoder(Block):
             raise WidthError(f"layers must be indexes in 0..{total - 1} of the pretrained model's {total} layers")
         if not 0 <= freeze_layers <= len(self.kept_layers):
             raise WidthError(f"freeze_layers must be between 0 and the {len(self.kept_layers)} kept layers")
-        vocab_size = len(inputs[0].vocab)
+        vocab_size = self.vocab_size = len(inputs[0].vocab)
         if vocab_size > config.vocab_size:
             raise WidthError(f"the tokenizer has {vocab_size:,} tokens but the model's embeddings only "
                              f"{config.vocab_size:,}: tokenizer and weights do not match")
