@@ -3,11 +3,11 @@
 Frozen teachers run in eval mode, so their outputs on the (unchanging) training set are the same
 every epoch. When a stage caches (``"cache_teachers"``: ``"auto"``, the default, or ``true``), the trainer asks each loss
 block which teacher nodes it reads (:meth:`blocks.distill.losses.Loss.teacher_nodes`), computes
-those values once for every training example and stores them in ::
+those values once for every training example and stores them, one cache per teacher, in ::
 
     RUN/cache/<key>/
       meta.json                      key, what went into it, shapes, dtypes, byte sizes, checksums
-      00-<teacher>-<node>.values.bin one raw little-endian file per (teacher, node) ...
+      00-<teacher>-<node>.values.bin one raw little-endian file per node ...
       01-<teacher>-<node>.values.bin
       01-<teacher>-<node>.mask.bin   ... sequence nodes also keep their mask (uint8) and the
       01-<teacher>-<node>.offsets.bin    [N+1] int64 offsets of each example's positions
@@ -18,10 +18,12 @@ structure a teacher forward gives: ``outputs[teacher][node]`` is a ``[batch, ...
 :class:`blocks.values.Sequence` ``[batch, length, ...]`` with its mask, in the dtype the teacher
 produced.
 
-``<key>`` is a SHA-256 over: the encoded training inputs the teachers read (every example's ids
-and lengths, in order), each teacher's config and weights (``state_dict`` bytes), the requested
+``<key>`` is a SHA-256 over: the encoded training inputs the teacher reads (every example's ids
+and lengths, in order), the teacher's config and weights (``state_dict`` bytes), the requested
 nodes and the storage policy (``cache_dtype``, ``precision``, device type). Any change gives a
 new key, so a cache is reused across epochs, stages and resumes exactly when it is still valid.
+The teacher's name is not part of the key: a teacher keeps its cache under another name, and a
+stage with several teachers reuses the cache each of them got when it taught alone.
 Opening a cache checks ``meta.json`` (the key and what went into it) and every file's size and
 SHA-256; a truncated, altered or foreign file is never used: the line ``rebuilding teacher
 cache: <reason>`` is logged and the cache is built again. Runs that share a cache folder
@@ -57,7 +59,7 @@ from blocks.engine.evaluation import autocast
 from blocks.errors import TrainingError
 from blocks.values import Sequence
 
-FORMAT = 1
+FORMAT = 2  # 2: one cache per teacher, keyed without the teacher's name
 _CHUNK = 1 << 24  # bytes per write / hash read
 
 
@@ -110,13 +112,14 @@ def _tensor_bytes(tensor: torch.Tensor) -> bytes:
     return bytes(out)
 
 
-def data_digest(split, input_keys) -> str:
-    """SHA-256 of the encoded inputs ``input_keys`` of ``split``: every example's ids and shape, in order."""
+def data_digest(split, inputs: dict[str, str]) -> str:
+    """SHA-256 of a model's encoded inputs in ``split`` (``inputs``: the model's input name -> the
+    split's key for it): every example's ids and shape, in order."""
     digest = hashlib.sha256()
     digest.update(f"examples {len(split)}\n".encode())
-    for key in sorted(set(input_keys)):
+    for name, key in sorted(inputs.items()):
         sequences = split.ids[key]
-        digest.update(f"input {key} {split.input_types[key]} pad {split.pad_index[key]}\n".encode())
+        digest.update(f"input {name} {split.input_types[key]} pad {split.pad_index[key]}\n".encode())
         digest.update(json.dumps([list(t.shape) for t in sequences], separators=(",", ":")).encode())
         if sequences:
             digest.update(_tensor_bytes(torch.cat([torch.as_tensor(t).reshape(-1).long() for t in sequences])))
@@ -132,18 +135,25 @@ def weights_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def cache_components(experiment, split, nodes: dict[str, list[str]], cache_dtype: str, precision: str,
+def config_digest(model_config: dict) -> str:
+    """SHA-256 of what a model's config says about the values it computes: its graph and inputs,
+    without where it came from (``run``) or the name its word vocabularies got in this config
+    (the ids they give are in the data digest)."""
+    kept = {key: value for key, value in model_config.items() if key not in ("run", "model", "description")}
+    kept["inputs"] = {name: {k: v for k, v in definition.items() if k != "vocab"}
+                      for name, definition in model_config.get("inputs", {}).items()}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
+
+
+def cache_components(experiment, split, teacher: str, nodes: list[str], cache_dtype: str, precision: str,
                      device: torch.device) -> dict:
-    """Everything the cached values depend on (hashed into the key, kept in meta.json)."""
-    input_keys = {key for teacher in nodes for key in experiment.model_inputs[teacher].values()}
+    """Everything one teacher's cached values depend on (hashed into the key, kept in meta.json)."""
     return {
         "format": FORMAT,
-        "data": data_digest(split, input_keys),
-        "teachers": {teacher: {"weights": weights_digest(experiment.models[teacher]),
-                               "config": hashlib.sha256(json.dumps(experiment.config["models"][teacher],
-                                                                   sort_keys=True).encode()).hexdigest()}
-                     for teacher in nodes},
-        "nodes": [[teacher, node] for teacher in nodes for node in nodes[teacher]],
+        "data": data_digest(split, experiment.model_inputs[teacher]),
+        "teacher": {"weights": weights_digest(experiment.models[teacher]),
+                    "config": config_digest(experiment.config["models"][teacher])},
+        "nodes": sorted(nodes),
         "policy": {"cache_dtype": cache_dtype, "precision": precision, "device": device.type},
     }
 
@@ -331,37 +341,35 @@ class _Entry:
 
 
 class TeacherCache:
-    """An opened (validated, memory-mapped) cache; :meth:`outputs` gives a batch's teacher values."""
+    """One teacher's opened (validated, memory-mapped) cache; :meth:`outputs` gives a batch's values."""
 
-    def __init__(self, folder: Path, meta: dict):
-        self.folder, self.meta = folder, meta
+    def __init__(self, folder: Path, meta: dict, teacher: str):
+        self.folder, self.meta, self.teacher = folder, meta, teacher
         self.key = meta["key"]
         self.entries: list[_Entry] = []
         for record in meta["entries"]:
             files = record["files"]
-            entry = _Entry(record["teacher"], record["node"], record["kind"], _DTYPES[record["value_dtype"]],
+            entry = _Entry(teacher, record["node"], record["kind"], _DTYPES[record["value_dtype"]],
                            _map(folder, files["values"]))
             if record["kind"] == "sequence":
                 entry.mask = _map(folder, files["mask"])
                 entry.offsets = _map(folder, files["offsets"]).clone()  # small: keep in memory
             self.entries.append(entry)
-        self.teachers = list(dict.fromkeys(e.teacher for e in self.entries))
 
     @property
     def size_bytes(self) -> int:
         return sum(f["bytes"] for record in self.meta["entries"] for f in record["files"].values())
 
     def outputs(self, index: torch.Tensor, device: torch.device) -> dict[str, dict]:
-        """teacher -> {node: value} for the examples ``index`` (what a teacher forward would give)."""
+        """{teacher: {node: value}} for the examples ``index`` (what a teacher forward would give)."""
         index = index.to("cpu")
-        result: dict[str, dict] = {}
+        values = {}
         for entry in self.entries:
             if entry.kind == "vector":
-                value = entry.values[index].to(device=device, dtype=entry.value_dtype, non_blocking=True)
+                values[entry.node] = entry.values[index].to(device=device, dtype=entry.value_dtype, non_blocking=True)
             else:
-                value = self._sequence(entry, index, device)
-            result.setdefault(entry.teacher, {})[entry.node] = value
-        return {teacher: CachedOutputs(teacher, values) for teacher, values in result.items()}
+                values[entry.node] = self._sequence(entry, index, device)
+        return {self.teacher: CachedOutputs(self.teacher, values)}
 
     @staticmethod
     def _sequence(entry: _Entry, index: torch.Tensor, device: torch.device) -> Sequence:
@@ -383,6 +391,22 @@ class TeacherCache:
         return Sequence(values.to(device, non_blocking=True), mask.to(device, non_blocking=True))
 
 
+class TeacherCaches:
+    """The caches of a stage's teachers, one per teacher, read together."""
+
+    def __init__(self, caches: list[TeacherCache]):
+        self.caches = caches
+        self.teachers = [cache.teacher for cache in caches]
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(cache.size_bytes for cache in self.caches)
+
+    def outputs(self, index: torch.Tensor, device: torch.device) -> dict[str, dict]:
+        """teacher -> {node: value} for the examples ``index``."""
+        return {teacher: values for cache in self.caches for teacher, values in cache.outputs(index, device).items()}
+
+
 def _validate(folder: Path, key: str, components: dict, checksums: bool) -> dict:
     """meta.json of a usable cache, or InvalidCache saying what is wrong."""
     meta_path = folder / "meta.json"
@@ -398,8 +422,7 @@ def _validate(folder: Path, key: str, components: dict, checksums: bool) -> dict
     if meta.get("key") != key or meta.get("components") != components:
         raise InvalidCache(f"{folder} was built for other data, teacher weights or outputs "
                            f"(key {meta.get('key')}, expected {key})")
-    wanted = [tuple(pair) for pair in components["nodes"]]
-    if sorted((e.get("teacher"), e.get("node")) for e in entries) != sorted(wanted):
+    if sorted(str(e.get("node")) for e in entries) != sorted(components["nodes"]):
         raise InvalidCache(f"{meta_path} does not list the requested teacher nodes")
     for entry in entries:
         for record in entry["files"].values():
@@ -425,21 +448,21 @@ def _element_size(dtype_name: str) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-def _what_changed(old: dict, new: dict) -> str | None:
-    """Why an existing cache for the same teachers and nodes no longer fits (None: unrelated cache)."""
-    if old.get("format") != new["format"] or old.get("nodes") != new["nodes"]:
-        return None
-    if set(old.get("teachers", {})) != set(new["teachers"]):
+def _what_changed(old_meta: dict, new: dict, teacher: str) -> str | None:
+    """Why an existing cache of the same teacher (by name, in a run's own cache folder) and the same
+    nodes no longer fits; None when it is another teacher's or still fits."""
+    old = old_meta.get("components", {})
+    if old_meta.get("format") != FORMAT:
+        return f"it was written in an older cache format ({old_meta.get('format')})"
+    if old_meta.get("teacher") != teacher or old.get("nodes") != new["nodes"]:
         return None
     changes = []
     if old.get("data") != new["data"]:
         changes.append("the training inputs changed")
-    for teacher, record in new["teachers"].items():
-        previous = old["teachers"][teacher]
-        if previous.get("config") != record["config"]:
-            changes.append(f"the config of teacher '{teacher}' changed")
-        elif previous.get("weights") != record["weights"]:
-            changes.append(f"the weights of teacher '{teacher}' changed")
+    if old.get("teacher", {}).get("config") != new["teacher"]["config"]:
+        changes.append(f"the config of teacher '{teacher}' changed")
+    elif old.get("teacher", {}).get("weights") != new["teacher"]["weights"]:
+        changes.append(f"the weights of teacher '{teacher}' changed")
     if old.get("policy") != new["policy"]:
         changes.append("the cache dtype, precision or device changed")
     return "; ".join(changes) or None
@@ -452,22 +475,24 @@ def cache_folders(root: Path) -> list[Path]:
     return [f for f in sorted(Path(root).iterdir()) if f.is_dir() and not f.name.startswith(".")]
 
 
-def _stale_caches(root: Path, components: dict) -> list[tuple[Path, str]]:
-    """Caches in ``root`` for the same teachers and nodes that no longer fit, with what changed."""
+def _stale_caches(root: Path, components: dict, teacher: str) -> list[tuple[Path, str]]:
+    """Caches in a run's ``root`` that teacher ``teacher`` left and that no longer fit, with what changed."""
     found = []
     for folder in cache_folders(root):
         try:
-            old = json.loads((folder / "meta.json").read_text(encoding="utf-8"))["components"]
-        except (OSError, ValueError, KeyError, TypeError):
+            old = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
             continue
-        reason = _what_changed(old, components)
+        if not isinstance(old, dict) or old.get("key") == key_of(components):
+            continue
+        reason = _what_changed(old, components, teacher)
         if reason:
             found.append((folder, reason))
     return found
 
 
-def _build(root: Path, key: str, components: dict, experiment, split, nodes, device, precision, cache_dtype,
-           batch_size, progress) -> Path:
+def _build(root: Path, key: str, components: dict, experiment, split, teacher: str, device, precision,
+           cache_dtype, batch_size, progress) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     staging = root / f".building-{key}-{os.getpid()}"
     if staging.exists():
@@ -475,9 +500,10 @@ def _build(root: Path, key: str, components: dict, experiment, split, nodes, dev
     staging.mkdir()
     try:
         started = time.perf_counter()
-        collectors = compute(experiment, split, nodes, device, precision, batch_size, progress)
+        collectors = compute(experiment, split, {teacher: components["nodes"]}, device, precision, batch_size,
+                             progress)
         entries = [c.write(staging, number, cache_dtype) for number, c in enumerate(collectors)]
-        meta = {"format": FORMAT, "key": key, "components": components, "examples": len(split),
+        meta = {"format": FORMAT, "key": key, "teacher": teacher, "components": components, "examples": len(split),
                 "entries": entries, "build_batch_size": batch_size,
                 "build_seconds": round(time.perf_counter() - started, 3),
                 "built": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -519,8 +545,8 @@ def _build_lock(root: Path, key: str, log):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _validate_or_build(root: Path, key: str, components: dict, experiment, split, nodes, device, precision: str,
-                       cache_dtype: str, batch_size: int, progress: bool, log, shared: bool) -> dict:
+def _validate_or_build(root: Path, key: str, components: dict, experiment, split, teacher: str, device,
+                       precision: str, cache_dtype: str, batch_size: int, progress: bool, log, shared: bool) -> dict:
     """Under the build lock: the cache another process finished while this one waited, or a new build."""
     folder = root / key
     try:
@@ -531,27 +557,25 @@ def _validate_or_build(root: Path, key: str, components: dict, experiment, split
         if folder.exists():
             log(f"rebuilding teacher cache: {problem}")
         else:
-            stale = [] if shared else _stale_caches(root, components)
+            stale = [] if shared else _stale_caches(root, components, teacher)
             for old, reason in stale:
                 shutil.rmtree(old, ignore_errors=True)
             if stale:
                 log(f"rebuilding teacher cache: {stale[0][1]}")
             else:
-                described = ", ".join(f"{t}.{n}" for t in nodes for n in nodes[t])
+                described = ", ".join(f"{teacher}.{node}" for node in components["nodes"])
                 log(f"building teacher cache of {described} for {len(split):,} examples in {folder}")
     started = time.perf_counter()
-    _build(root, key, components, experiment, split, nodes, device, precision, cache_dtype, batch_size, progress)
+    _build(root, key, components, experiment, split, teacher, device, precision, cache_dtype, batch_size, progress)
     meta = _validate(folder, key, components, checksums=False)
-    log(f"teacher cache built in {time.perf_counter() - started:.1f} s ({_size(TeacherCache(folder, meta).size_bytes)})")
+    log(f"teacher cache built in {time.perf_counter() - started:.1f} s "
+        f"({_size(TeacherCache(folder, meta, teacher).size_bytes)})")
     return meta
 
 
-def _where(run_root: Path, shared_root: Path | None, experiment, split, nodes: dict[str, list[str]],
-           device: torch.device, precision: str, cache_dtype: str) -> tuple[Path, str, dict]:
-    """(the caches' folder, this cache's key, what the key hashes)."""
-    root = Path(shared_root) if shared_root is not None else Path(run_root) / "cache"
-    components = cache_components(experiment, split, nodes, cache_dtype, precision, device)
-    return root, key_of(components), components
+def _root(run_root: Path, shared_root: Path | None) -> Path:
+    """The caches' folder: the config's ``cache_dir``, else ``RUN/cache``."""
+    return Path(shared_root) if shared_root is not None else Path(run_root) / "cache"
 
 
 def _reuse(root: Path, key: str, components: dict, log) -> dict:
@@ -562,43 +586,55 @@ def _reuse(root: Path, key: str, components: dict, log) -> dict:
 
 
 def open_existing(run_root: Path, experiment, split, nodes: dict[str, list[str]], device: torch.device,
-                  precision: str, cache_dtype: str, log=print, shared_root: Path | None = None) -> TeacherCache | None:
-    """The valid cache of these teacher nodes on ``split`` if one is already on disk, else None.
+                  precision: str, cache_dtype: str, log=print, shared_root: Path | None = None) -> TeacherCaches | None:
+    """The valid caches of these teacher nodes on ``split`` if every teacher has one on disk, else None.
 
-    Nothing is built: a stage too short to pay for a cache still reads one an earlier stage or run
-    (in a shared ``cache_dir``) left behind.
+    Nothing is built: a stage too short to pay for a cache still reads the ones an earlier stage
+    or run (in a shared ``cache_dir``) left behind.
     """
-    root, key, components = _where(run_root, shared_root, experiment, split, nodes, device, precision, cache_dtype)
-    try:
-        return TeacherCache(root / key, _reuse(root, key, components, log))
-    except InvalidCache:
-        return None
+    root = _root(run_root, shared_root)
+    caches = []
+    for teacher, names in nodes.items():
+        components = cache_components(experiment, split, teacher, names, cache_dtype, precision, device)
+        key = key_of(components)
+        try:
+            caches.append(TeacherCache(root / key, _validate(root / key, key, components, checksums=True), teacher))
+        except InvalidCache:
+            return None
+    for cache in caches:
+        log(f"teacher cache: reusing {cache.folder} ({cache.meta['examples']:,} examples)")
+    return TeacherCaches(caches)
 
 
 def open_or_build(run_root: Path, experiment, split, nodes: dict[str, list[str]], device: torch.device,
                   precision: str, cache_dtype: str, batch_size: int, progress: bool = True, log=print,
-                  dist: Distributed = SINGLE, shared_root: Path | None = None) -> TeacherCache:
-    """The valid cache of these teacher nodes on ``split``, built first if needed.
+                  dist: Distributed = SINGLE, shared_root: Path | None = None) -> TeacherCaches:
+    """The valid cache of each teacher's nodes on ``split``, built first where needed.
 
-    With several processes, rank 0 checks (and if needed builds) the cache while the others wait
+    With several processes, rank 0 checks (and if needed builds) each cache while the others wait
     at a barrier; then every rank opens it. ``shared_root`` replaces ``RUN/cache`` by a folder
     shared between runs (the config's ``cache_dir``): a cache with the same key is reused from
     there, and caches of other runs in it are never removed as stale.
     """
-    root, key, components = _where(run_root, shared_root, experiment, split, nodes, device, precision, cache_dtype)
-    folder = root / key
-    if dist.is_main:
-        try:
-            meta = _reuse(root, key, components, log)
-        except InvalidCache:
-            with _build_lock(root, key, log):
-                meta = _validate_or_build(root, key, components, experiment, split, nodes, device, precision,
-                                          cache_dtype, batch_size, progress, log, shared_root is not None)
-    dist.barrier()
-    if not dist.is_main:
-        try:
-            meta = _validate(folder, key, components, checksums=False)
-        except InvalidCache as problem:
-            raise TrainingError(f"process {dist.rank} cannot read the teacher cache rank 0 built: {problem}; "
-                                f"multi-node runs need the run directory on a shared file system") from None
-    return TeacherCache(folder, meta)
+    root = _root(run_root, shared_root)
+    caches = []
+    for teacher, names in nodes.items():
+        components = cache_components(experiment, split, teacher, names, cache_dtype, precision, device)
+        key = key_of(components)
+        folder = root / key
+        if dist.is_main:
+            try:
+                meta = _reuse(root, key, components, log)
+            except InvalidCache:
+                with _build_lock(root, key, log):
+                    meta = _validate_or_build(root, key, components, experiment, split, teacher, device, precision,
+                                              cache_dtype, batch_size, progress, log, shared_root is not None)
+        dist.barrier()
+        if not dist.is_main:
+            try:
+                meta = _validate(folder, key, components, checksums=False)
+            except InvalidCache as problem:
+                raise TrainingError(f"process {dist.rank} cannot read the teacher cache rank 0 built: {problem}; "
+                                    f"multi-node runs need the run directory on a shared file system") from None
+        caches.append(TeacherCache(folder, meta, teacher))
+    return TeacherCaches(caches)

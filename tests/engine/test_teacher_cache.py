@@ -170,7 +170,7 @@ def test_stale_or_damaged_caches_are_rebuilt_never_used(prepared, monkeypatch, c
         assert torch.allclose(cached, teacher_logits(experiment, split, index), rtol=0, atol=1e-6)
         return cache
 
-    cache = open_cache()  # the run built it during its distillation stage
+    cache = open_cache().caches[0]  # the run built it during its distillation stage
     assert builds["n"] == 0 and messages[0].startswith("teacher cache: reusing")
     values_file = cache.folder / "00-teacher-logits.values.bin"
     size = values_file.stat().st_size
@@ -192,7 +192,7 @@ def test_stale_or_damaged_caches_are_rebuilt_never_used(prepared, monkeypatch, c
 
     meta_file = cache.folder / "meta.json"
     meta = json.loads(meta_file.read_text())
-    meta["components"]["teachers"]["teacher"]["weights"] = "0" * 64  # a cache of another teacher
+    meta["components"]["teacher"]["weights"] = "0" * 64  # a cache of another teacher
     meta_file.write_text(json.dumps(meta))
     open_cache()
     assert builds["n"] == 3 and messages[0].startswith(f"rebuilding teacher cache: {cache.folder} was built for other")
@@ -206,10 +206,60 @@ def test_stale_or_damaged_caches_are_rebuilt_never_used(prepared, monkeypatch, c
 
     with torch.no_grad():
         next(experiment.models["teacher"].parameters()).add_(0.25)  # the teacher changed
-    new = open_cache()
+    new = open_cache().caches[0]
     assert builds["n"] == 5
     assert messages[0] == "rebuilding teacher cache: the weights of teacher 'teacher' changed"
     assert new.folder != cache.folder and not cache.folder.exists()  # the stale cache is removed
+
+
+def test_an_old_format_cache_in_the_run_folder_is_removed_when_the_cache_is_built(prepared):
+    root, experiment, split = prepared
+    for folder in cache_folders(root / "cache"):
+        shutil.rmtree(folder)
+    old = root / "cache" / "0123456789abcdef"
+    old.mkdir()
+    (old / "meta.json").write_text(json.dumps({"format": 1, "key": old.name, "components": {}}))
+    messages = []
+    open_or_build(root, experiment, split, {"teacher": ["logits"]}, torch.device("cpu"), "fp32", "float16", 64,
+                  progress=False, log=messages.append)
+    assert messages[0] == "rebuilding teacher cache: it was written in an older cache format (1)"
+    assert not old.exists() and len(cache_folders(root / "cache")) == 1
+
+
+def test_each_teacher_has_its_own_cache_whatever_it_is_called_and_whoever_it_teaches_with(project):
+    """A stage with two teachers reuses the cache one of them built when it taught alone, under
+    another name; a second such stage builds nothing."""
+    values = project.config()
+    values["stages"] = values["stages"][:1]
+    run(project, values, "teacher_a")
+    values["seed"] = 4
+    run(project, values, "teacher_b")
+
+    def distill(teachers: dict[str, str], run_dir: str) -> list[str]:
+        config = project.config()
+        config["cache_dir"] = str(project.root / "shared")
+        config["models"] = {name: {"run": str(project.root / source)} for name, source in teachers.items()}
+        config["models"]["student"] = project.config()["models"]["student"]
+        stage = config["stages"][1]
+        stage["teachers"] = list(teachers)
+        if len(teachers) > 1:
+            stage["losses"] = [{"block": "MultiTeacherKD", "weighting": "equal", "temperature": 2.0, "weight": 0.7},
+                               {"block": "CrossEntropy", "weight": 0.3}]
+        config["stages"] = [stage]
+        messages = []
+        run(project, config, run_dir, log=messages.append)
+        return [m for m in messages if m.startswith(("teacher cache:", "building teacher cache"))]
+
+    alone = distill({"teacher": "teacher_a"}, "alone")
+    assert len(alone) == 1 and alone[0].startswith("building teacher cache of teacher.logits")
+    (built,) = cache_folders(project.root / "shared")
+    together = distill({"mentor": "teacher_a", "second": "teacher_b"}, "together")
+    assert together[0] == f"teacher cache: reusing {built} (120 examples)"
+    assert together[1].startswith("building teacher cache of second.logits")
+    assert len(cache_folders(project.root / "shared")) == 2
+    again = distill({"second": "teacher_b", "mentor": "teacher_a"}, "again")
+    assert all(m.startswith("teacher cache: reusing") for m in again) and len(again) == 2
+    assert len(cache_folders(project.root / "shared")) == 2
 
 
 class HiddenMatch(Loss):
@@ -339,7 +389,7 @@ def test_a_run_waits_for_another_process_building_the_same_cache_then_reuses_it(
     cache_root = root / "cache"
     for folder in cache_folders(cache_root):
         shutil.rmtree(folder)
-    components = teacher_cache.cache_components(experiment, split, nodes, "float16", "fp32", cpu)
+    components = teacher_cache.cache_components(experiment, split, "teacher", ["logits"], "float16", "fp32", cpu)
     key = teacher_cache.key_of(components)
     real_build = teacher_cache._build
     builds = []
@@ -356,11 +406,11 @@ def test_a_run_waits_for_another_process_building_the_same_cache_then_reuses_it(
             time.sleep(0.01)
         assert messages == [f"teacher cache: waiting for another process that is building {cache_root / key}"]
         assert waiter.is_alive()
-        real_build(cache_root, key, components, experiment, split, nodes, cpu, "fp32", "float16", 64, False)
+        real_build(cache_root, key, components, experiment, split, "teacher", cpu, "fp32", "float16", 64, False)
         fcntl.flock(other, fcntl.LOCK_UN)
     waiter.join(30)
     assert not waiter.is_alive()
     assert builds == []  # the waiting run built nothing: it opened the other one's cache
     assert messages[-1].endswith("built meanwhile by another process")
-    assert opened["cache"].folder == cache_root / key
+    assert [cache.folder for cache in opened["cache"].caches] == [cache_root / key]
     assert cache_folders(cache_root) == [cache_root / key]

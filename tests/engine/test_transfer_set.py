@@ -117,7 +117,7 @@ def test_the_cache_key_covers_the_transfer_set_content(project):
     experiment = project.prepare(values)
 
     def key(split):
-        return key_of(cache_components(experiment, split, {"teacher": ["logits"]}, "float16", "fp32",
+        return key_of(cache_components(experiment, split, "teacher", ["logits"], "float16", "fp32",
                                        torch.device("cpu")))
 
     first = make_transfer_set(experiment, 1).split
