@@ -259,6 +259,7 @@ def test_init_from_a_run_model_end_to_end(project, tiny_bert):
     run's student starts from it (here: fine-tuned further on gold labels, no teacher)."""
     from blocks.config.loader import load_config
     from blocks.engine.run import train
+    from blocks.experiment import Experiment
 
     values = pretrained_config(project, tiny_bert)
     values["stages"] = values["stages"][:1]
@@ -278,6 +279,16 @@ def test_init_from_a_run_model_end_to_end(project, tiny_bert):
                     progress=False, log=lines.append)
     assert "model 'student': node 'logits' starts from 'teacher/logits' (2 tensors)" in lines
     assert summary["models"]["student"]["dev"]["accuracy"] >= 0.9  # the teacher's head on its layers 0 and 2
+
+    # that student, taken from its run, teaches: its nodes' init_from does not follow it
+    values = pretrained_config(project, tiny_bert, [{k: v for k, v in node.items() if k != "init_from"}
+                                                    for node in student])
+    values["models"]["teacher"] = {"run": "run", "model": "student"}
+    values["stages"] = [{"name": "again", "train": "student", "teachers": ["teacher"], "epochs": 1, "batch_size": 16,
+                         "losses": [{"block": "KD"}], "optimizer": {"type": "adamw", "lr": 1e-9}}]
+    config = load_config(project.write(values, "again.json"), environ={})
+    assert all("init_from" not in node for node in config["models"]["teacher"]["graph"])
+    Experiment.prepare(config, log=quiet)  # its references check out
 
 
 def test_student_embedding_starts_from_the_fine_tuned_teacher_word_pieces(project, tiny_bert):

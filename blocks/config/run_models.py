@@ -91,7 +91,9 @@ def expand_run_models(values: dict, base_dir: Path, file: str) -> None:
                     "file": str(root / "vocab" / f"{definition['vocab']}.txt")}
                 definition["vocab"] = vocab
             inputs[input_name] = definition
-        expanded = {"run": str(root), "model": source_name, "inputs": inputs, "graph": source["graph"]}
+        # "init_from" told that run where its training started; here the weights come from the run
+        graph = [{k: v for k, v in node.items() if k != "init_from"} for node in source["graph"]]
+        expanded = {"run": str(root), "model": source_name, "inputs": inputs, "graph": graph}
         for key in ("description", "output"):
             if key in model or key in source:
                 expanded[key] = model.get(key, source.get(key))
