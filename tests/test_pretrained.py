@@ -257,6 +257,7 @@ def test_init_from_mistakes_name_the_place(project, tiny_bert, change, message):
 def test_init_from_a_run_model_end_to_end(project, tiny_bert):
     """A model from a finished run that only init_from names is kept in the config, and the new
     run's student starts from it (here: fine-tuned further on gold labels, no teacher)."""
+    from blocks.cli import main
     from blocks.config.loader import load_config
     from blocks.engine.run import train
     from blocks.experiment import Experiment
@@ -279,6 +280,7 @@ def test_init_from_a_run_model_end_to_end(project, tiny_bert):
                     progress=False, log=lines.append)
     assert "model 'student': node 'logits' starts from 'teacher/logits' (2 tensors)" in lines
     assert summary["models"]["student"]["dev"]["accuracy"] >= 0.9  # the teacher's head on its layers 0 and 2
+    assert main(["test", str(project.root / "run")]) == 0  # the run reloads with its init_from config
 
     # that student, taken from its run, teaches: its nodes' init_from does not follow it
     values = pretrained_config(project, tiny_bert, [{k: v for k, v in node.items() if k != "init_from"}
