@@ -8,8 +8,10 @@ from ``RUN/models/<model>.safetensors`` when the new run starts, and copied into
 run directory stays self-contained.
 
 A model from a run that no stage names (as the model it trains, a teacher, or anywhere else in
-its settings) and no graph node starts from (``"init_from"``) is left out of the config before that: a shared base config can list every teacher
-of a comparison, and a recipe that uses one of them runs without the others' run directories.
+its settings) and no graph node starts from (``"init_from"``) is left out of the config before
+that: a shared base config can list every teacher of a comparison, and a recipe that uses one of
+them runs without the others' run directories. A model taken from a run drops its nodes'
+``"init_from"``: that told its own run where training started.
 """
 from __future__ import annotations
 
