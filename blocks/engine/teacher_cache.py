@@ -491,6 +491,23 @@ def _stale_caches(root: Path, components: dict, teacher: str) -> list[tuple[Path
     return found
 
 
+def _mention_old_formats(root: Path, log) -> None:
+    """Say so when a shared cache folder holds caches this version no longer reads (it never
+    deletes another run's files: the user does)."""
+    old = []
+    for folder in cache_folders(root):
+        try:
+            written = json.loads((folder / "meta.json").read_text(encoding="utf-8")).get("format")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if written != FORMAT:
+            old.append(folder)
+    if old:
+        size = sum(f.stat().st_size for folder in old for f in folder.rglob("*") if f.is_file())
+        log(f"teacher cache: {len(old)} cache(s) in {root} were written in an older format and are no longer "
+            f"read ({_size(size)}); delete them to free the space")
+
+
 def _build(root: Path, key: str, components: dict, experiment, split, teacher: str, device, precision,
            cache_dtype, batch_size, progress) -> Path:
     root.mkdir(parents=True, exist_ok=True)
@@ -560,6 +577,8 @@ def _validate_or_build(root: Path, key: str, components: dict, experiment, split
             stale = [] if shared else _stale_caches(root, components, teacher)
             for old, reason in stale:
                 shutil.rmtree(old, ignore_errors=True)
+            if shared:
+                _mention_old_formats(root, log)
             if stale:
                 log(f"rebuilding teacher cache: {stale[0][1]}")
             else:

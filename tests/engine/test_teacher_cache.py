@@ -212,7 +212,7 @@ def test_stale_or_damaged_caches_are_rebuilt_never_used(prepared, monkeypatch, c
     assert new.folder != cache.folder and not cache.folder.exists()  # the stale cache is removed
 
 
-def test_an_old_format_cache_in_the_run_folder_is_removed_when_the_cache_is_built(prepared):
+def test_old_format_caches_are_removed_from_the_run_folder_and_reported_in_a_shared_one(prepared):
     root, experiment, split = prepared
     for folder in cache_folders(root / "cache"):
         shutil.rmtree(folder)
@@ -224,6 +224,17 @@ def test_an_old_format_cache_in_the_run_folder_is_removed_when_the_cache_is_buil
                   progress=False, log=messages.append)
     assert messages[0] == "rebuilding teacher cache: it was written in an older cache format (1)"
     assert not old.exists() and len(cache_folders(root / "cache")) == 1
+
+    # in a folder shared by several runs nothing is deleted; the log says what is there
+    shared = root / "shared"
+    (shared / old.name).mkdir(parents=True)
+    (shared / old.name / "meta.json").write_text(json.dumps({"format": 1, "key": old.name, "components": {}}))
+    messages.clear()
+    open_or_build(root, experiment, split, {"teacher": ["logits"]}, torch.device("cpu"), "fp32", "float16", 64,
+                  progress=False, log=messages.append, shared_root=shared)
+    assert messages[0] == (f"teacher cache: 1 cache(s) in {shared} were written in an older format and are no "
+                           f"longer read (0.1 kB); delete them to free the space")
+    assert (shared / old.name).exists() and len(cache_folders(shared)) == 2
 
 
 def test_each_teacher_has_its_own_cache_whatever_it_is_called_and_whoever_it_teaches_with(project):
