@@ -17,7 +17,7 @@ from torch import nn
 
 from blocks.catalog import load_builtin_entries
 from blocks.config.loader import REGRESSION_METRICS, Config
-from blocks.config.run_models import INIT_SEPARATOR
+from blocks.config.run_models import INIT_SEPARATOR, init_source
 from blocks.data.pretrained_tokenizer import slug
 from blocks.data.dataset import (PRETRAINED, SPLITS, EncodedSplit, Task, build_input_fields, count_tokens, discover_task,
                                  encode_rows, input_specs, read_split, split_sources)
@@ -70,6 +70,7 @@ def check_references(config: Config) -> None:
             raise ConfigError(f"metric '{name}' needs a classification task; a regression task can use "
                               f"{', '.join(REGRESSION_METRICS)}", file, f"/task/metrics/{i}")
     trained: set[str] = set()
+    first_stage: dict[str, int] = {}  # model -> index of the first stage that trains it
     stage_names: set[str] = set()
     for i, stage in enumerate(values["stages"]):
         path = f"/stages/{i}"
@@ -95,8 +96,6 @@ def check_references(config: Config) -> None:
         METRICS.get(stage["select"] or values["task"]["metrics"][0], file, f"{path}/select")
         check_transfer_config(values, i, file)
         trained.add(stage["train"])
-    first_stage = {}  # model -> index of the first stage that trains it
-    for i, stage in enumerate(values["stages"]):
         first_stage.setdefault(stage["train"], i)
     for model_name, model in models.items():
         for i, node in enumerate(model["graph"]):
@@ -104,12 +103,6 @@ def check_references(config: Config) -> None:
                 block_params(node, file, f"/models/{model_name}/graph/{i}", num_outputs=2)
             if "init_from" in node:
                 check_init_from(values, model_name, i, first_stage, file)
-
-
-def init_source(node: dict) -> tuple[str, str]:
-    """The (model, node) that a node's ``"init_from"`` names ("<model>" means the same node name)."""
-    model, _, source = node["init_from"].partition(INIT_SEPARATOR)
-    return model, source or node["name"]
 
 
 def check_init_from(values: dict, model_name: str, index: int, first_stage: dict[str, int], file) -> None:

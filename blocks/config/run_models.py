@@ -25,6 +25,12 @@ RUN_WEIGHTS = "models"
 INIT_SEPARATOR = "/"  # a node's "init_from": "<model>" or "<model>/<node>"
 
 
+def init_source(node: dict) -> tuple[str, str]:
+    """The (model, node) that a node's ``"init_from"`` names ("<model>" means the same node name)."""
+    model, _, source = node["init_from"].partition(INIT_SEPARATOR)
+    return model, source or node["name"]
+
+
 def _read(path: Path, file: str, where: str) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -52,7 +58,7 @@ def drop_unused_run_models(values: dict) -> None:
     for model in values["models"].values():
         for node in model.get("graph", []) if isinstance(model, dict) else ():
             if isinstance(node, dict) and isinstance(node.get("init_from"), str):
-                named.add(node["init_from"].split(INIT_SEPARATOR)[0])
+                named.add(init_source(node)[0])
     for name in [name for name, model in values["models"].items()
                  if isinstance(model, dict) and "run" in model and name not in named]:
         del values["models"][name]

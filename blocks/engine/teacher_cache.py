@@ -331,7 +331,6 @@ def compute(experiment, split, nodes: dict[str, list[str]], device: torch.device
 # -- the cache ----------------------------------------------------------------------------------
 @dataclass
 class _Entry:
-    teacher: str
     node: str
     kind: str
     value_dtype: torch.dtype
@@ -349,7 +348,7 @@ class TeacherCache:
         self.entries: list[_Entry] = []
         for record in meta["entries"]:
             files = record["files"]
-            entry = _Entry(teacher, record["node"], record["kind"], _DTYPES[record["value_dtype"]],
+            entry = _Entry(record["node"], record["kind"], _DTYPES[record["value_dtype"]],
                            _map(folder, files["values"]))
             if record["kind"] == "sequence":
                 entry.mask = _map(folder, files["mask"])
@@ -475,17 +474,24 @@ def cache_folders(root: Path) -> list[Path]:
     return [f for f in sorted(Path(root).iterdir()) if f.is_dir() and not f.name.startswith(".")]
 
 
-def _stale_caches(root: Path, components: dict, teacher: str) -> list[tuple[Path, str]]:
-    """Caches in a run's ``root`` that teacher ``teacher`` left and that no longer fit, with what changed."""
+def _readable_metas(root: Path) -> list[tuple[Path, dict]]:
+    """(folder, meta.json) of each cache in ``root`` whose meta.json can be read."""
     found = []
     for folder in cache_folders(root):
         try:
-            old = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+            meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if not isinstance(old, dict) or old.get("key") == key_of(components):
-            continue
-        reason = _what_changed(old, components, teacher)
+        if isinstance(meta, dict):
+            found.append((folder, meta))
+    return found
+
+
+def _stale_caches(root: Path, components: dict, teacher: str) -> list[tuple[Path, str]]:
+    """Caches in a run's ``root`` that teacher ``teacher`` left and that no longer fit, with what changed."""
+    found = []
+    for folder, old in _readable_metas(root):
+        reason = None if old.get("key") == key_of(components) else _what_changed(old, components, teacher)
         if reason:
             found.append((folder, reason))
     return found
@@ -494,14 +500,7 @@ def _stale_caches(root: Path, components: dict, teacher: str) -> list[tuple[Path
 def _mention_old_formats(root: Path, log) -> None:
     """Say so when a shared cache folder holds caches this version no longer reads (it never
     deletes another run's files: the user does)."""
-    old = []
-    for folder in cache_folders(root):
-        try:
-            written = json.loads((folder / "meta.json").read_text(encoding="utf-8")).get("format")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if written != FORMAT:
-            old.append(folder)
+    old = [folder for folder, meta in _readable_metas(root) if meta.get("format") != FORMAT]
     if old:
         size = sum(f.stat().st_size for folder in old for f in folder.rglob("*") if f.is_file())
         log(f"teacher cache: {len(old)} cache(s) in {root} were written in an older format and are no longer "
