@@ -34,6 +34,21 @@ RESERVED_NODE_KEYS = ("name", "block", "input", "share", "init_from")
 OUTPUT_SEPARATOR = ":"  # "<node>:<named output>"
 
 
+def missing_output_message(model: str, ref: str, specs: dict) -> str:
+    """Why ``"<node>:<output>"`` names nothing: the node's named outputs, or how to get some."""
+    base, output = ref.split(OUTPUT_SEPARATOR, 1)
+    offered = [name.split(OUTPUT_SEPARATOR, 1)[1] for name in specs
+               if name.startswith(base + OUTPUT_SEPARATOR)]
+    if offered:
+        listing = f"its named outputs: {', '.join(offered)}"
+    else:
+        listing = ("it offers none; e.g. a TransformerEncoder or PretrainedEncoder node offers "
+                   "'attentions' with \"attentions\": true, a PretrainedEncoder 'layer0', 'layer1', ... "
+                   "with \"hidden_states\": true")
+    return (f"node '{base}' of model '{model}' has no output '{output}'"
+            f"{did_you_mean(output, offered)} ({listing})")
+
+
 @dataclass
 class Node:
     name: str
@@ -169,7 +184,7 @@ class Graph(nn.Module):
         for j, ref in enumerate(inputs):
             if ref not in specs:  # "<node>:<output>" naming an output the node does not offer
                 where = f"{node_path}/input" + (f"/{j}" if isinstance(node.get("input"), list) else "")
-                raise ConfigError(self._missing_output_message(ref, specs), file, where)
+                raise ConfigError(missing_output_message(self.name, ref, specs), file, where)
         in_specs = [specs[r] for r in inputs]
         if "share" in node:
             owner = node["share"]
@@ -205,19 +220,6 @@ class Graph(nn.Module):
             specs[part] = output_spec
             self.nodes.append(Node(part, owner, [node["name"]], output_spec, block_name, node_path,
                                    part_of=node["name"]))
-
-    def _missing_output_message(self, ref: str, specs: dict) -> str:
-        """Why ``"<node>:<output>"`` names nothing: the node's named outputs, or how to get some."""
-        base, output = ref.split(OUTPUT_SEPARATOR, 1)
-        offered = [name.split(OUTPUT_SEPARATOR, 1)[1] for name in specs
-                   if name.startswith(base + OUTPUT_SEPARATOR)]
-        if offered:
-            listing = f"its named outputs: {', '.join(offered)}"
-        else:
-            listing = ("it offers none; e.g. a TransformerEncoder or PretrainedEncoder node offers "
-                       "'attentions' with \"attentions\": true")
-        return (f"node '{base}' of model '{self.name}' has no output '{output}'"
-                f"{did_you_mean(output, offered)} ({listing})")
 
     def forward(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """Run every node. ``inputs`` maps this model's input names to run-time values."""

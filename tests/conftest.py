@@ -104,6 +104,16 @@ def interrupt_on_call(monkeypatch, call: int):
     return original
 
 
+class PieceVocab:
+    """The vocabulary a pretrained-tokenizer input hands a PretrainedEncoder: only its size and [SEP]."""
+
+    def __init__(self, size: int):
+        self.size, self.sep_index, self.pad_index = size, 3, 0
+
+    def __len__(self):
+        return self.size
+
+
 def write_tiny_bert(folder: Path, hidden_size: int = 32, layers: int = 4) -> int:
     """A random BERT with a WordPiece tokenizer over the tiny dataset's words, saved in ``folder``
     (loadable like all-MiniLM-L6-v2); returns its vocabulary size."""

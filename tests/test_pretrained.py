@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from blocks.errors import ConfigError
-from tests.conftest import quiet, write_tiny_bert
+from tests.conftest import PieceVocab, quiet, write_tiny_bert
 
 
 @pytest.fixture(scope="module")
@@ -321,3 +321,123 @@ def test_student_embedding_starts_from_the_fine_tuned_teacher_word_pieces(projec
     values["models"]["student"]["inputs"]["words"] = {"field": "text"}
     with pytest.raises(ConfigError, match="it reads word-level tokens"):
         project.prepare(values).init_from_models("student")
+
+
+def test_hidden_states_offer_each_kept_layer_pooled_like_the_main_value(tiny_bert):
+    from transformers import BertModel
+
+    from blocks.layers.masking import masked_mean
+    from blocks.layers.pretrained import PretrainedEncoder
+    from blocks.values import TOKENS, VECTOR, Sequence, Spec
+
+    vocab_size = BertModel.from_pretrained(tiny_bert).config.vocab_size
+    spec = Spec(TOKENS, None, PieceVocab(vocab_size), extra={"pretrained": str(tiny_bert)})
+    lengths = [6, 2, 4]
+    ids = torch.randint(5, 20, (3, 8), generator=torch.Generator().manual_seed(0))
+    ids[:, 0] = 2
+    mask = torch.arange(8)[None, :] < torch.tensor(lengths)[:, None]
+    batch = Sequence(ids, mask)
+    reference = BertModel.from_pretrained(tiny_bert, add_pooling_layer=False).eval()
+    with torch.no_grad():
+        states = reference(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True).hidden_states
+
+    block = PretrainedEncoder([spec], pooling="mean", hidden_states=True)
+    block.load_pretrained(tiny_bert)
+    block.eval()
+    assert sorted(block.named_outputs) == ["layer0", "layer1", "layer2", "layer3"]
+    assert all(s.kind == VECTOR and s.width == 32 for s in block.named_outputs.values())
+    with torch.no_grad():
+        result = block(batch)
+    for i in range(4):
+        assert torch.allclose(result.named[f"layer{i}"], masked_mean(states[i + 1], mask), atol=1e-5)
+    assert torch.equal(result.named["layer3"], result.main)
+
+    kept = PretrainedEncoder([spec], pooling="none", layers=[1, 3], hidden_states=True)
+    kept.load_pretrained(tiny_bert)
+    kept.eval()
+    assert sorted(kept.named_outputs) == ["layer0", "layer1"]  # indexes into the kept layers
+    with torch.no_grad():
+        result = kept(batch)
+    assert isinstance(result.named["layer0"], Sequence) and torch.equal(result.named["layer0"].mask, mask)
+    assert torch.equal(result.named["layer1"].values, result.main.values)
+    assert not torch.allclose(result.named["layer0"].values, result.main.values)
+    plain = PretrainedEncoder([spec], pooling="cls")
+    assert not plain.named_outputs  # computed only when asked for
+
+
+def test_patient_distillation_from_a_run_teacher_through_the_cache(project, tiny_bert):
+    """PKD: a 2-layer student's layer 0 learns layer 1 of a teacher from a finished run (cosine),
+    read from the cache; "node_options" asks that teacher for the outputs its own run did not need."""
+    from blocks.config.loader import load_config
+    from blocks.engine.run import train
+    from blocks.engine.teacher_cache import cache_folders
+
+    values = pretrained_config(project, tiny_bert)
+    values["stages"] = values["stages"][:1]
+    train(load_config(project.write(values), environ={}), run_dir=project.root / "teacher_run", progress=False,
+          log=quiet)
+    student = [
+        {"name": "encoder", "block": "PretrainedEncoder", "input": "pieces", "layers": [0, 2], "pooling": "mean",
+         "hidden_states": True},
+        {"name": "logits", "block": "Linear"},
+    ]
+    values = pretrained_config(project, tiny_bert, student)
+    values["models"]["teacher"] = {"run": "teacher_run", "node_options": {"encoder": {"hidden_states": True}}}
+    match = {"block": "RepresentationMatch", "output": "encoder:layer0", "teacher_output": "encoder:layer1",
+             "distance": "cosine"}
+    values["stages"] = [values["stages"][1]]
+    values["stages"][0].update(cache_teachers=True, losses=[
+        {"block": "KD", "temperature": 2.0, "weight": 0.7}, {"block": "CrossEntropy", "weight": 0.3}, match])
+    summary = train(load_config(project.write(values, "pkd.json"), environ={}), run_dir=project.root / "run",
+                    progress=False, log=quiet)
+    assert summary["models"]["student"]["dev"]["accuracy"] >= 0.9
+    (folder,) = cache_folders(project.root / "run" / "cache")
+    meta = json.loads((folder / "meta.json").read_text())
+    assert {e["node"]: e["kind"] for e in meta["entries"]} == {"encoder:layer1": "vector", "logits": "vector"}
+
+    # the matched layers end closer than in the same student distilled without the match
+    values["stages"][0]["losses"] = values["stages"][0]["losses"][:2]
+    train(load_config(project.write(values, "kd.json"), environ={}), run_dir=project.root / "plain",
+          progress=False, log=quiet)
+    distance = {name: layer_distance(project.root / name) for name in ("run", "plain")}
+    assert distance["run"] < 0.7 * distance["plain"], distance
+
+    # mistakes name the place
+    values["stages"][0]["losses"].append(match)
+    values["models"]["student"]["graph"][0]["hidden_states"] = False
+    experiment = project.prepare(values)
+    with pytest.raises(ConfigError, match="node 'encoder' of model 'student' has no output 'layer0' .*"
+                                          "a PretrainedEncoder 'layer0', 'layer1', ... with \"hidden_states\": true"):
+        experiment.build_losses(0)
+    for options, where, message in (
+            ({"encodr": {"hidden_states": True}}, "/models/teacher/node_options/encodr",
+             "model 'teacher' of the run in .* has no node 'encodr'; did you mean 'encoder'"),
+            ({"encoder": {"input": "other"}}, "/models/teacher/node_options/encoder/input",
+             "'input' is part of the run's graph, not a block parameter")):
+        values["models"]["teacher"]["node_options"] = options
+        with pytest.raises(ConfigError, match=message) as caught:
+            load_config(project.write(values, "bad.json"), environ={})
+        assert caught.value.path == where
+    values["models"]["teacher"] = {"inputs": values["models"]["student"]["inputs"], "graph": student,
+                                   "node_options": {"encoder": {}}}
+    with pytest.raises(ConfigError, match="node_options"):
+        load_config(project.write(values, "bad.json"), environ={})
+
+
+def layer_distance(run) -> float:
+    """Mean cosine distance between the student's encoder:layer0 and the teacher's encoder:layer1 on dev."""
+    from blocks.config.loader import load_config
+    from blocks.engine.run import load_model_weights
+    from blocks.engine.run_dir import RunDir
+    from blocks.experiment import Experiment
+
+    experiment = Experiment.prepare(load_config(run / "config.json", environ={}), log=quiet)
+    for name in ("teacher", "student"):
+        load_model_weights(experiment, RunDir(run), name)
+        experiment.models[name].eval()
+    split = experiment.splits["dev"]
+    batch = split.collate(torch.arange(len(split)))
+    with torch.no_grad():
+        student = experiment.model_values("student", batch)["encoder:layer0"]
+        teacher = experiment.model_values("teacher", batch)["encoder:layer1"]
+    return float((1 - torch.nn.functional.cosine_similarity(student, teacher, dim=-1)).mean())

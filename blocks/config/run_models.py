@@ -12,6 +12,10 @@ its settings) and no graph node starts from (``"init_from"``) is left out of the
 that: a shared base config can list every teacher of a comparison, and a recipe that uses one of
 them runs without the others' run directories. A model taken from a run drops its nodes'
 ``"init_from"``: that told its own run where training started.
+
+``"node_options"`` changes block parameters of the run's nodes, e.g. ``{"encoder":
+{"hidden_states": true}}`` so that a teacher offers named outputs its own run did not need; the
+weights are loaded as they are, so options that change them fail when the run starts.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import os
 from pathlib import Path
 
 from blocks.errors import ConfigError, did_you_mean
+from blocks.graph import RESERVED_NODE_KEYS
 
 RUN_WEIGHTS = "models"
 INIT_SEPARATOR = "/"  # a node's "init_from": "<model>" or "<model>/<node>"
@@ -101,11 +106,33 @@ def expand_run_models(values: dict, base_dir: Path, file: str) -> None:
             inputs[input_name] = definition
         # "init_from" told that run where its training started; here the weights come from the run
         graph = [{k: v for k, v in node.items() if k != "init_from"} for node in source["graph"]]
+        _apply_node_options(graph, model.get("node_options", {}), source_name, root, file, name)
         expanded = {"run": str(root), "model": source_name, "inputs": inputs, "graph": graph}
+        if "node_options" in model:  # kept: a run's saved config expands again when it is reloaded
+            expanded["node_options"] = model["node_options"]
         for key in ("description", "output"):
             if key in model or key in source:
                 expanded[key] = model.get(key, source.get(key))
         values["models"][name] = expanded
+
+
+def _apply_node_options(graph: list[dict], options: dict, source_name: str, root: Path, file: str,
+                        name: str) -> None:
+    nodes = {node["name"]: node for node in graph}
+    for node_name, changes in options.items():
+        where = f"/models/{name}/node_options/{node_name}"
+        node = nodes.get(node_name)
+        if node is None:
+            raise ConfigError(f"model '{source_name}' of the run in {root} has no node '{node_name}'"
+                              f"{did_you_mean(node_name, nodes)} (nodes: {', '.join(nodes)})", file, where)
+        if "block" not in node:
+            raise ConfigError(f"node '{node_name}' shares the block of '{node['share']}': give the options there",
+                              file, where)
+        for key in changes:
+            if key in RESERVED_NODE_KEYS:
+                raise ConfigError(f"'{key}' is part of the run's graph, not a block parameter: node_options "
+                                  f"change block parameters only", file, f"{where}/{key}")
+        node.update(changes)
 
 
 def check_run_task(values: dict, task_json: dict, file: str) -> None:

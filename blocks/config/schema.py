@@ -129,13 +129,17 @@ MODEL_SCHEMA = {
     "type": "object",
     "additionalProperties": False,
     "anyOf": [{"required": ["inputs", "graph"]}, {"required": ["run"]}],
-    "dependentRequired": {"model": ["run"]},
+    "dependentRequired": {"model": ["run"], "node_options": ["run"]},
     "properties": {
         "description": {"type": "string"},
         "run": {"type": "string",
                 "description": "a finished run directory (relative to the config) that trained this model: its "
                                "inputs, graph, vocabularies and weights are taken from there"},
         "model": {"type": "string", "description": "with run: which model of that run; default: the one it delivers"},
+        "node_options": {"type": "object", "additionalProperties": {"type": "object"},
+                         "description": "with run: block parameters to change on nodes of that model, by node name, "
+                                        "e.g. {\"encoder\": {\"hidden_states\": true}} for named outputs the run "
+                                        "did not compute; its weights must still fit"},
         "inputs": {"type": "object", "minProperties": 1, "additionalProperties": {"$ref": "#/$defs/input"}},
         "graph": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/node"}},
         "output": {"type": "string", "description": "node whose value is the model's prediction (logits); "

@@ -17,6 +17,7 @@ from torch import nn
 from blocks.data.dataset import UNLABELLED
 from blocks.distill.schedules import make_schedule
 from blocks.errors import did_you_mean
+from blocks.graph import OUTPUT_SEPARATOR, missing_output_message
 from blocks.registry import register_loss
 from blocks.values import SEQUENCE, VECTOR, Sequence, Spec
 
@@ -342,5 +343,8 @@ def _node_spec(stage: LossContext, model: str, node: str) -> Spec:
             return stage.output_specs[model]
         raise ValueError(f"the widths of model '{model}' are unknown (no node specs in the loss context)")
     if node not in specs:
+        base = node.split(OUTPUT_SEPARATOR, 1)[0]
+        if base != node and base in specs:
+            raise ValueError(missing_output_message(model, node, specs))
         raise ValueError(f"model '{model}' has no node '{node}'{did_you_mean(node, specs)}")
     return specs[node]

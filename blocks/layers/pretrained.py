@@ -57,7 +57,11 @@ class PretrainedEncoder(Block):
     ``[batch, kept layers, heads, length, length]`` as ``transformers`` returns them
     (``output_attentions``; in training mode after the model's attention dropout), with padded
     rows and columns 0. The model then runs the "eager" attention implementation, which can
-    return them; without ``attentions`` it keeps its faster default.
+    return them; without ``attentions`` it keeps its faster default. With ``hidden_states`` it
+    offers ``"<node>:layer0"`` ... ``"<node>:layer<K-1>"``: the output of each of the K kept
+    layers, pooled like the main value (the last one is the main value). A student matches them
+    to a teacher's layers with ``RepresentationMatch`` (PKD's patient distillation, Sun et al.
+    2019); as vectors they fit in the teacher cache.
 
     Args:
         pooling: cls (first token), mean (over real tokens) or none (the whole sequence).
@@ -68,11 +72,13 @@ class PretrainedEncoder(Block):
         gradient_checkpointing: recompute activations in the backward pass to save memory.
         attentions: also offer the kept layers' attention probabilities as the named output
             "<node>:attentions" (computed only when set).
+        hidden_states: also offer each kept layer's pooled output as the named outputs
+            "<node>:layer<i>", i indexing the kept layers (computed only when set).
     """
 
     def __init__(self, inputs: list[Spec], pooling: Literal["cls", "mean", "none"] = "cls",
                  layers: list[int] | None = None, freeze_embeddings: bool = False, freeze_layers: int = 0,
-                 gradient_checkpointing: bool = False, attentions: bool = False):
+                 gradient_checkpointing: bool = False, attentions: bool = False, hidden_states: bool = False):
         super().__init__()
         from transformers import AutoModel
 
@@ -107,12 +113,17 @@ class PretrainedEncoder(Block):
         self.use_segments = getattr(config, "type_vocab_size", 0) >= 2 and self.sep_index is not None
         self.output_spec = Spec(SEQUENCE if pooling == "none" else VECTOR, config.hidden_size)
         self.attentions = attentions
+        self.hidden_states = hidden_states
+        named = {}
         if attentions:
             heads = getattr(config, "num_attention_heads", None)
             if heads is None:
                 raise WidthError(f"attentions: the model config of '{self.location}' names no num_attention_heads")
-            self.named_outputs = {"attentions": Spec(ATTENTION, extra={"layers": len(self.kept_layers),
-                                                                       "heads": heads})}
+            named["attentions"] = Spec(ATTENTION, extra={"layers": len(self.kept_layers), "heads": heads})
+        if hidden_states:
+            named.update({f"layer{i}": self.output_spec for i in range(len(self.kept_layers))})
+        if named:
+            self.named_outputs = named
 
     @staticmethod
     def _build_model(auto_model, config, attentions: bool):
@@ -137,23 +148,35 @@ class PretrainedEncoder(Block):
             arguments["token_type_ids"] = ((separators.cumsum(dim=1) - separators) > 0).long() * mask.long()
         if self.attentions:
             arguments["output_attentions"] = True
+        if self.hidden_states:
+            arguments["output_hidden_states"] = True
         result = self.model(**arguments)
-        hidden = result.last_hidden_state
-        if self.pooling == "cls":
-            value = hidden[:, 0]
-        elif self.pooling == "mean":
-            value = masked_mean(hidden, mask)
-        else:
-            value = Sequence(zero_padding(hidden, mask), mask)
-        if not self.attentions:
+        value = self._pooled(result.last_hidden_state, mask)
+        if not (self.attentions or self.hidden_states):
             return value
-        layers = result.attentions
-        if not layers or len(layers) != len(self.kept_layers):
-            raise RuntimeError(f"PretrainedEncoder: the model returned {len(layers or ())} attention maps for "
-                               f"{len(self.kept_layers)} layers (its attention implementation may not return them)")
-        maps = torch.stack(layers, dim=1)  # [batch, layers, heads, length, length]
-        real = mask[:, None, None, :, None] & mask[:, None, None, None, :]
-        return NamedOutputs(value, {"attentions": AttentionMaps(maps.masked_fill(~real, 0.0), mask)})
+        named = {}
+        if self.attentions:
+            layers = result.attentions
+            if not layers or len(layers) != len(self.kept_layers):
+                raise RuntimeError(f"PretrainedEncoder: the model returned {len(layers or ())} attention maps for "
+                                   f"{len(self.kept_layers)} layers (its attention implementation may not return them)")
+            maps = torch.stack(layers, dim=1)  # [batch, layers, heads, length, length]
+            real = mask[:, None, None, :, None] & mask[:, None, None, None, :]
+            named["attentions"] = AttentionMaps(maps.masked_fill(~real, 0.0), mask)
+        if self.hidden_states:
+            states = result.hidden_states  # the embeddings' output, then each layer's
+            if not states or len(states) != len(self.kept_layers) + 1:
+                raise RuntimeError(f"PretrainedEncoder: the model returned {len(states or ())} hidden states for "
+                                   f"{len(self.kept_layers)} layers and the embeddings")
+            named.update({f"layer{i}": self._pooled(state, mask) for i, state in enumerate(states[1:])})
+        return NamedOutputs(value, named)
+
+    def _pooled(self, hidden: torch.Tensor, mask: torch.Tensor):
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        if self.pooling == "mean":
+            return masked_mean(hidden, mask)
+        return Sequence(zero_padding(hidden, mask), mask)
 
     def load_pretrained(self, base_dir: Path) -> str | None:
         """Copy the pretrained weights in, renumbering the kept layers."""

@@ -25,7 +25,7 @@ from blocks.layers.pretrained import PretrainedEncoder
 from blocks.layers.transformer import TransformerEncoder
 from blocks.registry import LOSSES
 from blocks.values import ATTENTION, SEQUENCE, TOKENS, VECTOR, AttentionMaps, Sequence, Spec
-from tests.conftest import write_tiny_bert
+from tests.conftest import PieceVocab, write_tiny_bert
 
 load_builtin_entries()
 
@@ -150,14 +150,6 @@ def test_empty_sequence_gives_zero_maps():
 def tiny_bert(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny_bert_attentions")
     return SimpleNamespace(folder=folder, vocab_size=write_tiny_bert(folder))
-
-
-class PieceVocab:
-    def __init__(self, size: int):
-        self.size, self.sep_index, self.pad_index = size, 3, 0
-
-    def __len__(self):
-        return self.size
 
 
 def bert_block(tiny_bert, **options) -> PretrainedEncoder:
@@ -479,7 +471,7 @@ def test_config_errors_name_the_loss(project):
     with pytest.raises(ConfigError, match=r"teacher layer 4 is not among the 4 layers of teacher 'encoder:attentions'"):
         project.prepare(values).build_losses(1)
     values = attention_config(project, {"teacher_output": "encoder:attention"})
-    with pytest.raises(ConfigError, match="has no node 'encoder:attention'; did you mean 'encoder:attentions'"):
+    with pytest.raises(ConfigError, match="node 'encoder' of model 'teacher' has no output 'attention'; did you mean 'attentions'"):
         project.prepare(values).build_losses(1)
     (_, loss), = project.prepare(attention_config(project, {})).build_losses(1)
     assert loss.layer_map == [(0, 1), (1, 3)]
