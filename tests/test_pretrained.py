@@ -23,6 +23,17 @@ def tiny_bert(tmp_path_factory):
     return folder
 
 
+def train_teacher_run(project, bert_folder) -> None:
+    """The teacher of pretrained_config fine-tuned alone, into project.root / "teacher_run"."""
+    from blocks.config.loader import load_config
+    from blocks.engine.run import train
+
+    values = pretrained_config(project, bert_folder)
+    values["stages"] = values["stages"][:1]
+    train(load_config(project.write(values), environ={}), run_dir=project.root / "teacher_run", progress=False,
+          log=quiet)
+
+
 def pretrained_config(project, bert_folder, student_graph=None) -> dict:
     values = project.config()
     values["models"]["teacher"] = {
@@ -262,10 +273,7 @@ def test_init_from_a_run_model_end_to_end(project, tiny_bert):
     from blocks.engine.run import train
     from blocks.experiment import Experiment
 
-    values = pretrained_config(project, tiny_bert)
-    values["stages"] = values["stages"][:1]
-    train(load_config(project.write(values), environ={}), run_dir=project.root / "teacher_run", progress=False,
-          log=quiet)
+    train_teacher_run(project, tiny_bert)
     student = [
         {"name": "encoder", "block": "PretrainedEncoder", "input": "pieces", "layers": [0, 2], "pooling": "mean",
          "init_from": "teacher"},
@@ -372,10 +380,7 @@ def test_patient_distillation_from_a_run_teacher_through_the_cache(project, tiny
     from blocks.engine.run import train
     from blocks.engine.teacher_cache import cache_folders
 
-    values = pretrained_config(project, tiny_bert)
-    values["stages"] = values["stages"][:1]
-    train(load_config(project.write(values), environ={}), run_dir=project.root / "teacher_run", progress=False,
-          log=quiet)
+    train_teacher_run(project, tiny_bert)
     student = [
         {"name": "encoder", "block": "PretrainedEncoder", "input": "pieces", "layers": [0, 2], "pooling": "mean",
          "hidden_states": True},
