@@ -195,3 +195,36 @@ def test_recurrent_benchmark_times_both_paths_in_training_and_inference(tiny_con
     recipe = student_recipe_with_a_finished_teacher(tiny_config, tmp_path)
     with pytest.raises(SystemExit, match="'student' trained by stage 0 has no BiLSTM/BiGRU block"):
         tool.main(["--config", str(recipe), "--threads", "1"])
+
+
+def test_gpu_benchmark_runs_both_parts_on_cpu(tiny_config, tmp_path, capsys):
+    """On CPU both precisions run fp32 (autocast is CUDA-only) and no utilisation is sampled; the
+    tokens counted are the real tokens of the batches trained."""
+    recipe = student_recipe_with_a_finished_teacher(tiny_config, tmp_path)
+    tool = load_tool("bench_gpu")
+    code = tool.main(["--config", str(tiny_config), "--stage", "0", "--device", "cpu", "--threads", "1",
+                      "--steps", "3", "--repeats", "2", "--warmup-steps", "1", "--distill", str(recipe)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "CPU: autocast is CUDA-only" in out
+    assert out.count("fp32: 3 steps") == 2 and out.count("bf16: 3 steps") == 2
+    rows = [line for line in out.splitlines() if line.startswith(("| fp32 |", "| bf16 |"))]
+    assert len(rows) == 2 and all("| accuracy " in row for row in rows)
+    assert "bf16 / fp32 tokens/s:" in out
+    assert "| teacher cache |" in out and "| teacher in the loop |" in out
+    assert out.count("not sampled (no CUDA device") == 2
+
+    # the tokens counted are the real tokens of the batches collated
+    from blocks.experiment import Experiment
+
+    experiment = Experiment.prepare(load_config(tiny_config, ["device=cpu"], environ={}), splits=("train",),
+                                    log=lambda *a: None)
+    split = experiment.splits["train"]
+    trainer = type("Trainer", (), {"model_name": "teacher", "train_split": split})()
+    counted = tool.count_tokens(trainer, experiment)
+    assert counted == [0]
+    batch = split.collate(torch.arange(8))
+    assert counted[0] == int(next(iter(batch.inputs.values())).mask.sum()) > 8
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="CUDA is not available"):
+            tool.main(["--config", str(tiny_config)])  # the default device is cuda
