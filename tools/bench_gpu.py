@@ -157,15 +157,8 @@ def run_stage(experiment: Experiment, stage_index: int, device: torch.device, in
 
 # -- the two parts ------------------------------------------------------------------------------
 def precision_part(args, device: torch.device) -> int:
-    from blocks.config.loader import load_config
-
-    probe = load_config(args.config, args.overrides)
-    index = len(probe["stages"]) - 1 if args.stage is None else args.stage
-    if index < len(probe["stages"]) and not probe["stages"][index]["teachers"]:
-        experiment, index = teacher_stage(args, index)
-    else:
-        experiment, index = first_steps_of_stage(args.config, args.overrides, index, args.steps,
-                                                 cache_teachers=True, device_name=args.device)
+    experiment, index = first_steps_of_stage(args.config, args.overrides, args.stage, args.steps,
+                                             cache_teachers=True, device_name=args.device)
     stage = experiment.config["stages"][index]
     model = experiment.models[stage["train"]]
     for name in [stage["train"], *stage["teachers"]]:
@@ -198,17 +191,6 @@ def precision_part(args, device: torch.device) -> int:
         print(f"| {name} | {1000 * per_step:.1f} | {tokens_s:,.0f} | {examples_s:,.1f} | {peak} | {dev} |")
     print(f"bf16 / fp32 tokens/s: {rows['bf16'][0] / rows['fp32'][0]:.2f}x")
     return 0
-
-
-def teacher_stage(args, index: int):
-    """A stage without teachers (fine-tuning) cut to ``--steps`` steps, with one dev evaluation."""
-    from blocks.config.loader import load_config
-
-    config = load_config(args.config, [*args.overrides, f"stages.{index}.epochs=1", f"stages.{index}.eval_every=0",
-                                       f"stages.{index}.max_steps={args.steps}", f"device={args.device}"])
-    experiment = Experiment.prepare(config, splits=("train", "dev"), log=lambda *a: None)
-    experiment.load_pretrained(log=lambda *a: None)
-    return experiment, index
 
 
 def utilisation_part(args, device: torch.device) -> int:
