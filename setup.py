@@ -17,7 +17,12 @@ setup(
         "jsonschema>=4.0",
         "nltk>=3.8",
         "tqdm>=4.60",
+        "seqeval>=1.2",  # entity-level F1 for tagging (conlleval-compatible)
+        "sacrebleu>=2.0",  # BLEU / chrF for generation
+        "matplotlib>=3.5",  # learning-curve and teacher-weight plots in run directories
     ],
-    extras_require={"test": ["pytest>=7", "scipy", "scikit-learn"], "export": ["onnx", "onnxruntime", "onnxscript"]},
+    extras_require={"test": ["pytest>=7", "scipy", "scikit-learn", "pytorch-crf"],
+                    "export": ["onnx", "onnxruntime", "onnxscript"],
+                    "tensorboard": ["tensorboard"]},
     entry_points={"console_scripts": ["blocks=blocks.cli:main"]},
 )
