@@ -6,6 +6,11 @@ At run time an edge carries either
   token ids, or ``[batch, length, chars]`` of character ids) together with a boolean ``mask`` of
   shape ``[batch, length]`` that is True on real positions; or
 * a plain ``torch.Tensor`` of shape ``[batch, width]`` (a *vector*, e.g. a pooled sentence); or
+* :class:`TagScores` — a linear-chain CRF's scores over a sequence: per-position emission scores
+  ``[batch, length, tags]``, the ``[batch, length]`` mask, and the ``[tags, tags]`` transition,
+  ``[tags]`` start and ``[tags]`` end scores (disallowed transitions hold a large negative
+  number), from which the CRF functions of :mod:`blocks.layers.crf` compute the log-likelihood,
+  the Viterbi path and the posterior marginals; or
 * :class:`AttentionMaps` — the attention probabilities of an encoder's layers, ``[batch, layers,
   heads, length, length]``, with the ``[batch, length]`` mask of the sequence they attend over
   (offered by encoders as a named output, see :mod:`blocks.graph`).
@@ -28,7 +33,8 @@ CHARS = "chars"  # Sequence of character ids [B, L, C]
 SEQUENCE = "sequence"  # Sequence of features [B, L, D]
 VECTOR = "vector"  # Tensor [B, D]
 ATTENTION = "attention"  # AttentionMaps [B, layers, heads, L, L]; Spec.extra: {"layers": n, "heads": h}
-KINDS = (TOKENS, CHARS, SEQUENCE, VECTOR, ATTENTION)
+TAG_SCORES = "tag_scores"  # TagScores: CRF emissions [B, L, T] + transitions; Spec.width = T
+KINDS = (TOKENS, CHARS, SEQUENCE, VECTOR, ATTENTION, TAG_SCORES)
 
 # A parameter annotated ``int | Literal["labels"]`` may be given as "labels": the graph builder
 # replaces it with the task's number of outputs (label count, or 1 for regression).
@@ -52,6 +58,23 @@ class AttentionMaps(NamedTuple):
 
     maps: torch.Tensor
     mask: torch.Tensor
+
+
+class TagScores(NamedTuple):
+    """A linear-chain CRF's scores for a batch of sequences.
+
+    ``emissions`` ``[batch, length, tags]`` (padded positions are ignored through ``mask``),
+    ``mask`` ``[batch, length]`` (True = real position; real positions form a prefix),
+    ``transitions`` ``[tags, tags]`` (``transitions[i, j]``: score of tag ``j`` following tag
+    ``i``), ``start`` ``[tags]`` and ``end`` ``[tags]`` (scores of the first and last tag).
+    Transitions the tag scheme forbids hold a large negative number, so no path uses them.
+    """
+
+    emissions: torch.Tensor
+    mask: torch.Tensor
+    transitions: torch.Tensor
+    start: torch.Tensor
+    end: torch.Tensor
 
 
 @dataclass(frozen=True)
