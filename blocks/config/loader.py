@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,22 +45,119 @@ def read_json(path: str | Path) -> Any:
         raise ConfigError("file not found", str(path)) from None
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as error:
         raise ConfigError(f"cannot read: {error}", str(path)) from None
+    repeated: list[tuple[dict, str]] = []  # (object, key) for each key an object states twice
+
+    def unique_keys(pairs: list) -> dict:
+        obj: dict = {}
+        for key, value in pairs:
+            if key in obj and not repeated:
+                repeated.append((obj, key))
+            obj[key] = value
+        return obj
+
     try:
-        return json.loads(text)
+        values = json.loads(text, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as error:
         raise ConfigError(f"JSON syntax error at line {error.lineno}, column {error.colno}: {error.msg}",
                           str(path)) from None
+    if repeated:
+        obj, key = repeated[0]
+        where = f"{_path_of(values, obj)}/{key}"
+        raise ConfigError(f"the key '{key}' appears twice in one object (JSON would silently keep the second "
+                          f"value); keep one", str(path), where)
+    return values
 
 
-def deep_merge(base: dict, override: dict) -> dict:
-    """``override`` on top of ``base``: objects merge key by key, everything else is replaced."""
+def _path_of(values: Any, target: dict, path: str = "") -> str | None:
+    """The JSON path of the object ``target`` (by identity) inside ``values``."""
+    if values is target:
+        return path
+    children = values.items() if isinstance(values, dict) else enumerate(values) if isinstance(values, list) else ()
+    for key, child in children:
+        found = _path_of(child, target, f"{path}/{key}")
+        if found is not None:
+            return found
+    return None
+
+
+def first_non_finite(values: Any, path: str = "") -> str | None:
+    """The JSON path of the first NaN or infinite number in ``values`` (JSON has neither, but
+    Python's parser accepts ``NaN``, ``Infinity`` and overflowing numbers such as ``1e999``)."""
+    if isinstance(values, float) and not math.isfinite(values):
+        return path or "/"
+    children = values.items() if isinstance(values, dict) else enumerate(values) if isinstance(values, list) else ()
+    for key, child in children:
+        found = first_non_finite(child, f"{path}/{key}")
+        if found is not None:
+            return found
+    return None
+
+
+# Lists of named objects that an extending file may merge into by name instead of replacing:
+# ``"stages": {"distill": {"epochs": 6}}`` changes only the stage named "distill".
+NAMED_LISTS = ("stages", "graph")
+
+
+def deep_merge(base: dict, override: dict, file: str | None = None, path: str = "") -> dict:
+    """``override`` on top of ``base`` (neither is modified).
+
+    - objects merge key by key;
+    - ``null`` deletes the inherited key (where nothing is inherited it stays, as the value "none");
+    - a list replaces the inherited value;
+    - an object given for a list of named objects (``stages``, a model's ``graph``) merges into that
+      list by name: each key names an entry, its object merges into that entry, ``null`` deletes it,
+      and a name the list does not hold is appended. Entries without a name, or two with the same
+      name, make the merge ambiguous: a ``ConfigError`` naming ``file`` and the JSON path.
+    """
     merged = copy.deepcopy(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
+        where = f"{path}/{key}"
+        inherited = merged.get(key)
+        if value is None and key in merged:
+            del merged[key]
+        elif isinstance(value, dict) and (isinstance(inherited, list) or (inherited is None and key in NAMED_LISTS)):
+            merged[key] = merge_by_name(inherited or [], value, file, where)
+        elif isinstance(value, dict):
+            merged[key] = deep_merge(inherited if isinstance(inherited, dict) else {}, value, file, where)
         else:
             merged[key] = copy.deepcopy(value)
     return merged
+
+
+def merge_by_name(base: list, override: dict, file: str | None, path: str) -> list:
+    """The entries of ``base`` (objects with a unique ``name``) with ``override``'s changes by name."""
+    positions: dict[str, int] = {}
+    for index, entry in enumerate(base):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if not isinstance(name, str):
+            raise ConfigError(f"cannot merge an object into this list by name: its entry {index} has no "
+                              f"\"name\" (give the whole list instead)", file, path)
+        if name in positions:
+            raise ConfigError(f"cannot merge by name: entries {positions[name]} and {index} are both named "
+                              f"'{name}' (give the whole list instead)", file, path)
+        positions[name] = index
+    merged: list = copy.deepcopy(base)
+    removed: set[int] = set()
+    for name, change in override.items():
+        where = f"{path}/{name}"
+        if change is None:
+            if name not in positions:
+                raise ConfigError(f"null deletes an inherited entry, and there is no '{name}'"
+                                  f"{did_you_mean(name, positions)} (entries: {', '.join(positions) or 'none'})",
+                                  file, where)
+            removed.add(positions[name])
+            continue
+        if not isinstance(change, dict):
+            raise ConfigError(f"an entry merged by name is an object (or null to delete it), got "
+                              f"{type(change).__name__}", file, where)
+        if change.get("name", name) != name:
+            raise ConfigError(f"the entry keyed '{name}' is named '{change['name']}': the key is its name",
+                              file, f"{where}/name")
+        if name in positions:
+            merged[positions[name]] = deep_merge(merged[positions[name]], change, file, where)
+        else:
+            merged.append({"name": name, **deep_merge({}, change, file, where)})
+    return [entry for index, entry in enumerate(merged) if index not in removed]
 
 
 def _load_with_extends(path: Path, chain: tuple[Path, ...]) -> dict:
@@ -81,8 +179,39 @@ def _load_with_extends(path: Path, chain: tuple[Path, ...]) -> dict:
         parent_path = (path.parent / parent)
         if not parent_path.is_file():
             raise ConfigError(f"extended file not found: {parent_path}", str(path), f"/extends/{i}")
-        merged = deep_merge(merged, _load_with_extends(parent_path, chain + (path,)))
-    return deep_merge(merged, values)
+        merged = deep_merge(merged, _load_with_extends(parent_path, chain + (path,)), str(path))
+    return deep_merge(merged, values, str(path))
+
+
+STAGE_DEFAULTS = "stage_defaults"
+
+
+def apply_stage_defaults(values: dict, file: str) -> None:
+    """``"stage_defaults"``: settings every stage gets unless it states its own (merged under each
+    stage as ``extends`` merges a file under the one that extends it; ``null`` in a stage deletes a
+    default). The key is removed, so a resolved config lists each stage in full."""
+    defaults = values.pop(STAGE_DEFAULTS, None)
+    if defaults is None:
+        return
+    if not isinstance(defaults, dict):
+        raise ConfigError("'stage_defaults' must be an object of stage settings", file, f"/{STAGE_DEFAULTS}")
+    allowed = CONFIG_SCHEMA["$defs"]["stage"]["properties"]
+    for key in defaults:
+        if key not in allowed or key == "name":
+            raise ConfigError(f"unknown stage setting '{key}'{did_you_mean(key, allowed)} (allowed here: "
+                              f"{', '.join(k for k in allowed if k != 'name')})", file, f"/{STAGE_DEFAULTS}/{key}")
+    stages = values.get("stages")
+    if isinstance(stages, list):
+        values["stages"] = [deep_merge(defaults, stage, file, f"/stages/{i}") if isinstance(stage, dict) else stage
+                            for i, stage in enumerate(stages)]
+
+
+def load_merged(path: str | Path) -> dict:
+    """A config file with its ``extends`` merged and its stage defaults applied: the config as the
+    file states it, before overrides, schema defaults and models from runs."""
+    values = _load_with_extends(Path(path), ())
+    apply_stage_defaults(values, str(path))
+    return values
 
 
 def _absolutize_paths(values: dict, folder: Path) -> None:
@@ -143,7 +272,9 @@ def apply_override(values: dict, parts: list[str], value: Any, text: str) -> Non
             else:
                 node = node[int(part)]
         elif isinstance(node, dict):
-            if last:
+            if last and value is None:
+                node.pop(part, None)  # null deletes, as in a file that extends another
+            elif last:
                 node[part] = value
             else:
                 node = node.setdefault(part, {})
@@ -214,6 +345,12 @@ def _fill_training_defaults(values: dict) -> None:
         stage["schedule"].setdefault("warmup", 0)
 
 
+def _value_at(values: Any, path: str) -> Any:
+    for part in path.strip("/").split("/"):
+        values = values[int(part)] if isinstance(values, list) else values[part]
+    return values
+
+
 def validate_structure(values: dict, file: str) -> None:
     validator = jsonschema.Draft202012Validator(CONFIG_SCHEMA)
     errors = list(validator.iter_errors(values))
@@ -234,7 +371,12 @@ def load_config(path: str | Path, overrides: Iterable[str] = (), environ: dict |
     for text in overrides:
         parts, value = parse_override(text)
         apply_override(values, parts, _command_line_paths(parts, value), text)
+    apply_stage_defaults(values, file)
     values.pop("$schema", None)
+    non_finite = first_non_finite(values)
+    if non_finite:
+        raise ConfigError(f"{_value_at(values, non_finite)} is not a number a config can hold (a NaN or infinite "
+                          f"value, from the file or a --set)", file, non_finite)
     validate_structure(values, file)
     task = values.setdefault("task", {})
     if task.get("type") == "regression" and "metrics" not in task:
