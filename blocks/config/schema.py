@@ -24,8 +24,9 @@ READER_SCHEMA = {
     "additionalProperties": False,
     "description": "How to read the data files (each split may override any key).",
     "properties": {
-        "format": {"enum": ["auto", "tsv", "csv", "jsonl", "json"], "default": "auto",
-                   "description": "file format; auto = from the extension"},
+        "format": {"enum": ["auto", "tsv", "csv", "jsonl", "json", "columns"], "default": "auto",
+                   "description": "file format; auto = from the extension; columns = CoNLL-style "
+                                  "(one token per line, a blank line between sentences)"},
         "header": {"type": "boolean", "default": True, "description": "first line names the columns"},
         "columns": {"anyOf": [{"type": "array", "items": {"type": "string"}}, {"type": "null"}],
                     "default": None, "description": "column names (for files without a header, or to rename)"},
@@ -38,6 +39,9 @@ READER_SCHEMA = {
         "skip_blank": {"type": "boolean", "default": True},
         "comment": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None,
                     "description": "skip lines starting with this prefix"},
+        "document_separator": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": "-DOCSTART-",
+                               "description": "columns format: skip lines starting with this text "
+                                              "(and the blank line after them)"},
     },
 }
 

@@ -28,10 +28,10 @@ from typing import Any, Iterator, Literal
 
 from blocks.errors import DataError
 
-Format = Literal["auto", "tsv", "csv", "jsonl", "json"]
+Format = Literal["auto", "tsv", "csv", "jsonl", "json", "columns"]
 
 EXTENSIONS = {".tsv": "tsv", ".txt": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "json"}
-FORMATS = ("tsv", "csv", "jsonl", "json")
+FORMATS = ("tsv", "csv", "jsonl", "json", "columns")
 
 
 @dataclass(slots=True)
@@ -78,7 +78,7 @@ def format_of(path: str | os.PathLike, format: Format = "auto") -> str:
 def read_rows(path: str | os.PathLike, *, format: Format = "auto", header: bool = True,
               columns: list[str] | None = None, quoting: Literal["none", "csv"] = "none",
               encoding: str = "utf-8-sig", delimiter: str | None = None, skip_blank: bool = True,
-              comment: str | None = None) -> list[Row]:
+              comment: str | None = None, document_separator: str | None = "-DOCSTART-") -> list[Row]:
     """Read a data file into rows of raw strings.
 
     Args:
@@ -100,6 +100,10 @@ def read_rows(path: str | os.PathLike, *, format: Format = "auto", header: bool 
             tsv/csv, and an error in jsonl).
         comment: tsv/csv/jsonl: skip lines starting with this prefix (checked on raw lines,
             before any quote handling).
+        document_separator: columns: lines starting with this text separate documents and are
+            skipped (see :mod:`blocks.data.column_reader`; ``format="columns"`` reads one row per
+            sentence, each field a list of strings, and ignores ``header``, ``quoting`` and
+            ``skip_blank``).
 
     Returns:
         The rows in file order; ``[]`` for a file without rows (the caller decides whether that
@@ -123,6 +127,11 @@ def read_rows(path: str | os.PathLike, *, format: Format = "auto", header: bool 
         codecs.lookup(encoding)
     except LookupError:
         raise DataError(f"unknown encoding '{encoding}'", file) from None
+    if fmt == "columns":
+        from blocks.data.column_reader import read_column_rows
+
+        return read_column_rows(file, columns=columns, delimiter=delimiter, encoding=encoding,
+                                document_separator=document_separator, comment=comment)
     if fmt in ("tsv", "csv"):
         if delimiter is None:
             delimiter = "\t" if fmt == "tsv" else ","
