@@ -1,8 +1,8 @@
-"""The model zoo's recipes: each one is a valid config, and each method comparison varies only the method.
+"""The recipes of the model zoo and the benchmarks: each one is a valid config, and each method
+comparison (``benchmarks/<task>/student*_*.json``) varies only the method.
 
-Loading a recipe in full needs its data and its teachers' finished runs, which CI does not have, so
-these tests check the merged JSON (``extends`` resolved) against the config schema, and compare
-the students of a comparison set with the one its shared models config defines.
+These tests check the merged JSON (``extends`` resolved, stage defaults applied) against the config
+schema, and compare the students of a comparison set with the one its shared models config defines.
 """
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from blocks.config.loader import _load_with_extends, validate_structure
+from blocks.config.loader import load_merged, validate_structure
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 ZOO = REPOSITORY / "model_zoo"
-RECIPES = sorted(p for p in ZOO.rglob("*.json"))
+BENCHMARKS = REPOSITORY / "benchmarks"
+RECIPES = sorted(p for folder in (ZOO, BENCHMARKS) for p in folder.rglob("*.json"))
 
 # comparison set (task, recipe prefix) -> its shared models config (the teachers and the student
 # every row uses) and how many rows it has at least
@@ -35,10 +36,10 @@ SET_IDS = [f"{task}/{prefix}" for task, prefix in SETS]
 
 
 def merged(path: Path) -> dict:
-    return _load_with_extends(path, ())
+    return load_merged(path)
 
 
-@pytest.mark.parametrize("path", RECIPES, ids=[str(p.relative_to(ZOO)) for p in RECIPES])
+@pytest.mark.parametrize("path", RECIPES, ids=[str(p.relative_to(REPOSITORY)) for p in RECIPES])
 def test_recipe_is_a_valid_config(path):
     values = merged(path)
     values.pop("$schema", None)
@@ -51,7 +52,7 @@ def test_recipe_is_a_valid_config(path):
 def test_comparison_rows_share_one_student(task, prefix):
     config, minimum = COMPARISONS[task, prefix]
     base = merged(REPOSITORY / "configs" / "models" / config)["models"]["student"]
-    rows = sorted((ZOO / task).glob(f"{prefix}*.json"))
+    rows = sorted((BENCHMARKS / task).glob(f"{prefix}*.json"))
     assert len(rows) >= minimum, f"{task}: the comparison has a recipe per method row"
     for path in rows:
         student = merged(path)["models"]["student"]
@@ -79,8 +80,8 @@ def test_comparison_rows_get_the_same_epochs_on_the_task(task, prefix):
     def task_epochs(stages: list) -> list:
         return [s.get("epochs", 3) for s in stages if not s.get("transfer", {}).get("files")]
 
-    budget = sum(task_epochs(merged(ZOO / task / f"{prefix}kd_best.json")["stages"]))
-    for path in sorted((ZOO / task).glob(f"{prefix}*.json")):
+    budget = sum(task_epochs(merged(BENCHMARKS / task / f"{prefix}kd_best.json")["stages"]))
+    for path in sorted((BENCHMARKS / task).glob(f"{prefix}*.json")):
         epochs = task_epochs(merged(path)["stages"])
         if "annealing" in path.name:
             assert epochs[0] == budget and epochs[1] <= (budget + 1) // 2, f"{path.name}: {epochs}"
@@ -89,7 +90,7 @@ def test_comparison_rows_get_the_same_epochs_on_the_task(task, prefix):
         elif path.name.endswith("nokd_steps.json"):
             # At most (copies + 1) passes: copies equal to a train example are dropped from the
             # augmented set (SST-2's one copy per phrase adds 50,384 to 67,349), so its steps can be fewer.
-            augmented = merged(ZOO / task / f"{prefix}augmented.json")["stages"][0]
+            augmented = merged(BENCHMARKS / task / f"{prefix}augmented.json")["stages"][0]
             steps = augmented["epochs"] * (augmented["transfer"]["augment"]["copies"] + 1)
             assert len(epochs) == 1 and augmented["epochs"] < epochs[0] <= steps, \
                 f"{path.name}: {epochs} epochs, the augmented row makes at most {steps} passes' steps"
