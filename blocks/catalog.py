@@ -10,3 +10,5 @@ def load_builtin_entries() -> None:
     import blocks.distill.multi_teacher  # noqa: F401
     import blocks.layers  # noqa: F401
     import blocks.metrics  # noqa: F401
+    import blocks.lr_schedules  # noqa: F401
+    import blocks.optimizers  # noqa: F401

@@ -48,9 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="each input line is one text for the model's single text field")
     predict.add_argument("--output", help="write here instead of standard output")
 
-    listing = commands.add_parser("list", help="show registered blocks, losses, tokenizers and metrics")
+    listing = commands.add_parser(
+        "list", help="show registered blocks, losses, tokenizers, metrics, optimizers and schedules")
     listing.add_argument("name", nargs="?", help="show one entry in full")
-    listing.add_argument("--kind", choices=["block", "loss", "tokenizer", "metric"], default=None)
+    listing.add_argument("--kind", choices=["block", "loss", "tokenizer", "metric", "optimizer", "schedule"],
+                         default=None)
     listing.add_argument("--import", dest="imports", action="append", default=[],
                          help="module with custom entries to include")
 
@@ -267,7 +269,7 @@ def cmd_list(args) -> int:
     import importlib
 
     from blocks.catalog import load_builtin_entries
-    from blocks.registry import BLOCKS, LOSSES, METRICS, TOKENIZERS
+    from blocks.registry import BLOCKS, LOSSES, METRICS, OPTIMIZERS, SCHEDULES, TOKENIZERS
 
     load_builtin_entries()
     for module in args.imports:
@@ -275,7 +277,8 @@ def cmd_list(args) -> int:
             importlib.import_module(module)
         except Exception as error:
             raise DistilBlocksError(f"--import {module} failed: {type(error).__name__}: {error}") from error
-    registries = {"block": BLOCKS, "loss": LOSSES, "tokenizer": TOKENIZERS, "metric": METRICS}
+    registries = {"block": BLOCKS, "loss": LOSSES, "tokenizer": TOKENIZERS, "metric": METRICS,
+                  "optimizer": OPTIMIZERS, "schedule": SCHEDULES}
     kinds = [args.kind] if args.kind else list(registries)
     if args.name:
         for kind in kinds:
@@ -285,7 +288,8 @@ def cmd_list(args) -> int:
         registries[kinds[0]].get(args.name)  # raises with a suggestion
     for kind in kinds:
         registry = registries[kind]
-        print({"block": "blocks", "loss": "losses", "tokenizer": "tokenizers", "metric": "metrics"}[kind] + ":")
+        print({"block": "blocks", "loss": "losses", "tokenizer": "tokenizers", "metric": "metrics",
+               "optimizer": "optimizers", "schedule": "learning-rate schedules"}[kind] + ":")
         for name in registry.names():
             _print_entry(registry, name, full=False)
         print()

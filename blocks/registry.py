@@ -1,4 +1,4 @@
-"""One registry class, many instances: blocks, losses, tokenizers, metrics.
+"""One registry class, many instances: blocks, losses, tokenizers, metrics, optimizers, schedules.
 
 An entry is a class (or function) registered under a name with a decorator::
 
@@ -27,7 +27,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Union
+from typing import Annotated, Any, Callable, Literal, Union
 
 from blocks.errors import ConfigError, did_you_mean
 
@@ -51,6 +51,8 @@ class Parameter:
 
 def _type_name(annotation: Any) -> str:
     origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _type_name(typing.get_args(annotation)[0])
     if origin is Literal:
         return " | ".join(repr(a) for a in typing.get_args(annotation))
     if origin in (Union, types.UnionType):
@@ -67,11 +69,30 @@ def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
+class Schema:
+    """JSON Schema keywords that narrow a parameter's type hint, e.g. its range::
+
+        lr: Annotated[float, Schema(exclusiveMinimum=0)] = 1e-3
+    """
+
+    def __init__(self, **keywords: Any):
+        self.keywords = keywords
+
+    def __repr__(self) -> str:
+        return f"Schema({', '.join(f'{k}={v!r}' for k, v in self.keywords.items())})"
+
+
 def type_schema(annotation: Any) -> dict:
     """JSON Schema for a Python type hint (the subset that configs use)."""
     if annotation is Any or annotation is _NO_DEFAULT:
         return {}
     origin = typing.get_origin(annotation)
+    if origin is Annotated:  # Annotated[float, Schema(exclusiveMinimum=0)]: the type plus schema keywords
+        schema = type_schema(typing.get_args(annotation)[0])
+        for extra in annotation.__metadata__:
+            if isinstance(extra, Schema):
+                schema.update(extra.keywords)
+        return schema
     if origin is Literal:
         return {"enum": list(typing.get_args(annotation))}
     if origin in (Union, types.UnionType):
@@ -150,7 +171,7 @@ class Registry:
         entry = self._entries[name]
         target = entry.__init__ if inspect.isclass(entry) else entry
         signature = inspect.signature(target)
-        hints = typing.get_type_hints(target)
+        hints = typing.get_type_hints(target, include_extras=True)
         _, docs = self.describe_parts(name)
         params = []
         names = [p for p in signature.parameters if p != "self"]
@@ -227,8 +248,12 @@ BLOCKS = Registry("block", context_args=("inputs",), reserved=("name", "input", 
 LOSSES = Registry("loss", context_args=("stage",), reserved=("weight",))
 TOKENIZERS = Registry("tokenizer")
 METRICS = Registry("metric", context_args=("predictions",))
+OPTIMIZERS = Registry("optimizer", context_args=("parameters", "where"))
+SCHEDULES = Registry("schedule", context_args=("optimizer", "total_steps", "where"))
 
 register_block = BLOCKS.register
 register_loss = LOSSES.register
 register_tokenizer = TOKENIZERS.register
 register_metric = METRICS.register
+register_optimizer = OPTIMIZERS.register
+register_schedule = SCHEDULES.register

@@ -330,19 +330,21 @@ def _fill_defaults(schema: dict, value: Any, defs: dict) -> None:
 FINE_TUNING_BLOCKS = ("PretrainedEncoder",)
 
 
-def _fill_training_defaults(values: dict) -> None:
-    """Optimizer and schedule defaults per stage: fine-tuning settings for pretrained encoders."""
-    for stage in values["stages"]:
+def _fill_training_defaults(values: dict, file: str) -> None:
+    """Optimizer and schedule defaults per stage (fine-tuning settings for pretrained encoders),
+    and their options checked against the registered optimizers and schedules."""
+    from blocks import lr_schedules, optimizers
+
+    for index, stage in enumerate(values["stages"]):
         graph = values["models"].get(stage["train"], {}).get("graph", [])
         pretrained = any(node.get("block") in FINE_TUNING_BLOCKS for node in graph)
-        if "optimizer" not in stage:
-            stage["optimizer"] = {"type": "adamw", "lr": 2e-5} if pretrained else {"type": "adam", "lr": 0.001}
-        stage["optimizer"].setdefault("type", "adam")
-        stage["optimizer"].setdefault("lr", 2e-5 if pretrained else 0.001)
-        if "schedule" not in stage:
-            stage["schedule"] = {"type": "linear", "warmup": 0.1} if pretrained else {"type": "constant", "warmup": 0}
-        stage["schedule"].setdefault("type", "constant")
-        stage["schedule"].setdefault("warmup", 0)
+        stage["optimizer"] = optimizers.with_stage_defaults(stage.get("optimizer"), pretrained)
+        stage["schedule"] = lr_schedules.with_stage_defaults(stage.get("schedule"), pretrained)
+        try:
+            optimizers.check_optimizer(stage["optimizer"], f"/stages/{index}/optimizer")
+            lr_schedules.check_schedule(stage["schedule"], f"/stages/{index}/schedule")
+        except ConfigError as error:
+            raise ConfigError(error.message, file, error.path) from None
 
 
 def _value_at(values: Any, path: str) -> Any:
@@ -388,7 +390,7 @@ def load_config(path: str | Path, overrides: Iterable[str] = (), environ: dict |
     base_dir = path.resolve().parent
     drop_unused_run_models(values)
     expand_run_models(values, base_dir, file)
-    _fill_training_defaults(values)
+    _fill_training_defaults(values, file)
     values["imports"] = [str(base_dir / name) if name.endswith(".py") and not os.path.isabs(name) else name
                          for name in values["imports"]]
     if values.get("cache_dir") and not os.path.isabs(values["cache_dir"]):

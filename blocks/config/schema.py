@@ -6,8 +6,6 @@ an editor gets the whole picture from :func:`full_schema` (written by ``blocks s
 """
 from __future__ import annotations
 
-from blocks.engine.optim import OPTIMIZER_SCHEMA, SCHEDULE_SCHEMA
-
 _PATH_OR_SPLIT = {
     "anyOf": [
         {"type": "string", "description": "path relative to data.root"},
@@ -243,10 +241,15 @@ STAGE_SCHEMA = {
         "max_steps": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}], "default": None},
         "batch_size": {"type": "integer", "minimum": 1, "default": 32},
         "eval_batch_size": {"type": "integer", "minimum": 1, "default": 256},
-        # No default here: the loader picks adam (lr 1e-3, constant) or, for a model with a
-        # PretrainedEncoder, fine-tuning defaults (adamw, lr 2e-5, linear warm-up 10%).
-        "optimizer": {**OPTIMIZER_SCHEMA, "x-fill-defaults": False},
-        "schedule": {**SCHEDULE_SCHEMA, "x-fill-defaults": False},
+        # Their options are the parameters of registered entries (blocks.optimizers,
+        # blocks.lr_schedules), which the loader checks and full_schema() spells out. No default
+        # here: the loader picks adam (lr 1e-3, constant) or, for a model with a PretrainedEncoder,
+        # fine-tuning defaults (adamw, lr 2e-5, linear warm-up 10%).
+        "optimizer": {"type": "object", "x-fill-defaults": False,
+                      "description": "the optimizer: a registered type (adam, adamw, sgd) and its options"},
+        "schedule": {"type": "object", "x-fill-defaults": False,
+                     "description": "how the learning rate changes per optimizer step: a registered type"
+                                    " (constant, linear) and its options"},
         "grad_clip": {"anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "null"}], "default": None,
                       "description": "clip the gradient norm to this value"},
         "accumulate": {"type": "integer", "minimum": 1, "default": 1,
@@ -332,10 +335,12 @@ CONFIG_SCHEMA = {
 
 
 def full_schema() -> dict:
-    """The config schema with every registered block and loss spelled out (for editors)."""
+    """The config schema with every registered block, loss, optimizer and schedule spelled out (for editors)."""
     import copy
 
-    from blocks.registry import BLOCKS, LOSSES
+    from blocks.lr_schedules import DEFAULT_SCHEDULE
+    from blocks.optimizers import DEFAULT_OPTIMIZER
+    from blocks.registry import BLOCKS, LOSSES, OPTIMIZERS, SCHEDULES
 
     schema = copy.deepcopy(CONFIG_SCHEMA)
     schema["$defs"]["node"]["anyOf"] = (
@@ -344,4 +349,18 @@ def full_schema() -> dict:
             "properties": {"name": {}, "input": {}, "share": {"type": "string"}}, "additionalProperties": False}]
     )
     schema["$defs"]["loss"]["anyOf"] = [LOSSES.schema(name) for name in LOSSES.names()]
+    stage = schema["$defs"]["stage"]["properties"]
+    stage["optimizer"]["anyOf"] = _typed_options(OPTIMIZERS, DEFAULT_OPTIMIZER)
+    stage["schedule"]["anyOf"] = _typed_options(SCHEDULES, DEFAULT_SCHEDULE)
     return schema
+
+
+def _typed_options(registry, default: str) -> list[dict]:
+    """One schema per registered entry of a node chosen by its ``type``; only ``default`` may omit it."""
+    options = []
+    for name in registry.names():
+        option = registry.schema(name, key="type")
+        if name != default:
+            option["required"] = ["type", *option.get("required", [])]
+        options.append(option)
+    return options

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from blocks.engine.optim import OPTIMIZER_SCHEMA, SCHEDULE_SCHEMA, build_optimizer, build_schedule
+from blocks.engine.optim import build_optimizer, build_schedule
 from blocks.errors import ConfigError
 
 
@@ -66,11 +66,14 @@ def test_sgd_momentum():
     ({"lr": 0.1, "weigth_decay": 0.1}, "/optimizer/weigth_decay", "did you mean 'weight_decay'"),
     ({"momentum": 0.9}, "/optimizer/momentum", "optimizer 'adam' has no option 'momentum'"),
     ({"type": "sgd", "betas": [0.9, 0.99]}, "/optimizer/betas", "no option 'betas'"),
-    ({"lr": 0}, "/optimizer/lr", "must be > 0"),
-    ({"lr": "fast"}, "/optimizer/lr", "must be a number"),
-    ({"lr": True}, "/optimizer/lr", "must be a number"),
-    ({"betas": [0.9]}, "/optimizer/betas", "two numbers"),
-    ({"weight_decay": -1}, "/optimizer/weight_decay", ">= 0"),
+    ({"lr": 0}, "/optimizer/lr", "less than or equal to the minimum of 0"),
+    ({"lr": "fast"}, "/optimizer/lr", "is not of type 'number'"),
+    ({"lr": True}, "/optimizer/lr", "is not of type 'number'"),
+    ({"betas": [0.9]}, "/optimizer/betas", "is too short"),
+    ({"betas": [0.9, 1.0]}, "/optimizer/betas/1", "greater than or equal to the maximum of 1"),
+    ({"weight_decay": -1}, "/optimizer/weight_decay", "less than the minimum of 0"),
+    ({"type": 3}, "/optimizer/type", "unknown optimizer type 3"),
+    ([0.1], "/optimizer", "must be an object"),
     ({"type": "sgd", "nesterov": True}, "/optimizer/nesterov", "momentum > 0"),
 ])
 def test_optimizer_errors(config, path, message):
@@ -173,24 +176,73 @@ def test_schedule_state_dict_round_trip():
 
 
 def test_schemas_validate_configs():
+    """The editor schema (``blocks schema``) of an optimizer or schedule node, generated from the
+    registered entries, agrees with what the engine accepts."""
     jsonschema = pytest.importorskip("jsonschema")
-    optimizer = jsonschema.Draft202012Validator(OPTIMIZER_SCHEMA)
-    schedule = jsonschema.Draft202012Validator(SCHEDULE_SCHEMA)
-    jsonschema.Draft202012Validator.check_schema(OPTIMIZER_SCHEMA)
-    jsonschema.Draft202012Validator.check_schema(SCHEDULE_SCHEMA)
+    from blocks.config.schema import full_schema
+
+    stage = full_schema()["$defs"]["stage"]["properties"]
+    for node in (stage["optimizer"], stage["schedule"]):
+        jsonschema.Draft202012Validator.check_schema(node)
+        assert node["description"]
+        for option in node["anyOf"]:
+            assert option["description"]
+            assert all(prop.get("description") for key, prop in option["properties"].items() if key != "type")
+    optimizer = jsonschema.Draft202012Validator(stage["optimizer"])
+    schedule = jsonschema.Draft202012Validator(stage["schedule"])
     for good in ({}, {"type": "adamw", "lr": 2e-5, "betas": [0.9, 0.98]},
                  {"type": "sgd", "momentum": 0.9, "nesterov": True}):
         assert optimizer.is_valid(good), good
         build_optimizer([parameter()], good)
-    for bad in ({"type": "sgd", "eps": 1e-8}, {"momentum": 0.5}, {"lr": 0}, {"typo": 1}, {"type": "rmsprop"}):
+    for bad in ({"type": "sgd", "eps": 1e-8}, {"momentum": 0.5}, {"lr": 0}, {"typo": 1}, {"type": "rmsprop"},
+                {"betas": [0.9, 1.5]}):
         assert not optimizer.is_valid(bad), bad
+        with pytest.raises(ConfigError):
+            build_optimizer([parameter()], bad)
     for good in ({}, {"type": "linear", "warmup": 0.1}, {"type": "constant", "warmup": 100}):
         assert schedule.is_valid(good), good
+        build_schedule(torch.optim.SGD([parameter()], lr=1), good, 200)
     for bad in ({"warmup": 1.5}, {"warmup": -1}, {"type": "cosine"}, {"steps": 3}):
         assert not schedule.is_valid(bad), bad
-    for schema in (OPTIMIZER_SCHEMA, SCHEDULE_SCHEMA):
-        assert schema["description"]
-        assert all(prop.get("description") for prop in schema["properties"].values())
+        with pytest.raises(ConfigError):
+            build_schedule(torch.optim.SGD([parameter()], lr=1), bad, 200)
+
+
+def test_optimizers_and_schedules_are_registered_entries():
+    from blocks.registry import OPTIMIZERS, SCHEDULES, register_optimizer
+
+    assert OPTIMIZERS.names()[:3] == ["adam", "adamw", "sgd"] and SCHEDULES.names()[:2] == ["constant", "linear"]
+    assert {p.name: p.default for p in OPTIMIZERS.parameters("adamw")}["weight_decay"] == 0.01
+
+    @register_optimizer("test_rmsprop")
+    def rmsprop(parameters: list, where: str, lr: float = 0.01, alpha: float = 0.99):
+        """RMSprop (a registered optimizer a user could add).
+
+        Args:
+            lr: learning rate.
+            alpha: smoothing constant.
+        """
+        return torch.optim.RMSprop(parameters, lr=lr, alpha=alpha)
+
+    try:
+        built = build_optimizer([parameter()], {"type": "test_rmsprop", "alpha": 0.9})
+        assert type(built) is torch.optim.RMSprop and built.defaults["alpha"] == 0.9
+        with pytest.raises(ConfigError, match="has no option 'alpah'; did you mean 'alpha'"):
+            build_optimizer([parameter()], {"type": "test_rmsprop", "alpah": 0.9})
+    finally:
+        OPTIMIZERS._entries.pop("test_rmsprop")  # other tests list the built-in entries
+
+
+def test_stage_defaults_come_from_the_registered_entries():
+    from blocks import lr_schedules, optimizers
+
+    assert optimizers.with_stage_defaults(None, False) == {"type": "adam", "lr": 1e-3}
+    assert optimizers.with_stage_defaults(None, True) == {"type": "adamw", "lr": 2e-5}
+    assert optimizers.with_stage_defaults({"type": "sgd"}, True) == {"type": "sgd", "lr": 2e-5}
+    assert optimizers.with_stage_defaults({"momentum": 0.5}, False) == {"type": "adam", "lr": 1e-3, "momentum": 0.5}
+    assert lr_schedules.with_stage_defaults(None, False) == {"type": "constant", "warmup": 0}
+    assert lr_schedules.with_stage_defaults(None, True) == {"type": "linear", "warmup": 0.1}
+    assert lr_schedules.with_stage_defaults({"warmup": 5}, True) == {"type": "constant", "warmup": 5}
 
 
 def _train(config: dict, steps: int = 5) -> tuple[torch.optim.Optimizer, torch.Tensor]:

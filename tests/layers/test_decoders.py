@@ -26,6 +26,15 @@ DECODERS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Many tiny tensor operations: extra threads only add overhead (restored after each test)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def memory_and_prefix(seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     memory_lengths, prefix_lengths = [7, 4, 1], [6, 3, 5]

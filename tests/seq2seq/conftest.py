@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 
 @pytest.fixture(scope="session")
@@ -16,3 +17,13 @@ def multi30k() -> Path:
     if not (folder / "train.en").is_file():
         pytest.skip(f"Multi30k not found at {folder} (set DISTILBLOCKS_DATA to the data folder)")
     return folder
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These tests run many tiny tensor operations, for which extra threads only add overhead
+    (tenfold and more on a loaded 2-core machine); the previous setting is restored after each."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

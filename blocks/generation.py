@@ -1,0 +1,244 @@
+"""Generating target sequences with a decoder: greedy search, beam search, top-k sampling.
+
+Every strategy runs batched over any decoder that follows the protocol of
+:mod:`blocks.layers.decoders` (``init_state`` / ``step`` / ``reorder_state``), with the decoder's
+cached incremental decoding, in inference mode. Conventions shared by all of them:
+
+* Decoding starts from ``<bos>``; ``<pad>`` and ``<bos>`` are never generated.
+* **Length limit.** Sentence *i* may have at most ``floor(a + b * source length)`` target
+  tokens, ``<eos>`` included (``max_len_a``, ``max_len_b``; the source length is the number of
+  real positions of the memory), never fewer than 1 and never more than the decoder's
+  ``max_length``. At the last allowed position ``<eos>`` is forced, so every output ends.
+* **Scores** are sums of the model's log-probabilities (log-softmax over the whole vocabulary,
+  ``<eos>`` included). Beam search ranks finished hypotheses by that sum divided by a length
+  penalty of their length *n* (``<eos>`` counted): GNMT's ``((5 + n) / 6) ** alpha`` (Wu et al.
+  2016) or fairseq's ``n ** alpha``; ``alpha = 0`` ranks by the plain sum.
+* **Output**: :class:`Generated` — per sentence the token ids without ``<bos>`` and ``<eos>``,
+  and its score (beam search: the length-penalised one).
+
+Beam search follows fairseq: each step looks at the best ``2 * beam`` continuations of the
+sentence's beams; an ``<eos>`` among the best ``beam`` of them finishes a hypothesis; the best
+``beam`` other continuations stay alive. A sentence is done once it has ``beam`` finished
+hypotheses or reaches its length limit; the best finished hypothesis is its output. With a
+beam as large as the number of possible outputs nothing is pruned, so the search is exact (the
+tests check it against exhaustive enumeration), and beam 1 is greedy search.
+
+How it plugs into the engine (the seq2seq task type, a later step): a model's or stage's
+``generation`` settings become a :class:`GenerationSettings`; dev selection decodes with greedy
+search, the final dev/test evaluation and ``predict`` with beam search, sequence-level KD decodes
+the training sources with the teacher, and the rollout methods (ImitKD) sample from the student.
+Outputs are decoded to text by :class:`blocks.data.subword.SubwordTokenizer`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from blocks.values import Sequence
+
+LengthPenalty = Literal["gnmt", "fairseq"]
+
+
+@dataclass
+class Generated:
+    """What a generation strategy returns for a batch.
+
+    Attributes:
+        tokens: per sentence, the generated ids without ``<bos>`` and ``<eos>``.
+        scores: ``[batch]``: the sum of log-probabilities (``<eos>`` included); for beam search
+            divided by the length penalty.
+    """
+
+    tokens: list[list[int]]
+    scores: Tensor
+
+
+@dataclass
+class GenerationSettings:
+    """How to generate: the strategy and its knobs (one place for a model's or stage's config).
+
+    Attributes:
+        strategy: ``greedy``, ``beam`` or ``sample`` (top-k sampling).
+        beam_size: beam search: hypotheses kept per sentence.
+        length_penalty: beam search: alpha of the length penalty (0 = none).
+        length_penalty_form: beam search: ``gnmt`` ``((5 + n) / 6) ** alpha`` or ``fairseq`` ``n ** alpha``.
+        max_len_a: the constant part of the length limit.
+        max_len_b: the part of the length limit proportional to the source length.
+        top_k: sampling: sample among the k most likely tokens (k = 1 is greedy search).
+        temperature: sampling: divide the log-probabilities by this before sampling.
+    """
+
+    strategy: Literal["greedy", "beam", "sample"] = "greedy"
+    beam_size: int = 5
+    length_penalty: float = 1.0
+    length_penalty_form: LengthPenalty = "gnmt"
+    max_len_a: float = 10.0
+    max_len_b: float = 1.5
+    top_k: int = 10
+    temperature: float = 1.0
+
+
+def generate(decoder, memory: Sequence, settings: GenerationSettings, *, bos_id: int, eos_id: int,
+             pad_id: int, generator: torch.Generator | None = None) -> Generated:
+    """Run the strategy named by ``settings`` (see the module docstring)."""
+    common = dict(bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, max_len_a=settings.max_len_a,
+                  max_len_b=settings.max_len_b)
+    if settings.strategy == "greedy":
+        return greedy_search(decoder, memory, **common)
+    if settings.strategy == "beam":
+        return beam_search(decoder, memory, beam_size=settings.beam_size, length_penalty=settings.length_penalty,
+                           length_penalty_form=settings.length_penalty_form, **common)
+    if settings.strategy == "sample":
+        return sample_top_k(decoder, memory, top_k=settings.top_k, temperature=settings.temperature,
+                            generator=generator, **common)
+    raise ValueError(f"unknown generation strategy '{settings.strategy}' (known: greedy, beam, sample)")
+
+
+def max_target_lengths(memory_mask: Tensor, max_len_a: float, max_len_b: float,
+                       decoder_limit: int | None = None) -> Tensor:
+    """``[batch]`` longest allowed outputs, ``<eos>`` included: ``floor(a + b * source length)``,
+    at least 1 and at most ``decoder_limit``."""
+    source_lengths = memory_mask.sum(dim=1).double()
+    limits = torch.floor(max_len_a + max_len_b * source_lengths).long().clamp(min=1)
+    if decoder_limit is not None:
+        limits = limits.clamp(max=decoder_limit)
+    return limits
+
+
+def length_penalty_factor(length: int, alpha: float, form: LengthPenalty = "gnmt") -> float:
+    """The divisor of a hypothesis' log-probability at ``length`` tokens (``<eos>`` included)."""
+    if form == "gnmt":
+        return ((5.0 + length) / 6.0) ** alpha
+    if form == "fairseq":
+        return float(length) ** alpha
+    raise ValueError(f"unknown length penalty form '{form}' (known: gnmt, fairseq)")
+
+
+def _next_log_probs(decoder, last: Tensor, state, limits: Tensor, step: int, bos_id: int, eos_id: int,
+                    pad_id: int) -> tuple[Tensor, object]:
+    """Log-probabilities ``[rows, V]`` of the next token, with ``<pad>``/``<bos>`` banned and
+    ``<eos>`` forced in the rows whose length limit is reached at this step."""
+    logits, state = decoder.step(last, state)
+    log_probs = F.log_softmax(logits.float(), dim=-1)
+    log_probs[:, pad_id] = -math.inf
+    log_probs[:, bos_id] = -math.inf
+    forced = limits == step + 1
+    if bool(forced.any()):
+        others = torch.ones(log_probs.shape[1], dtype=torch.bool, device=log_probs.device)
+        others[eos_id] = False
+        log_probs = log_probs.masked_fill(forced[:, None] & others[None], -math.inf)
+    return log_probs, state
+
+
+def _single_path(decoder, memory: Sequence, choose: Callable[[Tensor], Tensor], bos_id: int, eos_id: int,
+                 pad_id: int, max_len_a: float, max_len_b: float) -> Generated:
+    """One hypothesis per sentence, extended by ``choose(log_probs [B, V]) -> ids [B]``."""
+    batch = memory.values.shape[0]
+    device = memory.values.device
+    limits = max_target_lengths(memory.mask, max_len_a, max_len_b, getattr(decoder, "max_length", None)).to(device)
+    with torch.inference_mode():
+        state = decoder.init_state(memory)
+        last = torch.full((batch,), bos_id, dtype=torch.long, device=device)
+        finished = torch.zeros(batch, dtype=torch.bool, device=device)
+        scores = torch.zeros(batch, dtype=torch.float32, device=device)
+        steps = []
+        for step in range(int(limits.max()) if batch else 0):
+            log_probs, state = _next_log_probs(decoder, last, state, limits, step, bos_id, eos_id, pad_id)
+            chosen = choose(log_probs).masked_fill(finished, pad_id)
+            scores += log_probs.gather(1, chosen[:, None]).squeeze(1).masked_fill(finished, 0.0)
+            steps.append(chosen)
+            finished |= chosen == eos_id
+            last = chosen
+            if bool(finished.all()):
+                break
+    table = torch.stack(steps, dim=1).tolist() if steps else [[] for _ in range(batch)]
+    return Generated([row[:row.index(eos_id)] if eos_id in row else row for row in table], scores.cpu())
+
+
+def greedy_search(decoder, memory: Sequence, *, bos_id: int, eos_id: int, pad_id: int,
+                  max_len_a: float = 10.0, max_len_b: float = 1.5) -> Generated:
+    """The most likely next token at every step."""
+    return _single_path(decoder, memory, lambda log_probs: log_probs.argmax(dim=-1), bos_id, eos_id, pad_id,
+                        max_len_a, max_len_b)
+
+
+def sample_top_k(decoder, memory: Sequence, *, bos_id: int, eos_id: int, pad_id: int, top_k: int = 10,
+                 temperature: float = 1.0, generator: torch.Generator | None = None,
+                 max_len_a: float = 10.0, max_len_b: float = 1.5) -> Generated:
+    """Sample each next token among the ``top_k`` most likely, from their probabilities at
+    ``temperature``; ``generator`` makes the draws reproducible. Scores are the model's
+    log-probabilities of the drawn tokens (at temperature 1)."""
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+
+    def choose(log_probs: Tensor) -> Tensor:
+        values, indices = log_probs.topk(min(top_k, log_probs.shape[1]), dim=-1)
+        if values.shape[1] == 1:
+            return indices[:, 0]
+        drawn = torch.multinomial(torch.softmax(values / temperature, dim=-1), 1, generator=generator)
+        return indices.gather(1, drawn).squeeze(1)
+
+    return _single_path(decoder, memory, choose, bos_id, eos_id, pad_id, max_len_a, max_len_b)
+
+
+def beam_search(decoder, memory: Sequence, *, bos_id: int, eos_id: int, pad_id: int, beam_size: int = 5,
+                length_penalty: float = 1.0, length_penalty_form: LengthPenalty = "gnmt",
+                max_len_a: float = 10.0, max_len_b: float = 1.5) -> Generated:
+    """Beam search (see the module docstring for the rules)."""
+    if beam_size < 1:
+        raise ValueError(f"beam_size must be at least 1, got {beam_size}")
+    length_penalty_factor(1, length_penalty, length_penalty_form)  # check the form before decoding
+    batch, beam = memory.values.shape[0], beam_size
+    device = memory.values.device
+    limits = max_target_lengths(memory.mask, max_len_a, max_len_b, getattr(decoder, "max_length", None)).to(device)
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(batch)]
+    with torch.inference_mode():
+        rows = torch.arange(batch, device=device).repeat_interleave(beam)
+        state = decoder.init_state(Sequence(memory.values[rows], memory.mask[rows]))
+        row_limits = limits[rows]
+        scores = torch.full((batch, beam), -math.inf, device=device)
+        scores[:, 0] = 0.0  # the beams start identical: expand only the first
+        history = torch.zeros(batch * beam, 0, dtype=torch.long, device=device)
+        last = torch.full((batch * beam,), bos_id, dtype=torch.long, device=device)
+        done = torch.zeros(batch, dtype=torch.bool, device=device)
+        ranks = torch.arange(2 * beam, device=device)
+        offsets = torch.arange(batch, device=device)[:, None] * beam
+        for step in range(int(limits.max()) if batch else 0):
+            log_probs, state = _next_log_probs(decoder, last, state, row_limits, step, bos_id, eos_id, pad_id)
+            vocab = log_probs.shape[1]
+            candidates = (scores.reshape(-1, 1) + log_probs).view(batch, beam * vocab)
+            top_scores, top_index = candidates.topk(min(2 * beam, beam * vocab), dim=1)
+            source_beam, token = top_index // vocab, top_index % vocab
+            is_eos = token == eos_id
+            ending = is_eos & (ranks[None, :top_scores.shape[1]] < beam) & torch.isfinite(top_scores) & ~done[:, None]
+            if bool(ending.any()):
+                divisor = length_penalty_factor(step + 1, length_penalty, length_penalty_form)
+                for sentence, rank in ending.nonzero().tolist():
+                    if len(finished[sentence]) < beam:
+                        row = sentence * beam + int(source_beam[sentence, rank])
+                        finished[sentence].append((float(top_scores[sentence, rank]) / divisor, history[row].tolist()))
+            # beam <= 2 * beam candidates, of which at most beam end: the others continue (-inf ones dead)
+            alive_scores, chosen = top_scores.masked_fill(is_eos, -math.inf).topk(beam, dim=1)
+            kept = (offsets + source_beam.gather(1, chosen)).view(-1)
+            state = decoder.reorder_state(state, kept)
+            last = token.gather(1, chosen).view(-1)
+            history = torch.cat([history[kept], last[:, None]], dim=1)
+            scores = alive_scores
+            full = torch.tensor([len(hypotheses) >= beam for hypotheses in finished], device=device)
+            done |= full | (limits <= step + 1)
+            if bool(done.all()):
+                break
+    tokens, best_scores = [], []
+    for hypotheses in finished:
+        score, ids = max(hypotheses, key=lambda hypothesis: hypothesis[0])
+        tokens.append(ids)
+        best_scores.append(score)
+    return Generated(tokens, torch.tensor(best_scores, dtype=torch.float32))
+
