@@ -131,7 +131,7 @@ def cmd_validate(args) -> int:
     from blocks.engine.optim import build_optimizer, build_schedule, sparse_parameters
     from blocks.experiment import Experiment, resolve_device
 
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config, args.overrides, planned_runs=True)
     experiment = Experiment.prepare(config)
     resolve_device(config["device"])
     labels = ", ".join(experiment.task.labels) if experiment.task.labels else "regression"
@@ -152,7 +152,11 @@ def cmd_validate(args) -> int:
         transfer = describe_transfer(experiment, index)
         if transfer:
             print(f"  {transfer}")
-    print(f"\n{args.config}: valid")
+    if config.planned_runs:
+        print(f"\nruns still needed (their models were checked with the graphs of the recipes that make them):")
+        for planned in config.planned_runs:
+            print(f"  {planned.command()}")
+    print(f"\n{args.config}: valid" + (" once those runs are made" if config.planned_runs else ""))
     return 0
 
 

@@ -10,13 +10,13 @@ import copy
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 import jsonschema
 
-from blocks.config.run_models import drop_unused_run_models, expand_run_models
+from blocks.config.run_models import PlannedRun, drop_unused_run_models, expand_run_models, take_run_recipes
 from blocks.config.schema import CONFIG_SCHEMA
 from blocks.errors import ConfigError, did_you_mean
 
@@ -31,6 +31,7 @@ class Config:
     values: dict
     file: str  # the file the user named (used in error messages)
     base_dir: Path  # that file's folder: relative paths in block parameters resolve against it
+    planned_runs: list[PlannedRun] = field(default_factory=list)  # runs not made yet (validation only)
 
     def __getitem__(self, key: str) -> Any:
         return self.values[key]
@@ -215,14 +216,15 @@ def load_merged(path: str | Path) -> dict:
 
 
 def _absolutize_paths(values: dict, folder: Path) -> None:
-    """A relative data root, or run directory of a model, is relative to the file that states it."""
+    """A relative data root, or run directory (or recipe) of a model, is relative to the file that states it."""
     data = values.get("data")
     if isinstance(data, dict) and isinstance(data.get("root"), str) and not os.path.isabs(data["root"]):
         data["root"] = os.path.normpath(folder / data["root"])
     models = values.get("models")
     for model in (models.values() if isinstance(models, dict) else []):
-        if isinstance(model, dict) and isinstance(model.get("run"), str) and not os.path.isabs(model["run"]):
-            model["run"] = os.path.normpath(folder / model["run"])
+        for key in ("run", "recipe"):
+            if isinstance(model, dict) and isinstance(model.get(key), str) and not os.path.isabs(model[key]):
+                model[key] = os.path.normpath(folder / model[key])
 
 
 def _command_line_paths(parts: list[str], value: Any) -> Any:
@@ -362,8 +364,13 @@ def validate_structure(values: dict, file: str) -> None:
         raise _schema_error(error, file)
 
 
-def load_config(path: str | Path, overrides: Iterable[str] = (), environ: dict | None = None) -> Config:
-    """Read, merge, override, validate and complete a config file."""
+def load_config(path: str | Path, overrides: Iterable[str] = (), environ: dict | None = None,
+                planned_runs: bool = False) -> Config:
+    """Read, merge, override, validate and complete a config file.
+
+    With ``planned_runs`` (``blocks validate``), a model from a run that does not exist yet is taken
+    from the recipe that makes it (``"recipe"`` beside ``"run"``), and ``Config.planned_runs`` lists
+    the runs still needed."""
     environ = os.environ if environ is None else environ
     path = Path(path)
     file = str(path)
@@ -374,6 +381,7 @@ def load_config(path: str | Path, overrides: Iterable[str] = (), environ: dict |
         parts, value = parse_override(text)
         apply_override(values, parts, _command_line_paths(parts, value), text)
     apply_stage_defaults(values, file)
+    recipes = take_run_recipes(values, file)
     values.pop("$schema", None)
     non_finite = first_non_finite(values)
     if non_finite:
@@ -389,7 +397,7 @@ def load_config(path: str | Path, overrides: Iterable[str] = (), environ: dict |
         _fill_defaults(CONFIG_SCHEMA["$defs"]["task"], values["task"], CONFIG_SCHEMA["$defs"])
     base_dir = path.resolve().parent
     drop_unused_run_models(values)
-    expand_run_models(values, base_dir, file)
+    planned = expand_run_models(values, base_dir, file, recipes, planned_runs)
     _fill_training_defaults(values, file)
     values["imports"] = [str(base_dir / name) if name.endswith(".py") and not os.path.isabs(name) else name
                          for name in values["imports"]]
@@ -398,4 +406,4 @@ def load_config(path: str | Path, overrides: Iterable[str] = (), environ: dict |
     data = values["data"]
     if not os.path.isabs(data["root"]):
         data["root"] = os.path.normpath(path.resolve().parent / data["root"])
-    return Config(values=values, file=file, base_dir=path.resolve().parent)
+    return Config(values=values, file=file, base_dir=path.resolve().parent, planned_runs=planned)

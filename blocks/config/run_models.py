@@ -13,6 +13,12 @@ that: a shared base config can list every teacher of a comparison, and a recipe 
 them runs without the others' run directories. A model taken from a run drops its nodes'
 ``"init_from"``: that told its own run where training started.
 
+``"recipe"`` names the config that makes the run (relative to the file that states it). While the
+run does not exist yet, ``blocks validate`` (``load_config(..., planned_runs=True)``) takes the
+model's inputs and graph from that recipe instead, so a recipe can be checked before its teachers
+are trained, and reports the runs still needed; training refuses with the command that makes the
+run. The key is consumed when the config is loaded: a resolved config has no ``recipe``.
+
 ``"node_options"`` changes block parameters of the run's nodes, e.g. ``{"encoder":
 {"hidden_states": true}}`` so that a teacher offers named outputs its own run did not need; the
 weights are loaded as they are, so options that change them fail when the run starts.
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from blocks.errors import ConfigError, did_you_mean
@@ -28,6 +35,19 @@ from blocks.graph import RESERVED_NODE_KEYS
 
 RUN_WEIGHTS = "models"
 INIT_SEPARATOR = "/"  # a node's "init_from": "<model>" or "<model>/<node>"
+RECIPE = "recipe"
+_RECIPES_LOADING: list[Path] = []  # recipes being expanded, outermost first (to refuse a cycle)
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """A run directory that does not exist yet, and the recipe that makes it."""
+
+    run: str
+    recipe: str
+
+    def command(self) -> str:
+        return f"blocks train {os.path.relpath(self.recipe)} --run-dir {os.path.relpath(self.run)}"
 
 
 def init_source(node: dict) -> tuple[str, str]:
@@ -69,15 +89,47 @@ def drop_unused_run_models(values: dict) -> None:
         del values["models"][name]
 
 
-def expand_run_models(values: dict, base_dir: Path, file: str) -> None:
-    """Replace every ``{"run": ...}`` model by the definition it had in that run (in place)."""
+def take_run_recipes(values: dict, file: str) -> dict[str, str]:
+    """Remove each model's ``"recipe"`` (in place) and return them by model name."""
+    recipes = {}
+    models = values.get("models")
+    for name, model in (models.items() if isinstance(models, dict) else ()):
+        if not isinstance(model, dict) or RECIPE not in model:
+            continue
+        recipe = model.pop(RECIPE)
+        if not isinstance(recipe, str):
+            raise ConfigError(f"'recipe' is the path of a config file, got {type(recipe).__name__}", file,
+                              f"/models/{name}/{RECIPE}")
+        if "run" not in model:
+            raise ConfigError("'recipe' names the config that makes a model's run: give it beside \"run\"", file,
+                              f"/models/{name}/{RECIPE}")
+        recipes[name] = recipe
+    return recipes
+
+
+def expand_run_models(values: dict, base_dir: Path, file: str, recipes: dict[str, str] | None = None,
+                      planned_runs: bool = False) -> list[PlannedRun]:
+    """Replace every ``{"run": ...}`` model by the definition it had in that run (in place).
+
+    With ``planned_runs``, a model whose run directory does not exist yet is taken from its recipe
+    (see the module docstring); the runs still needed are returned, those of the recipes included."""
+    recipes = recipes or {}
+    planned: list[PlannedRun] = []
     for name, model in values["models"].items():
         if "run" not in model:
             continue
         where = f"/models/{name}/run"
         root = Path(os.path.normpath(model["run"] if os.path.isabs(model["run"]) else base_dir / model["run"]))
+        recipe = recipes.get(name)
+        if recipe is not None:
+            recipe = os.path.normpath(recipe if os.path.isabs(recipe) else base_dir / recipe)
+        if not root.is_dir() and recipe is not None and planned_runs:
+            values["models"][name], needed = _expand_from_recipe(values, name, model, root, Path(recipe), file)
+            planned += [run for run in [PlannedRun(str(root), recipe), *needed] if run not in planned]
+            continue
         if not root.is_dir():
-            raise ConfigError(f"run directory not found: {root}", file, where)
+            made_by = f"; {PlannedRun(str(root), recipe).command()} makes it" if recipe else ""
+            raise ConfigError(f"run directory not found: {root}{made_by}", file, where)
         saved = _read(root / "config.json", file, where)
         progress = _read(root / "progress.json", file, where) if (root / "progress.json").is_file() else {}
         finished = progress.get("models", {})
@@ -104,16 +156,61 @@ def expand_run_models(values: dict, base_dir: Path, file: str) -> None:
                     "file": str(root / "vocab" / f"{definition['vocab']}.txt")}
                 definition["vocab"] = vocab
             inputs[input_name] = definition
-        # "init_from" told that run where its training started; here the weights come from the run
-        graph = [{k: v for k, v in node.items() if k != "init_from"} for node in source["graph"]]
-        _apply_node_options(graph, model.get("node_options", {}), source_name, root, file, name)
-        expanded = {"run": str(root), "model": source_name, "inputs": inputs, "graph": graph}
-        if "node_options" in model:  # kept: a run's saved config expands again when it is reloaded
-            expanded["node_options"] = model["node_options"]
-        for key in ("description", "output"):
-            if key in model or key in source:
-                expanded[key] = model.get(key, source.get(key))
-        values["models"][name] = expanded
+        values["models"][name] = _expanded(model, source, source_name, inputs, root, file, name)
+    return planned
+
+
+def _expanded(model: dict, source: dict, source_name: str, inputs: dict, root: Path, file: str, name: str) -> dict:
+    """The model entry for ``source`` (a model of the run in ``root``) with these inputs."""
+    # "init_from" told that run where its training started; here the weights come from the run
+    graph = [{k: v for k, v in node.items() if k != "init_from"} for node in source["graph"]]
+    _apply_node_options(graph, model.get("node_options", {}), source_name, root, file, name)
+    expanded = {"run": str(root), "model": source_name, "inputs": inputs, "graph": graph}
+    if "node_options" in model:  # kept: a run's saved config expands again when it is reloaded
+        expanded["node_options"] = model["node_options"]
+    for key in ("description", "output"):
+        if key in model or key in source:
+            expanded[key] = model.get(key, source.get(key))
+    return expanded
+
+
+def _expand_from_recipe(values: dict, name: str, model: dict, root: Path, recipe: Path,
+                        file: str) -> tuple[dict, list[PlannedRun]]:
+    """The model a run not made yet will hold, from the recipe that makes it: its inputs and graph
+    as that recipe resolves them; word vocabularies are built from this config's training data."""
+    from blocks.config.loader import load_config  # the loader imports this module
+
+    where = f"/models/{name}/{RECIPE}"
+    if not recipe.is_file():
+        raise ConfigError(f"recipe not found: {recipe}", file, where)
+    if recipe.resolve() in _RECIPES_LOADING:
+        cycle = " -> ".join(str(p) for p in [*_RECIPES_LOADING, recipe.resolve()])
+        raise ConfigError(f"recipes that need each other's runs form a cycle: {cycle}", file, where)
+    _RECIPES_LOADING.append(recipe.resolve())
+    try:
+        made = load_config(recipe, planned_runs=True)
+    finally:
+        _RECIPES_LOADING.pop()
+    source_name = model.get("model") or made["stages"][-1]["train"]
+    if source_name not in made["models"]:
+        raise ConfigError(f"the recipe {recipe} has no model '{source_name}'{did_you_mean(source_name, made['models'])} "
+                          f"(models: {', '.join(made['models'])})", file, f"/models/{name}/model")
+    source = made["models"][source_name]
+    inputs = {}
+    for input_name, definition in source["inputs"].items():
+        definition = dict(definition)
+        if definition.get("type") == "pretrained":
+            folder = made.base_dir / definition["tokenizer"]
+            if not definition["tokenizer"].startswith("pkg://") and folder.is_dir():
+                definition["tokenizer"] = str(folder)  # a folder relative to the recipe
+        else:
+            vocab = f"{name}.{definition['vocab']}"
+            options = {k: v for k, v in made["vocabularies"].get(definition["vocab"], {}).items() if k != "file"}
+            if options:
+                values.setdefault("vocabularies", {})[vocab] = options
+            definition["vocab"] = vocab
+        inputs[input_name] = definition
+    return _expanded(model, source, source_name, inputs, root, file, name), made.planned_runs
 
 
 def _apply_node_options(graph: list[dict], options: dict, source_name: str, root: Path, file: str,
