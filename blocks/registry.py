@@ -19,6 +19,10 @@ and the docstring's ``Args:`` section. From them the registry generates a JSON S
 config is validated with ``jsonschema`` before anything is built, and ``blocks list`` can show
 every parameter. The first constructor arguments named in ``context_args`` (``inputs`` for
 blocks) are supplied by the framework, never by the config.
+
+The built-in entries are registered the first time a registry is asked for the list of its
+names or for a name it does not hold yet, so ``import blocks`` stays light and a user's script
+needs no loader call.
 """
 from __future__ import annotations
 
@@ -32,6 +36,23 @@ from typing import Annotated, Any, Callable, Literal, Union
 from blocks.errors import ConfigError, did_you_mean
 
 _NO_DEFAULT = inspect.Parameter.empty
+
+_builtins_loaded = False
+
+
+def _load_builtins() -> None:
+    """Import the modules that register the built-in entries, once per process."""
+    global _builtins_loaded
+    if _builtins_loaded:
+        return
+    _builtins_loaded = True  # set first: those modules register entries while they load
+    from blocks.catalog import load_builtin_entries
+
+    try:
+        load_builtin_entries()
+    except BaseException:
+        _builtins_loaded = False
+        raise
 
 
 @dataclass(frozen=True)
@@ -154,21 +175,29 @@ class Registry:
 
         return decorate
 
+    def _entry(self, name: str) -> Callable:
+        if name not in self._entries:
+            _load_builtins()
+        return self._entries[name]
+
     def __contains__(self, name: str) -> bool:
+        if name not in self._entries:
+            _load_builtins()
         return name in self._entries
 
     def names(self) -> list[str]:
+        _load_builtins()
         return sorted(self._entries)
 
     def get(self, name: str, file: str | None = None, path: str | None = None) -> Callable:
         try:
-            return self._entries[name]
+            return self._entry(name)
         except KeyError:
             raise ConfigError(f"unknown {self.kind} '{name}'{did_you_mean(name, self._entries)}"
                               f" (known: {', '.join(self.names())})", file, path) from None
 
     def parameters(self, name: str) -> list[Parameter]:
-        entry = self._entries[name]
+        entry = self._entry(name)
         target = entry.__init__ if inspect.isclass(entry) else entry
         signature = inspect.signature(target)
         hints = typing.get_type_hints(target, include_extras=True)
@@ -187,7 +216,7 @@ class Registry:
         return params
 
     def describe_parts(self, name: str) -> tuple[str, dict[str, str]]:
-        entry = self._entries[name]
+        entry = self._entry(name)
         summary, args = _docstring_args(entry.__doc__)
         if inspect.isclass(entry):
             _, init_args = _docstring_args(entry.__init__.__doc__)
@@ -240,7 +269,7 @@ class Registry:
             raise ConfigError(f"{self.kind} '{name}': {error.message}", file, where)
 
     def build(self, name: str, *context: Any, params: dict | None = None) -> Any:
-        return self._entries[name](*context, **(params or {}))
+        return self._entry(name)(*context, **(params or {}))
 
 
 # The framework's registries. Each module that defines entries imports the one it needs.

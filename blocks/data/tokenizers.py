@@ -15,31 +15,38 @@ pattern the user supplies (``regexp``) keeps NLTK's ReDoS protection.
 """
 from __future__ import annotations
 
+import functools
 import re
-
-from nltk.tokenize import (RegexpTokenizer, ToktokTokenizer, TreebankWordTokenizer, TweetTokenizer,
-                           WordPunctTokenizer)
 
 from blocks.errors import ConfigError
 from blocks.registry import register_tokenizer
 
-try:
-    import regex
-    from nltk import redos
-    _TIMED = redos.TimedPattern
-    # flags of the ``regex`` engine and their ``re`` equivalents (ASCII differs: 128 vs 256)
-    _FLAGS = ((regex.IGNORECASE, re.IGNORECASE), (regex.MULTILINE, re.MULTILINE),
-              (regex.DOTALL, re.DOTALL), (regex.VERBOSE, re.VERBOSE))
-except (ImportError, AttributeError):  # NLTK before 3.9.3 compiles its patterns with re
-    _TIMED, _FLAGS = None, ()
+# NLTK is imported when a tokenizer is first built: importing it takes about a second (it pulls
+# in scipy), which commands that tokenize nothing (``blocks list``, ``--help``) should not pay.
+
+
+@functools.cache
+def _timed_pattern_flags() -> tuple:
+    """(nltk.redos.TimedPattern, ((regex flag, re flag), ...)), or (None, ()) before NLTK 3.9.3."""
+    try:
+        import regex
+        from nltk import redos
+        # flags of the ``regex`` engine and their ``re`` equivalents (ASCII differs: 128 vs 256)
+        return redos.TimedPattern, ((regex.IGNORECASE, re.IGNORECASE), (regex.MULTILINE, re.MULTILINE),
+                                    (regex.DOTALL, re.DOTALL), (regex.VERBOSE, re.VERBOSE))
+    except (ImportError, AttributeError):  # NLTK before 3.9.3 compiles its patterns with re
+        return None, ()
 
 
 def _plain_patterns(value):
     """``value`` with every ``nltk.redos.TimedPattern`` in it (inside tuples and lists)
     recompiled by ``re``; ``value`` itself when there is none."""
-    if _TIMED is not None and isinstance(value, _TIMED):
+    timed, flag_pairs = _timed_pattern_flags()
+    if timed is not None and isinstance(value, timed):
+        from nltk import redos
+
         flags = 0
-        for theirs, ours in _FLAGS:
+        for theirs, ours in flag_pairs:
             if value.flags & theirs:
                 flags |= ours
         return re.compile(redos.source_of(value), flags)
@@ -63,8 +70,13 @@ def _with_plain_patterns(cls: type) -> type:
     return type(f"Plain{cls.__name__}", (cls,), replaced)
 
 
-PlainTreebankWordTokenizer = _with_plain_patterns(TreebankWordTokenizer)
-PlainToktokTokenizer = _with_plain_patterns(ToktokTokenizer)
+@functools.cache
+def _nltk_class(name: str) -> type:
+    """The NLTK tokenizer class ``name``; Treebank and Toktok with their patterns compiled by ``re``."""
+    import nltk.tokenize
+
+    cls = getattr(nltk.tokenize, name)
+    return _with_plain_patterns(cls) if name in ("TreebankWordTokenizer", "ToktokTokenizer") else cls
 
 
 def _rebuild(cls: type, params: dict) -> "Tokenizer":
@@ -105,7 +117,7 @@ class Treebank(Tokenizer):
     """
 
     def __init__(self):
-        self._tokenizer = PlainTreebankWordTokenizer()
+        self._tokenizer = _nltk_class("TreebankWordTokenizer")()
 
     def __call__(self, text: str) -> list[str]:
         return self._tokenizer.tokenize(text)
@@ -116,7 +128,7 @@ class WordPunct(Tokenizer):
     """Runs of word characters and runs of punctuation (``\\w+|[^\\w\\s]+``)."""
 
     def __init__(self):
-        self._tokenizer = WordPunctTokenizer()
+        self._tokenizer = _nltk_class("WordPunctTokenizer")()
 
     def __call__(self, text: str) -> list[str]:
         return self._tokenizer.tokenize(text)
@@ -127,7 +139,7 @@ class Toktok(Tokenizer):
     """Toktok: a fast rule-based tokenizer for many languages (one sentence per call)."""
 
     def __init__(self):
-        self._tokenizer = PlainToktokTokenizer()
+        self._tokenizer = _nltk_class("ToktokTokenizer")()
 
     def __call__(self, text: str) -> list[str]:
         return self._tokenizer.tokenize(text)
@@ -144,7 +156,7 @@ class Tweet(Tokenizer):
 
     def __init__(self, preserve_case: bool = True, reduce_len: bool = False):
         self.preserve_case, self.reduce_len = preserve_case, reduce_len
-        self._tokenizer = TweetTokenizer(preserve_case=preserve_case, reduce_len=reduce_len)
+        self._tokenizer = _nltk_class("TweetTokenizer")(preserve_case=preserve_case, reduce_len=reduce_len)
 
     def __call__(self, text: str) -> list[str]:
         return self._tokenizer.tokenize(text)
@@ -161,7 +173,7 @@ class Regexp(Tokenizer):
 
     def __init__(self, pattern: str = r"\w+|[^\w\s]+", gaps: bool = False):
         self.pattern, self.gaps = pattern, gaps
-        self._tokenizer = RegexpTokenizer(pattern, gaps=gaps, discard_empty=True)
+        self._tokenizer = _nltk_class("RegexpTokenizer")(pattern, gaps=gaps, discard_empty=True)
         try:
             self._tokenizer.tokenize("")  # compiles the pattern (NLTK does it on first use)
         except re.error as error:  # nltk.redos.error is a re.error
