@@ -6,10 +6,12 @@ name to the list of that column's values, one string per token::
     EU NNP B-NP B-ORG            ->  Row({"tokens": ["EU", "rejects", ...],
     rejects VBZ B-VP O                    "pos": ["NNP", "VBZ", ...], ...}, file, line=1)
 
-and whose ``line`` is the line of the sentence's first token. Options, not a CoNLL special case,
-so other tagging files read too: the columns' names, the delimiter (any run of whitespace, or
-tab only so that a token may hold spaces), the document separator lines (CoNLL's
-``-DOCSTART-``, skipped with the blank line after them), comment lines (CoNLL-U's ``#``).
+and whose ``line`` is the line of the sentence's first token; token ``i`` of the sentence is on
+line ``line + i`` (unless a comment line sits inside the sentence), which is where an error about
+one token's tag points. Options, not a CoNLL special case, so other tagging files read too: the
+columns' names, the delimiter (any run of whitespace, or tab only so that a token may hold
+spaces), the document separator lines (CoNLL's ``-DOCSTART-``, skipped with the blank line after
+them), comment lines (CoNLL-U's ``#``).
 """
 from __future__ import annotations
 
