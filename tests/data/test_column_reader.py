@@ -174,6 +174,7 @@ def test_conll2003(data_dir, split, sentences, tokens):
     assert labels == {"O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"}
     with open(path, encoding="utf-8") as handle:
         lines = handle.read().split("\n")
-    for row in rows[:50] + rows[-50:]:  # each row's line holds its first token
-        assert lines[row.line - 1].split()[0] == row.fields["tokens"][0]
+    for row in rows[:50] + rows[-50:]:  # token i of a row is on line row.line + i
+        assert [lines[row.line - 1 + i].split() for i in range(len(row.fields["tokens"]))] == \
+            [list(values) for values in zip(*(row.fields[c] for c in CONLL_COLUMNS))]
         assert lines[row.line - 2].strip() == ""
