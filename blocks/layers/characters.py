@@ -2,7 +2,9 @@
 
 Both read a chars input (``[batch, words, chars]`` of character ids, 0 = padding, characters
 first in each word) and give one vector per word, so they work for words the word vocabulary
-has never seen. The character CNN (``CharCNN``) is in :mod:`blocks.layers.embedding`.
+has never seen. The character CNN (``CharCNN``) is in :mod:`blocks.layers.embedding`. Both trace
+(``torch.jit.trace``) and export to ONNX (TorchScript-based exporter) with the batch, word and
+character counts dynamic (``tests/layers/test_characters.py``).
 """
 from __future__ import annotations
 

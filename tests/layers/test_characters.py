@@ -153,3 +153,24 @@ def test_blocks_are_registered():
     from blocks.registry import BLOCKS
 
     assert BLOCKS.get("CharBiLSTM") is CharBiLSTM and BLOCKS.get("Casing") is Casing
+
+
+@pytest.mark.parametrize("make", [lambda v: CharBiLSTM([Spec(CHARS, vocab=v)], char_dim=4, hidden=3),
+                                  lambda v: Casing([Spec(CHARS, vocab=v)], dim=4)], ids=["CharBiLSTM", "Casing"])
+def test_onnx_export_generalises_to_other_shapes(char_vocab, make, tmp_path):
+    pytest.importorskip("onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    model = _Wrapper(make(char_vocab)).eval()
+    example = encode(char_vocab, [["Peter", "ran"], ["EU"]])
+    path = tmp_path / "chars.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, tuple(example), str(path), input_names=["ids", "mask"], output_names=["out"],
+                          opset_version=17, dynamo=False,
+                          dynamic_axes={"ids": {0: "batch", 1: "words", 2: "chars"}, "mask": {0: "batch", 1: "words"}})
+    session = onnxruntime.InferenceSession(str(path))
+    for sentences in ([["a"]], [["Blackburn", "1996-08-22", ".", "x"], ["U.S.", "iPhone"], ["b"]]):
+        ids, mask = encode(char_vocab, sentences)
+        (out,) = session.run(None, {"ids": ids.numpy(), "mask": mask.numpy()})
+        with torch.no_grad():
+            assert torch.allclose(torch.from_numpy(out), model(ids, mask), atol=1e-5)
