@@ -199,7 +199,8 @@ class Experiment:
                 raise DataError(f"the {split} file holds no examples", sources[split].path)
             encoded[split] = encode_rows(split, rows, fields, vocabularies, task, data["label"], data["group"],
                                          sources[split].fields, sources[split].path)
-            log(f"{split}: {len(rows):,} examples from {sources[split].path}")
+            log(f"{split}: {len(rows):,} examples from {sources[split].path}"
+                + "".join(f"; {note}" for note in getattr(rows, "notes", ())))
         return cls(config, task, fields, model_inputs, vocabularies, encoded)
 
     @classmethod

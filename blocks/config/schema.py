@@ -37,6 +37,13 @@ READER_SCHEMA = {
         "skip_blank": {"type": "boolean", "default": True},
         "comment": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None,
                     "description": "skip lines starting with this prefix"},
+        "maxsplit": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}], "default": None,
+                     "description": "tsv/csv without CSV quoting: split each line on its first N delimiters only, "
+                                    "the last field keeps the rest (delimiter \" \" and maxsplit 1 read "
+                                    "label<space>text lines)"},
+        "extra_columns": {"enum": ["error", "ignore"], "default": "error",
+                          "description": "tsv/csv: a row with more fields than the header or columns is an error, "
+                                         "or its extra trailing fields are dropped (ignore; counted in the log)"},
         "document_separator": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": "-DOCSTART-",
                                "description": "columns format: skip lines starting with this text "
                                               "(and the blank line after them)"},

@@ -11,7 +11,11 @@ handled through options, never by editing the files:
   or fields that are CSV-quoted (``quoting="csv"``: RTE);
 * no header line (``header=False``: columns are named by ``columns`` or by their 0-based index
   as strings ``"0"``, ``"1"``, ...);
-* a JSON object keyed by id (``{"0": {"text_a": ..., "label": ...}, ...}``) or a JSON array.
+* a JSON object keyed by id (``{"0": {"text_a": ..., "label": ...}, ...}``) or a JSON array;
+* a separator that also occurs inside the last field (``label<space>text`` lines: ``delimiter=" "``
+  with ``maxsplit=1``);
+* extra trailing fields on some rows (``extra_columns="ignore"``: they are dropped and counted in
+  the rows' ``notes``).
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import codecs
 import contextlib
 import csv
 import gc
+import io
 import json
 import os
 import re
@@ -32,6 +37,15 @@ Format = Literal["auto", "tsv", "csv", "jsonl", "json", "columns"]
 
 EXTENSIONS = {".tsv": "tsv", ".txt": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "json"}
 FORMATS = ("tsv", "csv", "jsonl", "json", "columns")
+
+
+class Rows(list):
+    """The rows of a file (a list of :class:`Row`), with ``notes``: what the reader left out, in
+    words for the log (e.g. extra trailing fields it ignored)."""
+
+    def __init__(self, rows=(), notes: list[str] | None = None):
+        super().__init__(rows)
+        self.notes = notes or []
 
 
 @dataclass(slots=True)
@@ -78,11 +92,13 @@ def format_of(path: str | os.PathLike, format: Format = "auto") -> str:
 def read_rows(path: str | os.PathLike, *, format: Format = "auto", header: bool = True,
               columns: list[str] | None = None, quoting: Literal["none", "csv"] = "none",
               encoding: str = "utf-8-sig", delimiter: str | None = None, skip_blank: bool = True,
-              comment: str | None = None, document_separator: str | None = "-DOCSTART-") -> list[Row]:
+              comment: str | None = None, document_separator: str | None = "-DOCSTART-",
+              maxsplit: int | None = None, extra_columns: Literal["error", "ignore"] = "error",
+              text: str | None = None) -> Rows:
     """Read a data file into rows of raw strings.
 
     Args:
-        path: the file.
+        path: the file (with ``text``: only its name, for messages and the format).
         format: ``tsv``, ``csv``, ``jsonl`` (one JSON object per line), ``json`` (an object keyed
             by id, or an array of objects), or ``auto``: from the extension (``.tsv``/``.txt`` =
             tsv, ``.csv``, ``.jsonl``, ``.json``).
@@ -100,24 +116,39 @@ def read_rows(path: str | os.PathLike, *, format: Format = "auto", header: bool 
             tsv/csv, and an error in jsonl).
         comment: tsv/csv/jsonl: skip lines starting with this prefix (checked on raw lines,
             before any quote handling).
+        maxsplit: tsv/csv without CSV quoting: split each line (the header too) on its first
+            ``maxsplit`` delimiters only, so the last field keeps the rest of the line, delimiters
+            and all (``delimiter=" ", maxsplit=1`` reads ``label<space>text`` lines).
+        extra_columns: tsv/csv: a row with more fields than the header (or ``columns``) is an
+            error (``error``), or its extra trailing fields are dropped (``ignore``) and the
+            number of such rows is written to the result's ``notes``. Fewer fields are always
+            an error.
+        text: the file's content, already read (e.g. standard input): nothing is read from
+            ``path``. Not for the ``columns`` format.
         document_separator: columns: lines starting with this text separate documents and are
             skipped (see :mod:`blocks.data.column_reader`; ``format="columns"`` reads one row per
             sentence, each field a list of strings, and ignores ``header``, ``quoting`` and
             ``skip_blank``).
 
     Returns:
-        The rows in file order; ``[]`` for a file without rows (the caller decides whether that
-        is an error).
+        The rows in file order (a :class:`Rows`, empty for a file without rows: the caller
+        decides whether that is an error).
 
     Raises:
         DataError: with the file and, where known, the line: file missing or a directory,
             undecodable bytes, a row with the wrong number of fields, malformed JSON.
     """
     file = str(path)
-    _check_readable(file)
+    if text is None:
+        _check_readable(file)
     fmt = format_of(path, format)
     if quoting not in ("none", "csv"):
         raise DataError(f"unknown quoting '{quoting}' (known: none, csv)", file)
+    if extra_columns not in ("error", "ignore"):
+        raise DataError(f"unknown extra_columns '{extra_columns}' (known: error, ignore)", file)
+    if maxsplit is not None and (maxsplit < 1 or quoting == "csv" or fmt not in ("tsv", "csv")):
+        raise DataError(f"maxsplit {maxsplit}: needs a tsv or csv file without CSV quoting and a "
+                        f"number >= 1 (the file is {fmt}, quoting {quoting})", file)
     if comment == "":
         comment = None
     if columns is not None:
@@ -129,6 +160,9 @@ def read_rows(path: str | os.PathLike, *, format: Format = "auto", header: bool 
         raise DataError(f"unknown encoding '{encoding}'", file) from None
     if fmt == "columns":
         from blocks.data.column_reader import read_column_rows
+
+        if text is not None:
+            raise DataError("the columns format is read from files only", file)
 
         return read_column_rows(file, columns=columns, delimiter=delimiter, encoding=encoding,
                                 document_separator=document_separator, comment=comment)
@@ -142,10 +176,10 @@ def read_rows(path: str | os.PathLike, *, format: Format = "auto", header: bool 
         with _gc_paused():
             if fmt in ("tsv", "csv"):
                 return _read_delimited(file, header, columns, quoting, encoding, delimiter,
-                                       skip_blank, comment)
+                                       skip_blank, comment, maxsplit, extra_columns, text)
             if fmt == "jsonl":
-                return _read_jsonl(file, columns, encoding, skip_blank, comment)
-            return _read_json(file, columns, encoding)
+                return Rows(_read_jsonl(file, columns, encoding, skip_blank, comment, text))
+            return Rows(_read_json(file, columns, encoding, text))
     except UnicodeDecodeError as error:
         raise _decode_error(file, encoding, error) from None
     except UnicodeError as error:  # e.g. UTF-16 without a byte-order mark
@@ -169,6 +203,13 @@ def _gc_paused():
     finally:
         if enabled:
             gc.enable()
+
+
+def _open_text(file: str, encoding: str, text: str | None, newline: str | None = None):
+    """The file opened for reading, or ``text`` (its content, already read) as a stream."""
+    if text is not None:
+        return io.StringIO(text, newline=newline)
+    return open(file, "r", encoding=encoding, newline=newline)
 
 
 def _check_readable(file: str) -> None:
@@ -299,14 +340,16 @@ def _is_blank(fields: list[str]) -> bool:
 
 
 def _read_delimited(file: str, header: bool, columns: list[str] | None, quoting: str,
-                    encoding: str, delimiter: str, skip_blank: bool, comment: str | None) -> list[Row]:
+                    encoding: str, delimiter: str, skip_blank: bool, comment: str | None,
+                    maxsplit: int | None = None, extra_columns: str = "error", text: str | None = None) -> Rows:
     _raise_field_size_limit()
     if quoting == "csv":
         options = dict(quoting=csv.QUOTE_MINIMAL, quotechar='"', doublequote=True, strict=True)
     else:
         options = dict(quoting=csv.QUOTE_NONE, quotechar=None)
-    rows: list[Row] = []
-    with open(file, "r", encoding=encoding, newline="") as handle:
+    rows = Rows()
+    ignored, first_ignored = 0, None  # rows whose extra trailing fields were dropped
+    with _open_text(file, encoding, text, newline="") as handle:
         lines = _Lines(handle, comment)
         reader = csv.reader(iter(lines), delimiter=delimiter, skipinitialspace=False, **options)
         names: list[str] | None = None
@@ -333,6 +376,8 @@ def _read_delimited(file: str, header: bool, columns: list[str] | None, quoting:
                 continue
             if not fields:
                 fields = [""]
+            if maxsplit is not None and len(fields) > maxsplit + 1:
+                fields = fields[:maxsplit] + [delimiter.join(fields[maxsplit:])]
             if names is None:
                 if header:
                     if _is_blank(fields):
@@ -349,10 +394,18 @@ def _read_delimited(file: str, header: bool, columns: list[str] | None, quoting:
                     continue
                 names = [str(i) for i in range(len(fields))]
                 count = len(names)
+            if len(fields) > count and extra_columns == "ignore":
+                fields = fields[:count]
+                ignored += 1
+                first_ignored = first_ignored or line
             if len(fields) != count:
-                raise DataError(f"expected {count} fields ({', '.join(names)}), found {len(fields)}",
+                hint = "" if len(fields) < count else "; set the reader's extra_columns to ignore to drop the extra ones"
+                raise DataError(f"expected {count} fields ({', '.join(names)}), found {len(fields)}{hint}",
                                 file, line)
             append(Row(dict(zip(names, fields)), file, line))
+    if ignored:
+        rows.notes.append(f"{ignored:,} row(s) had more than {count} fields (first at line {first_ignored}); "
+                          f"their extra trailing fields were ignored")
     return rows
 
 
@@ -361,10 +414,10 @@ def _read_delimited(file: str, header: bool, columns: list[str] | None, quoting:
 
 
 def _read_jsonl(file: str, columns: list[str] | None, encoding: str, skip_blank: bool,
-                comment: str | None) -> list[Row]:
+                comment: str | None, text: str | None = None) -> list[Row]:
     rows: list[Row] = []
     loads = json.loads
-    with open(file, "r", encoding=encoding) as handle:
+    with _open_text(file, encoding, text) as handle:
         for number, text in enumerate(handle, 1):
             if comment is not None and text.startswith(comment):
                 continue
@@ -406,9 +459,12 @@ class _Position:
         return offset - (self.text.rfind("\n", 0, offset) + 1) + 1
 
 
-def _read_json(file: str, columns: list[str] | None, encoding: str) -> list[Row]:
-    with open(file, "r", encoding=encoding) as handle:
-        text = handle.read()
+def _read_json(file: str, columns: list[str] | None, encoding: str, content: str | None = None) -> list[Row]:
+    if content is not None:
+        text = content.replace("\r\n", "\n").replace("\r", "\n")  # as universal newlines read a file
+    else:
+        with open(file, "r", encoding=encoding) as handle:
+            text = handle.read()
     # universal newlines translated \r\n and \r to \n, so offsets map to lines by counting \n
     position = _Position(text)
     decoder = json.JSONDecoder()

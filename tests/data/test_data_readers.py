@@ -349,3 +349,75 @@ def test_json_with_bom(tmp_path):
 def test_header_names_are_stripped(tmp_path):
     path = write(tmp_path, "a.tsv", " text \tlabel\nx\t1\n")
     assert values(read_rows(path)) == [{"text": "x", "label": "1"}]
+
+
+# -- maxsplit, extra_columns, text ---------------------------------------------------------------
+
+
+def test_maxsplit_reads_label_space_text_lines(tmp_path):
+    path = write(tmp_path, "trec.txt", "DESC:manner How did serfdom develop ?\nNUM:date When was it , then ?\n")
+    rows = read_rows(path, header=False, columns=["label", "text"], delimiter=" ", maxsplit=1)
+    assert values(rows) == [{"label": "DESC:manner", "text": "How did serfdom develop ?"},
+                            {"label": "NUM:date", "text": "When was it , then ?"}]
+    with pytest.raises(DataError, match=r"line 1: expected 2 fields \(label, text\), found 6"):
+        read_rows(path, header=False, columns=["label", "text"], delimiter=" ")
+
+
+def test_maxsplit_applies_to_the_header_and_keeps_short_rows_short(tmp_path):
+    path = write(tmp_path, "a.tsv", "id\tlabel\ttext\n1\tpos\ta\tb\tc\n2\tneg\n")
+    with pytest.raises(DataError, match=r"line 3: expected 3 fields"):
+        read_rows(path, maxsplit=2)
+    rows = read_rows(write(tmp_path, "b.tsv", "id\tlabel\ttext\n1\tpos\ta\tb\tc\n"), maxsplit=2)
+    assert values(rows) == [{"id": "1", "label": "pos", "text": "a\tb\tc"}]
+
+
+def test_maxsplit_needs_unquoted_delimited_files(tmp_path):
+    path = write(tmp_path, "a.csv", "a,b\n1,2\n")
+    with pytest.raises(DataError, match="maxsplit 1: needs a tsv or csv file without CSV quoting"):
+        read_rows(path, quoting="csv", maxsplit=1)
+    with pytest.raises(DataError, match="maxsplit 0"):
+        read_rows(path, maxsplit=0)
+
+
+def test_extra_trailing_columns_are_an_error_or_ignored_and_counted(tmp_path):
+    path = write(tmp_path, "sts.tsv", "score\ta\tb\n4.2\tx\ty\tsource1\textra\n1.0\tu\tv\n3\tp\tq\tsource2\n")
+    with pytest.raises(DataError, match=r"line 2: expected 3 fields .*found 5; set the reader's extra_columns"):
+        read_rows(path)
+    rows = read_rows(path, extra_columns="ignore")
+    assert values(rows) == [{"score": "4.2", "a": "x", "b": "y"}, {"score": "1.0", "a": "u", "b": "v"},
+                            {"score": "3", "a": "p", "b": "q"}]
+    assert rows.notes == ["2 row(s) had more than 3 fields (first at line 2); their extra trailing fields were ignored"]
+    assert read_rows(write(tmp_path, "ok.tsv", "a\n1\n"), extra_columns="ignore").notes == []
+    short = write(tmp_path, "short.tsv", "a\tb\n1\n")
+    with pytest.raises(DataError, match=r"line 2: expected 2 fields \(a, b\), found 1$"):
+        read_rows(short, extra_columns="ignore")
+
+
+def test_text_is_read_instead_of_the_file(tmp_path):
+    name = str(tmp_path / "stdin.tsv")  # never created
+    rows = read_rows(name, text="text\tlabel\r\nhi there\t1\n")
+    assert values(rows) == [{"text": "hi there", "label": "1"}] and rows[0].file == name and rows[0].line == 2
+    assert values(read_rows("in.jsonl", text='{"text": "a"}\n\n{"text": "b"}\n')) == [{"text": "a"}, {"text": "b"}]
+    assert values(read_rows("in.json", text='[{"text": "a"},\r\n {"text": "b"}]')) == [
+        {"text": "a", "id": "0"}, {"text": "b", "id": "1"}]
+    with pytest.raises(DataError, match=r"in.jsonl, line 2: invalid JSON"):
+        read_rows("in.jsonl", text='{"text": "a"}\n{oops\n')
+
+
+def test_config_reader_options_reach_the_reader_and_the_log(project):
+    from blocks.experiment import Experiment
+
+    data = project.root / "data"
+    lines = [f"{label} {text}" for text, label in
+             [("good great film", 1), ("bad awful plot", 0), ("a great good cast", 1), ("dull bad", 0)] * 5]
+    (data / "train.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (data / "dev.txt").write_text("1 good\n0 bad plot\n", encoding="utf-8")
+    values = project.single_stage()
+    reader = {"delimiter": " ", "header": False, "columns": ["label", "text"]}
+    values["data"].update(train="train.txt", dev={"path": "dev.txt", "reader": {**reader, "extra_columns": "ignore"}},
+                          test=None, fields={}, reader={**reader, "maxsplit": 1})
+    log = []
+    experiment = Experiment.prepare(project.load(values), log=log.append)
+    assert len(experiment.splits["train"]) == 20 and experiment.task.labels == ["0", "1"]
+    assert any(line.startswith("dev: 2 examples") and "1 row(s) had more than 2 fields (first at line 2)" in line
+               for line in log)
