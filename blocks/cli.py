@@ -21,6 +21,12 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a config value, e.g. --set stages.0.epochs=2 (repeatable)")
 
 
+def _add_trust_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trust-imports", action="store_true",
+                        help="import the Python modules the run's config lists in \"imports\" (code from the run "
+                             "directory runs on this machine: only for runs from a source you trust)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blocks", description="NLP models from JSON, distilled.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -36,11 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     test = commands.add_parser("test", help="evaluate the models of a run")
     test.add_argument("run_dir")
+    _add_trust_argument(test)
     test.add_argument("--data", help="a labelled file to evaluate on (default: the config's test split)")
     test.add_argument("--model", action="append", help="model(s) to evaluate (default: every trained model)")
 
     predict = commands.add_parser("predict", help="label new examples with a run's model")
     predict.add_argument("run_dir")
+    _add_trust_argument(predict)
     predict.add_argument("--input", required=True, help="file to label, or - for standard input")
     predict.add_argument("--model", help="model to use (default: the student, trained by the last stage)")
     predict.add_argument("--format", choices=["tsv", "jsonl"], default="tsv", help="output format")
@@ -69,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "next to PyTorch on examples of the dev split and fails if the outputs differ by more "
                     "than 1e-4.")
     export.add_argument("run_dir")
+    _add_trust_argument(export)
     export.add_argument("--format", required=True, choices=["onnx", "torchscript"],
                         help="onnx (needs: pip install distilblocks[export]) or torchscript (a torch.jit .pt file)")
     export.add_argument("--model", help="model to export (default: the student, trained by the last stage)")
@@ -80,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "batch size 1 (ms per example) and throughput at batch size 64 (examples/s), forward "
                     "passes only, interleaved repeats, best kept; with the student's speedup over the teacher.")
     bench.add_argument("run_dir")
+    _add_trust_argument(bench)
     bench.add_argument("--examples", type=int, default=1000,
                        help="examples timed at batch 64 (default 1000); batch 1 times the first min(N, 300)")
     bench.add_argument("--repeats", type=int, default=3, help="interleaved timed passes, best kept (default 3)")
@@ -165,7 +175,7 @@ def cmd_test(args) -> int:
     from blocks.engine.run import load_run, roles
     from blocks.experiment import resolve_device
 
-    directory, experiment, state = load_run(args.run_dir)
+    directory, experiment, state = load_run(args.run_dir, trust_imports=args.trust_imports)
     device = resolve_device(experiment.config["device"])
     if args.data:
         split = experiment.encode_file(args.data, with_labels=True)
@@ -204,7 +214,7 @@ def cmd_predict(args) -> int:
     from blocks.engine.run import final_model, load_run
     from blocks.experiment import resolve_device
 
-    directory, experiment, state = load_run(args.run_dir)
+    directory, experiment, state = load_run(args.run_dir, trust_imports=args.trust_imports)
     device = resolve_device(experiment.config["device"])
     model = args.model or final_model(experiment.config)
     if model not in state["models"]:
@@ -325,14 +335,15 @@ def cmd_schema(args) -> int:
 def cmd_export(args) -> int:
     from blocks.export import export_model
 
-    export_model(args.run_dir, args.format, model=args.model, output=args.output)
+    export_model(args.run_dir, args.format, model=args.model, output=args.output, trust_imports=args.trust_imports)
     return 0
 
 
 def cmd_bench(args) -> int:
     from blocks.engine.benchmark import bench_run
 
-    result = bench_run(args.run_dir, examples=args.examples, repeats=args.repeats, threads=args.threads)
+    result = bench_run(args.run_dir, examples=args.examples, repeats=args.repeats, threads=args.threads,
+                       trust_imports=args.trust_imports)
     print(json.dumps(result))
     return 0
 
@@ -343,6 +354,8 @@ def cmd_clean(args) -> int:
     report = clean_runs(args.paths, dry_run=args.dry_run, cache=args.cache)
     for action in report.actions if args.dry_run else []:
         print(action)
+    for line in report.skipped:
+        print(line)
     verb = "would free" if args.dry_run else "freed"
     print(f"{report.runs} run(s): {verb} {format_size(report.freed)} "
           f"({report.linked} model copies {'to link' if args.dry_run else 'linked'} to their source run)")

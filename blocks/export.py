@@ -369,8 +369,11 @@ def sidecar(experiment, model: str, fmt: str, path: Path, vocab_files: dict[str,
 
 
 def export_model(run_dir: str | Path, fmt: str, model: str | None = None, output: str | Path | None = None,
-                 onnx_exporter: str = "auto", log=print) -> dict:
+                 onnx_exporter: str = "auto", log=print, trust_imports: bool = False) -> dict:
     """Export one model of a run, check it against PyTorch and write the sidecar; its contents.
+
+    The run's ``imports`` (user code) are refused unless ``trust_imports`` (see
+    :func:`blocks.engine.run.load_run`).
 
     Raises:
         DistilBlocksError: unknown or unfinished model, missing ONNX packages, a failed export,
@@ -393,7 +396,7 @@ def export_model(run_dir: str | Path, fmt: str, model: str | None = None, output
         finished = ", ".join(state["models"]) or "none"
         raise DistilBlocksError(f"{directory.progress_file}: model '{model}' has not finished training in this run "
                                 f"(finished: {finished}); finish it with `blocks train CONFIG --resume`")
-    directory, experiment, state = load_run(directory.root, log=lambda *a: None)
+    directory, experiment, state = load_run(directory.root, log=lambda *a: None, trust_imports=trust_imports)
     graph = experiment.models[model].cpu()
     graph.eval()
     wrapper = ExportWrapper(graph).eval()

@@ -19,7 +19,8 @@ cached incremental decoding, in inference mode. Conventions shared by all of the
 Beam search follows fairseq: each step looks at the best ``2 * beam`` continuations of the
 sentence's beams; an ``<eos>`` among the best ``beam`` of them finishes a hypothesis; the best
 ``beam`` other continuations stay alive. A sentence is done once it has ``beam`` finished
-hypotheses or reaches its length limit; the best finished hypothesis is its output. With a
+hypotheses or reaches its length limit, and then leaves the batch (greedy search and sampling
+drop an ended sentence the same way); the best finished hypothesis is its output. With a
 beam as large as the number of possible outputs nothing is pruned, so the search is exact (the
 tests check it against exhaustive enumeration), and beam 1 is greedy search.
 
@@ -137,27 +138,35 @@ def _next_log_probs(decoder, last: Tensor, state, limits: Tensor, step: int, bos
 
 def _single_path(decoder, memory: Sequence, choose: Callable[[Tensor], Tensor], bos_id: int, eos_id: int,
                  pad_id: int, max_len_a: float, max_len_b: float) -> Generated:
-    """One hypothesis per sentence, extended by ``choose(log_probs [B, V]) -> ids [B]``."""
+    """One hypothesis per sentence, extended by ``choose(log_probs [B, V]) -> ids [B]``.
+
+    A sentence that has ended leaves the batch (its rows of the state are dropped), so the
+    decoder works only on the sentences still running."""
     batch = memory.values.shape[0]
     device = memory.values.device
     limits = max_target_lengths(memory.mask, max_len_a, max_len_b, getattr(decoder, "max_length", None)).to(device)
+    tokens: list[list[int]] = [[] for _ in range(batch)]
+    scores = torch.zeros(batch, dtype=torch.float32, device=device)
     with torch.inference_mode():
         state = decoder.init_state(memory)
+        active = torch.arange(batch, device=device)  # the sentences still running
         last = torch.full((batch,), bos_id, dtype=torch.long, device=device)
-        finished = torch.zeros(batch, dtype=torch.bool, device=device)
-        scores = torch.zeros(batch, dtype=torch.float32, device=device)
-        steps = []
         for step in range(int(limits.max()) if batch else 0):
-            log_probs, state = _next_log_probs(decoder, last, state, limits, step, bos_id, eos_id, pad_id)
-            chosen = choose(log_probs).masked_fill(finished, pad_id)
-            scores += log_probs.gather(1, chosen[:, None]).squeeze(1).masked_fill(finished, 0.0)
-            steps.append(chosen)
-            finished |= chosen == eos_id
+            log_probs, state = _next_log_probs(decoder, last, state, limits[active], step, bos_id, eos_id, pad_id)
+            chosen = choose(log_probs)
+            scores[active] += log_probs.gather(1, chosen[:, None]).squeeze(1)
+            ended = chosen == eos_id
+            for sentence, token, end in zip(active.tolist(), chosen.tolist(), ended.tolist()):
+                if not end:
+                    tokens[sentence].append(token)
+            if bool(ended.any()):
+                running = (~ended).nonzero().squeeze(1)
+                if running.numel() == 0:
+                    break
+                state = decoder.reorder_state(state, running)
+                active, chosen = active[running], chosen[running]
             last = chosen
-            if bool(finished.all()):
-                break
-    table = torch.stack(steps, dim=1).tolist() if steps else [[] for _ in range(batch)]
-    return Generated([row[:row.index(eos_id)] if eos_id in row else row for row in table], scores.cpu())
+    return Generated(tokens, scores.cpu())
 
 
 def greedy_search(decoder, memory: Sequence, *, bos_id: int, eos_id: int, pad_id: int,
@@ -202,39 +211,45 @@ def beam_search(decoder, memory: Sequence, *, bos_id: int, eos_id: int, pad_id: 
     with torch.inference_mode():
         rows = torch.arange(batch, device=device).repeat_interleave(beam)
         state = decoder.init_state(Sequence(memory.values[rows], memory.mask[rows]))
-        row_limits = limits[rows]
-        scores = torch.full((batch, beam), -math.inf, device=device)
+        active = torch.arange(batch, device=device)  # the sentences still running; a done one leaves the batch
+        scores = torch.full((batch, beam), -math.inf, device=device)  # [active, beam]
         scores[:, 0] = 0.0  # the beams start identical: expand only the first
-        history = torch.zeros(batch * beam, 0, dtype=torch.long, device=device)
+        history = torch.zeros(batch * beam, 0, dtype=torch.long, device=device)  # [active * beam, step]
         last = torch.full((batch * beam,), bos_id, dtype=torch.long, device=device)
-        done = torch.zeros(batch, dtype=torch.bool, device=device)
         ranks = torch.arange(2 * beam, device=device)
-        offsets = torch.arange(batch, device=device)[:, None] * beam
         for step in range(int(limits.max()) if batch else 0):
-            log_probs, state = _next_log_probs(decoder, last, state, row_limits, step, bos_id, eos_id, pad_id)
+            running = len(active)
+            log_probs, state = _next_log_probs(decoder, last, state, limits[active].repeat_interleave(beam), step,
+                                               bos_id, eos_id, pad_id)
             vocab = log_probs.shape[1]
-            candidates = (scores.reshape(-1, 1) + log_probs).view(batch, beam * vocab)
+            candidates = (scores.reshape(-1, 1) + log_probs).view(running, beam * vocab)
             top_scores, top_index = candidates.topk(min(2 * beam, beam * vocab), dim=1)
             source_beam, token = top_index // vocab, top_index % vocab
             is_eos = token == eos_id
-            ending = is_eos & (ranks[None, :top_scores.shape[1]] < beam) & torch.isfinite(top_scores) & ~done[:, None]
+            ending = is_eos & (ranks[None, :top_scores.shape[1]] < beam) & torch.isfinite(top_scores)
             if bool(ending.any()):
                 divisor = length_penalty_factor(step + 1, length_penalty, length_penalty_form)
-                for sentence, rank in ending.nonzero().tolist():
-                    if len(finished[sentence]) < beam:
-                        row = sentence * beam + int(source_beam[sentence, rank])
-                        finished[sentence].append((float(top_scores[sentence, rank]) / divisor, history[row].tolist()))
+                for position, rank in ending.nonzero().tolist():
+                    hypotheses = finished[int(active[position])]
+                    if len(hypotheses) < beam:
+                        row = position * beam + int(source_beam[position, rank])
+                        hypotheses.append((float(top_scores[position, rank]) / divisor, history[row].tolist()))
             # beam <= 2 * beam candidates, of which at most beam end: the others continue (-inf ones dead)
             alive_scores, chosen = top_scores.masked_fill(is_eos, -math.inf).topk(beam, dim=1)
-            kept = (offsets + source_beam.gather(1, chosen)).view(-1)
+            kept = torch.arange(running, device=device)[:, None] * beam + source_beam.gather(1, chosen)
+            next_tokens = token.gather(1, chosen)
+            going_on = torch.tensor([len(finished[sentence]) < beam for sentence in active.tolist()], device=device)
+            going_on &= limits[active] > step + 1
+            if not bool(going_on.any()):
+                break
+            if not bool(going_on.all()):
+                active, kept, next_tokens, alive_scores = (
+                    active[going_on], kept[going_on], next_tokens[going_on], alive_scores[going_on])
+            kept = kept.view(-1)
             state = decoder.reorder_state(state, kept)
-            last = token.gather(1, chosen).view(-1)
+            last = next_tokens.view(-1)
             history = torch.cat([history[kept], last[:, None]], dim=1)
             scores = alive_scores
-            full = torch.tensor([len(hypotheses) >= beam for hypotheses in finished], device=device)
-            done |= full | (limits <= step + 1)
-            if bool(done.all()):
-                break
     tokens, best_scores = [], []
     for hypotheses in finished:
         score, ids = max(hypotheses, key=lambda hypothesis: hypothesis[0])

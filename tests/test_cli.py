@@ -262,7 +262,12 @@ def test_custom_block_through_imports_builds_and_trains(project, capsys):
     tensors, _ = load_checkpoint(run_dir / "models" / "student.safetensors")
     assert tensors["blocks.scaled.factor"].shape == ()
     assert tensors["blocks.scaled.factor"].item() != 0.5  # it was trained
-    code, out, _ = run_cli(capsys, "test", run_dir)  # a run with a custom block can be reloaded
+    # a run directory's code runs only when asked: it may come from someone else
+    code, _, err = run_cli(capsys, "test", run_dir)
+    assert code == 2
+    assert f"the run's config imports code that would run on this machine ({project.root / 'custom_blocks.py'}); " \
+           f"if you trust where the run comes from, pass --trust-imports" in err
+    code, out, _ = run_cli(capsys, "test", run_dir, "--trust-imports")  # a run with a custom block can be reloaded
     assert code == 0 and json.loads(out.splitlines()[-1])["examples"] == 40
 
 

@@ -117,9 +117,16 @@ INPUT_SCHEMA = {
     "else": {"properties": {"pair_field": {"type": "null"}}},
 }
 
+# Integer block parameters are widths, counts and indexes: a bound keeps a typo (an extra zero or
+# five) from allocating terabytes, and a negative one from reaching torch.
+MAX_BLOCK_INTEGER = 1 << 20
+_BOUNDED_INTEGER = {"if": {"type": "integer"}, "then": {"minimum": 0, "maximum": MAX_BLOCK_INTEGER}}
+BLOCK_PARAMETER_SCHEMA = {**_BOUNDED_INTEGER, "else": {"if": {"type": "array"}, "then": {"items": _BOUNDED_INTEGER}}}
+
 NODE_SCHEMA = {
     "type": "object",
     "required": ["name"],
+    "additionalProperties": BLOCK_PARAMETER_SCHEMA,
     "properties": {
         "name": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_.-]*$"},
         "block": {"type": "string", "description": "registered block name (see `blocks list`)"},
@@ -242,12 +249,13 @@ STAGE_SCHEMA = {
                      "description": "models that teach, frozen, in inference mode"},
         "losses": {"type": "array", "items": {"$ref": "#/$defs/loss"}, "minItems": 1,
                    "default": [{"block": "CrossEntropy"}], "description": "summed with their weights"},
-        "epochs": {"type": "number", "exclusiveMinimum": 0, "default": 3,
+        "epochs": {"type": "number", "exclusiveMinimum": 0, "maximum": 1_000_000, "default": 3,
                    "description": "passes over the training set; a fraction (0.5, 1.5) stops partway "
                                   "through the last pass"},
-        "max_steps": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}], "default": None},
-        "batch_size": {"type": "integer", "minimum": 1, "default": 32},
-        "eval_batch_size": {"type": "integer", "minimum": 1, "default": 256},
+        "max_steps": {"anyOf": [{"type": "integer", "minimum": 1, "maximum": 1 << 40}, {"type": "null"}],
+                      "default": None},
+        "batch_size": {"type": "integer", "minimum": 1, "maximum": MAX_BLOCK_INTEGER, "default": 32},
+        "eval_batch_size": {"type": "integer", "minimum": 1, "maximum": MAX_BLOCK_INTEGER, "default": 256},
         # Their options are the parameters of registered entries (blocks.optimizers,
         # blocks.lr_schedules), which the loader checks and full_schema() spells out. No default
         # here: the loader picks adam (lr 1e-3, constant) or, for a model with a PretrainedEncoder,

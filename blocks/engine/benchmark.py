@@ -319,7 +319,8 @@ def describe_sizes(batches: dict, examples: dict) -> str:
 
 def run_entries(run_dir: str | Path, label: str, batch_sizes, examples: int, batch1_examples: int = 300,
                 split_name: str = "dev", data: str | None = None, order: str = "sorted",
-                models: list[str] | None = None, device: torch.device | None = None) -> tuple[list[Entry], dict]:
+                models: list[str] | None = None, device: torch.device | None = None,
+                trust_imports: bool = False) -> tuple[list[Entry], dict]:
     """Load a run and make an :class:`Entry` for each of its trained models (in role order).
 
     Returns the entries and what they run on: ``models``, ``split_size``, ``source``,
@@ -332,7 +333,7 @@ def run_entries(run_dir: str | Path, label: str, batch_sizes, examples: int, bat
     from blocks.engine.run import load_run, roles
 
     device = device or torch.device("cpu")
-    directory, experiment, state = load_run(run_dir, log=lambda *a: None)
+    directory, experiment, state = load_run(run_dir, log=lambda *a: None, trust_imports=trust_imports)
     split, source = examples_split(experiment, str(run_dir), split_name, data)
     batches, counts = collate_batches(split, batch_sizes, examples, batch1_examples, order, device)
     role_of = roles(experiment.config)
@@ -444,7 +445,7 @@ BENCH_SIZES = (1, 64)
 
 
 def bench_run(run_dir: str | Path, examples: int = 1000, repeats: int = 3, threads: int | None = None,
-              batch1_examples: int = 300, out=print) -> dict:
+              batch1_examples: int = 300, out=print, trust_imports: bool = False) -> dict:
     """``blocks bench``: batch-1 latency and batch-64 throughput of every trained model of a run.
 
     Uses the run's dev split (else its train split). Sets torch's thread count to ``threads``
@@ -461,7 +462,7 @@ def bench_run(run_dir: str | Path, examples: int = 1000, repeats: int = 3, threa
     torch.set_num_threads(threads or available_cores())
     try:
         entries, about = run_entries(run_dir, Path(run_dir).name, BENCH_SIZES, examples, batch1_examples,
-                                     split_name=split_name)
+                                     split_name=split_name, trust_imports=trust_imports)
         out(f"run {run_dir}: models {', '.join(about['models'])}; {about['split_size']:,} examples from "
             f"{about['source']}; {describe_sizes(about['batches'], about['examples'])}")
         out(f"CPU: {cpu_name()}; torch {torch.__version__}, {torch.get_num_threads()} thread(s); "

@@ -5,7 +5,11 @@ A checkpoint file is a standard `safetensors <https://huggingface.co/docs/safete
 
 * ``"format_version"``: ``"1"``;
 * ``"distilblocks_state"``: the JSON encoding of the ``state`` dict given to
-  :func:`save_checkpoint`.
+  :func:`save_checkpoint`;
+* ``"sha256"``: a SHA-256 over the tensors' names, dtypes, shapes and offsets, the state and
+  every data byte (see :func:`_checksum`), verified by :func:`load_checkpoint`, so a flipped
+  byte anywhere in a tensor is reported instead of resumed. Files written before the checksum
+  existed have none and are read without the check.
 
 The file is serialised here in pure torch (the ``safetensors.torch.save`` helper needs numpy,
 which DistilBlocks does not depend on), so any tensor layout is accepted: non-contiguous tensors,
@@ -17,6 +21,7 @@ and JSON-able metadata (to be stored in ``state``) by :func:`optimizer_to_tensor
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -35,6 +40,7 @@ from blocks.errors import CheckpointError
 FORMAT_VERSION = 1
 STATE_KEY = "distilblocks_state"
 VERSION_KEY = "format_version"
+CHECKSUM_KEY = "sha256"
 
 # safetensors dtype names
 _DTYPES: dict[str, torch.dtype] = {
@@ -120,8 +126,9 @@ def _check_byte_order() -> None:
         raise RuntimeError("DistilBlocks checkpoints need a little-endian machine")
 
 
-def _serialize(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytearray:
-    """The bytes of a safetensors file holding ``tensors`` and ``metadata``."""
+def _serialize(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> tuple[bytearray, dict, int]:
+    """The bytes of a safetensors file holding ``tensors`` and ``metadata``, its header and the
+    offset of its data."""
     _check_byte_order()
     prepared: dict[str, torch.Tensor] = {}
     for key, tensor in tensors.items():
@@ -144,8 +151,7 @@ def _serialize(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> by
         header[key] = {"dtype": _NAMES[tensor.dtype], "shape": list(tensor.shape),
                        "data_offsets": [offset, offset + size]}
         offset += size
-    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    encoded += b" " * (-len(encoded) % 8)
+    encoded = _encode_header(header)
     start = 8 + len(encoded)
     out = bytearray(start + offset)
     out[:start] = struct.pack("<Q", len(encoded)) + encoded
@@ -158,15 +164,30 @@ def _serialize(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> by
             begin, end = header[key]["data_offsets"]
             flat = tensor.to("cpu").contiguous().reshape(-1).view(torch.uint8)
             target[start + begin:start + end].copy_(flat)
-    return out
+    return out, header, start
+
+
+def _encode_header(header: dict) -> bytes:
+    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    return encoded + b" " * (-len(encoded) % 8)
+
+
+def _checksum(entries: dict, state: str, data: memoryview) -> str:
+    """SHA-256 over a file's tensor entries (names, dtypes, shapes, offsets), its state and its data."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps({k: v for k, v in entries.items() if k != "__metadata__"}, sort_keys=True,
+                             separators=(",", ":")).encode("utf-8"))
+    digest.update(state.encode("utf-8"))
+    digest.update(data)
+    return digest.hexdigest()
 
 
 class _Corrupt(Exception):
     """The file is not a readable safetensors file (message: why)."""
 
 
-def _parse(data: bytearray) -> tuple[dict[str, torch.Tensor], dict[str, str] | None]:
-    """(tensors, metadata) of a safetensors file's bytes; raises _Corrupt."""
+def _parse(data: bytearray) -> tuple[dict[str, torch.Tensor], dict[str, str] | None, dict, int]:
+    """(tensors, metadata, header entries, data offset) of a safetensors file's bytes; raises _Corrupt."""
     _check_byte_order()
     if len(data) < 8:
         raise _Corrupt(f"the file has only {len(data)} bytes" if data else "the file is empty")
@@ -222,7 +243,7 @@ def _parse(data: bytearray) -> tuple[dict[str, torch.Tensor], dict[str, str] | N
             flat = torch.frombuffer(data, dtype=torch.uint8, count=end - begin,
                                     offset=start + begin).clone().view(dtype)
         tensors[key] = flat.reshape(shape)
-    return tensors, metadata
+    return tensors, metadata, header, start
 
 
 # ----------------------------------------------------------------------------------------------
@@ -241,8 +262,15 @@ def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], s
         encoded_state = json.dumps(state)
     except (TypeError, ValueError) as error:
         raise TypeError(f"checkpoint state is not JSON-serialisable: {error}") from None
-    metadata = {VERSION_KEY: str(FORMAT_VERSION), STATE_KEY: encoded_state}
-    atomic_write_bytes(path, _serialize(tensors, metadata))
+    # The checksum covers the data, which is laid out after the header that holds it: the file is
+    # built with a placeholder of the same length, then the header is written again.
+    metadata = {VERSION_KEY: str(FORMAT_VERSION), STATE_KEY: encoded_state, CHECKSUM_KEY: "0" * 64}
+    out, header, start = _serialize(tensors, metadata)
+    header["__metadata__"][CHECKSUM_KEY] = _checksum(header, encoded_state, memoryview(out)[start:])
+    encoded = _encode_header(header)
+    assert 8 + len(encoded) == start
+    out[8:start] = encoded
+    atomic_write_bytes(path, out)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"
@@ -253,7 +281,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     bytes (no copy); they are writable.
 
     Raises:
-        CheckpointError: the file is missing or unreadable, truncated or corrupt, or was not
+        CheckpointError: the file is missing or unreadable, truncated or corrupt (its checksum
+            does not match), or was not
             written by DistilBlocks (or by a newer version); the message starts with the path.
     """
     where = str(path)
@@ -267,7 +296,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     except OSError as error:
         raise CheckpointError(f"the checkpoint cannot be read: {error.strerror or error}", where) from None
     try:
-        tensors, metadata = _parse(data)
+        tensors, metadata, header, start = _parse(data)
     except _Corrupt as error:
         raise CheckpointError(f"the checkpoint is truncated or corrupt: {error}", where) from None
     if not metadata or STATE_KEY not in metadata:
@@ -281,6 +310,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if version > FORMAT_VERSION:
         raise CheckpointError(f"the checkpoint was written by a newer DistilBlocks (format version {version};"
                               f" this version reads up to {FORMAT_VERSION})", where)
+    if CHECKSUM_KEY in metadata and metadata[CHECKSUM_KEY] != _checksum(header, metadata[STATE_KEY],
+                                                                        memoryview(data)[start:]):
+        raise CheckpointError("the checkpoint is corrupt: its contents do not match the checksum written with "
+                              "it (damaged on disk or changed since)", where)
     try:
         state = json.loads(metadata[STATE_KEY])
     except ValueError:
@@ -290,6 +323,31 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if torch.device(map_location).type != "cpu":
         tensors = {key: tensor.to(map_location) for key, tensor in tensors.items()}
     return tensors, state
+
+
+def read_checkpoint_state(path: str | os.PathLike) -> dict:
+    """The JSON state of a checkpoint, read from its header alone (no tensor data is read or
+    verified: :func:`load_checkpoint` does that). Raises CheckpointError like it."""
+    where = str(path)
+    try:
+        with open(path, "rb") as file:
+            prefix = file.read(8)
+            if len(prefix) < 8:
+                raise CheckpointError("the checkpoint is truncated or corrupt: the file is too short", where)
+            (size,) = struct.unpack("<Q", prefix)
+            if size > _MAX_HEADER:
+                raise CheckpointError("the checkpoint is truncated or corrupt: no safetensors header", where)
+            header = json.loads(file.read(size).decode("utf-8"))
+        state = json.loads(header["__metadata__"][STATE_KEY])
+    except FileNotFoundError:
+        raise CheckpointError("no such checkpoint file", where) from None
+    except OSError as error:
+        raise CheckpointError(f"the checkpoint cannot be read: {error.strerror or error}", where) from None
+    except (ValueError, KeyError, TypeError):
+        raise CheckpointError("the checkpoint is truncated or corrupt: its header is unreadable", where) from None
+    if not isinstance(state, dict):
+        raise CheckpointError("the checkpoint is truncated or corrupt: its state is not a JSON object", where)
+    return state
 
 
 # ----------------------------------------------------------------------------------------------

@@ -12,6 +12,10 @@ A model taken from a finished run (``{"run": ...}``) is stored in the new run's 
 run stands on its own. :func:`share_weights` makes that a hard link to the source file where both
 are on one file system: no second copy on disk, and the link keeps the bytes even if the source
 run is deleted or re-trained later (the engine replaces files, it never writes into them).
+
+Cleaning also deletes what interrupted writes left (temporary files of atomic writes, unfinished
+teacher-cache folders: :func:`blocks.engine.run_dir.partial_files`). A run that another process is
+training (it holds the run's lock) is skipped.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from pathlib import Path
 
 from blocks.config.run_models import run_weights
 from blocks.engine.checkpoint import load_checkpoint, save_checkpoint
-from blocks.engine.run_dir import RunDir
+from blocks.engine.run_dir import RunDir, partial_files
 from blocks.errors import CheckpointError
 
 STAGE_CHECKPOINTS = ("last.safetensors", "best.safetensors")
@@ -60,6 +64,7 @@ class CleanReport:
     freed: int = 0
     linked: int = 0
     actions: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # runs in use by another process
 
 
 def find_runs(paths: list[str | Path]) -> list[RunDir]:
@@ -84,6 +89,25 @@ def _equal(first: dict, second: dict) -> bool:
 
 
 def clean_run(run_dir: RunDir, report: CleanReport, dry_run: bool = False, cache: bool = False) -> None:
+    if dry_run:
+        _clean_run(run_dir, report, dry_run, cache)
+        return
+    try:
+        with run_dir.lock():
+            _clean_run(run_dir, report, dry_run, cache)
+    except CheckpointError as error:
+        if not run_dir.lock_file.is_file() or "in use by" not in error.message:
+            raise
+        report.skipped.append(f"skipped {run_dir.root}: {error.message}")
+
+
+def _clean_run(run_dir: RunDir, report: CleanReport, dry_run: bool, cache: bool) -> None:
+    for path in partial_files(run_dir.root):
+        report.freed += sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() \
+            else path.stat().st_size
+        report.actions.append(f"delete {path}")
+        if not dry_run:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
     progress = run_dir.progress()
     config = run_dir.read_json(run_dir.config)
     for stage in progress.get("completed_stages", []):

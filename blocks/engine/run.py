@@ -6,9 +6,12 @@ writes the run directory, the others wait for it at barriers.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import errno
 import json
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -19,13 +22,14 @@ from blocks.config.loader import Config
 from blocks.data.vocabulary import Vocabulary
 from blocks.engine import distributed
 from blocks.config.run_models import check_run_task, run_weights
-from blocks.engine.checkpoint import atomic_write_json, load_checkpoint
+from blocks.engine.checkpoint import atomic_write_json, load_checkpoint, read_checkpoint_state
 from blocks.engine.clean import drop_stage_checkpoints, share_weights
 from blocks.engine.evaluation import evaluate, throughput
 from blocks.engine.host_memory import keep_freed_memory
 from blocks.engine.run_dir import RunDir
 from blocks.engine.trainer import StageTrainer
-from blocks.errors import CheckpointError, ConfigError
+from blocks.engine.optim import build_optimizer, build_schedule, sparse_parameters
+from blocks.errors import CheckpointError, ConfigError, DataError, DistilBlocksError
 from blocks.experiment import Experiment, resolve_device
 
 
@@ -43,22 +47,6 @@ def default_run_dir(config: Config, resume: bool) -> Path:
     if resume:
         return taken[-1] if taken else base
     return next(c for c in candidates if c not in taken)
-
-
-def _first_difference(a, b, path: str = "") -> str | None:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in sorted(set(a) | set(b)):
-            found = _first_difference(a.get(key), b.get(key), f"{path}/{key}")
-            if found:
-                return found
-        return None
-    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        for i, (x, y) in enumerate(zip(a, b)):
-            found = _first_difference(x, y, f"{path}/{i}")
-            if found:
-                return found
-        return None
-    return None if a == b else (path or "/")
 
 
 def load_model_weights(experiment: Experiment, run_dir: RunDir, model: str) -> None:
@@ -114,6 +102,149 @@ def _quiet(*args, **kwargs) -> None:
     pass
 
 
+def check_run_dir_path(root: Path, file: str) -> None:
+    """The run directory is a folder, or can become one: neither it nor a folder above it is a file."""
+    for path in [root, *root.parents]:
+        if path.exists() and not path.is_dir():
+            where = "is a file" if path == root else f"is inside {path}, which is a file"
+            raise ConfigError(f"the run directory {root} {where}; choose another with --run-dir", file, "/run_dir")
+
+
+def _not_empty(root: Path, config: Config) -> ConfigError:
+    return ConfigError(f"the run directory {root} is not empty; continue that run with --resume, or choose "
+                       f"another directory with --run-dir", config.file, "/run_dir")
+
+
+def _write_error(error: OSError, directory: RunDir) -> DistilBlocksError:
+    where = f" ({error.filename})" if error.filename else ""
+    if error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return CheckpointError(f"the disk is full{where}: free some space, then continue the run with "
+                               f"`blocks train CONFIG --resume` (its last checkpoint is intact)", str(directory.root))
+    return CheckpointError(f"cannot write the run: {error.strerror or error}{where}", str(directory.root))
+
+
+def check_stages(experiment: Experiment) -> None:
+    """What each stage needs, checked before the first one trains (``blocks validate`` does the
+    same): its losses against the models, its optimizer and schedule, a dev split for losses that
+    learn from it, and its transfer-set files. A ConfigError names the config file and the path."""
+    from blocks.data.transfer import file_sources
+
+    config = experiment.config
+    for index, stage in enumerate(config["stages"]):
+        where = f"/stages/{index}"
+        losses = experiment.build_losses(index)
+        for j, (_, loss) in enumerate(losses):
+            if getattr(loss, "needs_dev", False) and "dev" not in experiment.splits:
+                raise ConfigError(f"{type(loss).__name__} with reward 'dev' learns from the dev metric at each "
+                                  f"evaluation, but the config has no dev split (data.dev)", config.file,
+                                  f"{where}/losses/{j}")
+        model = experiment.models[stage["train"]]
+        try:
+            optimizer = build_optimizer(list(model.parameters()), stage["optimizer"], where=f"{where}/optimizer",
+                                        sparse=sparse_parameters(model))
+            build_schedule(optimizer, stage["schedule"], 100, where=f"{where}/schedule")
+        except ConfigError as error:
+            if error.file:
+                raise
+            raise ConfigError(error.message, config.file, error.path) from None
+        if stage.get("transfer"):
+            for source in file_sources(config["data"], stage["transfer"]):
+                if not Path(source.path).is_file():
+                    raise DataError("file not found (a transfer-set file of stage "
+                                    f"'{stage['name']}', {where}/transfer/files)", source.path)
+
+
+def _differences(a, b, path: str = ""):
+    """Every JSON path at which ``a`` and ``b`` differ (a list of another length differs as a whole)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            yield from _differences(a.get(key), b.get(key), f"{path}/{key}")
+    elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            yield from _differences(x, y, f"{path}/{i}")
+    elif a != b:
+        yield path or "/"
+
+
+def _continue_with(config: Config, directory: RunDir, log) -> None:
+    """Check that ``config`` may continue the run; when it changed only what no finished stage
+    used, adopt it: the changed unfinished stages start over, and config.json is rewritten.
+
+    A finished stage, a model one trained, and everything outside ``models`` and ``stages`` (data,
+    task, seed, vocabularies) must be unchanged; any other change refuses the resume."""
+    saved = _with_current_defaults(directory.read_json(directory.config))
+    if not isinstance(saved, dict) or not isinstance(saved.get("stages"), list):
+        raise CheckpointError("is not a config this version can continue", str(directory.config))
+    # where the run is written and how many threads compute it do not change what it computes
+    current = {k: v for k, v in config.values.items() if k not in ("run_dir", "threads")}
+    saved = {k: v for k, v in saved.items() if k not in ("run_dir", "threads")}
+    state = directory.progress()
+    completed, trained = state["completed_stages"], set(state["models"])
+
+    def refuse(path: str) -> ConfigError:
+        return ConfigError(f"the config differs from the one the run in {directory.root} started with (at {path}); "
+                           f"resume with the same config and --set values (only stages that have not finished, "
+                           f"and models no finished stage trained, may change)", config.file, path)
+
+    for key in sorted((set(saved) | set(current)) - {"stages", "models"}):
+        for path in _differences(saved.get(key), current.get(key), f"/{key}"):
+            raise refuse(path)
+    changed_models = set()
+    old_models, new_models = saved.get("models", {}), current["models"]
+    for name in sorted(set(old_models) | set(new_models)):
+        for path in _differences(old_models.get(name), new_models.get(name), f"/models/{name}"):
+            if name in trained:
+                raise refuse(path)
+            changed_models.add(name)
+    old_stages = {s.get("name"): (i, s) for i, s in enumerate(saved["stages"]) if isinstance(s, dict)}
+    names = [stage["name"] for stage in current["stages"]]
+    restart = []
+    for index, stage in enumerate(current["stages"]):
+        old_index, old = old_stages.get(stage["name"], (None, None))
+        if stage["name"] in completed:
+            if old_index != index:
+                raise refuse(f"/stages/{index}")
+            for path in _differences(old, stage, f"/stages/{index}"):
+                raise refuse(path)
+        elif old != stage or {stage["train"], *stage["teachers"]} & changed_models:
+            restart.append(stage["name"])
+    for name in completed:
+        if name not in names:
+            raise refuse(f"/stages (finished stage '{name}' is missing)")
+    if not restart and not changed_models and [s.get("name") for s in saved["stages"]] == names:
+        return
+    for name in restart:
+        if directory.stage_dir(name).exists():
+            shutil.rmtree(directory.stage_dir(name))
+    directory.cut_metrics(lambda record: record.get("stage") not in restart)
+    atomic_write_json(directory.config, {**config.values, "run_dir": str(directory.root)})
+    log(f"the config changed where no finished stage depends on it: continuing after "
+        f"{', '.join(completed) or 'no finished stage'}" + (f"; starting over: {', '.join(restart)}" if restart else ""))
+
+
+def _check_vocabularies(experiment: Experiment, directory: RunDir) -> None:
+    """The vocabularies a resumed run built again from its data are those the run wrote."""
+    for name, vocab in experiment.vocabularies.items():
+        path = directory.vocab / f"{name}.txt"
+        if isinstance(vocab, Vocabulary) and path.is_file() and Vocabulary.load(path) != vocab:
+            raise CheckpointError("the training data changed since the run started (vocabulary differs)", str(path))
+
+
+def _cut_metrics_to_checkpoints(config: Config, directory: RunDir) -> None:
+    """Cut the log back to what the checkpoints the resume starts from had seen (see
+    :meth:`RunDir.cut_metrics_to`), so that every interruption point gives the same log."""
+    completed = directory.progress()["completed_stages"]
+    restored = {}
+    for stage in config["stages"]:
+        path = directory.stage_checkpoint(stage["name"])
+        if stage["name"] not in completed and path.is_file():
+            try:
+                restored[stage["name"]] = int(read_checkpoint_state(path)["position"]["step"])
+            except (KeyError, TypeError, ValueError):
+                raise CheckpointError("the checkpoint holds no training position", str(path)) from None
+    directory.cut_metrics_to(completed, restored)
+
+
 def train(config: Config, run_dir: str | Path | None = None, resume: bool = False, log=print,
           progress: bool = True) -> dict:
     """Run every stage of ``config`` into a run directory; returns the summary.
@@ -136,37 +267,51 @@ def train(config: Config, run_dir: str | Path | None = None, resume: bool = Fals
 
 def _train(config: Config, run_dir, resume: bool, log, progress: bool, dist: distributed.Distributed,
            device: torch.device) -> dict:
-    # Every rank checks the directory before rank 0 writes anything (then a barrier), so all of
-    # them see the same directory and take the same decisions.
+    # Every rank checks the directory and the whole config before rank 0 writes anything (then a
+    # barrier), so all of them see the same directory and take the same decisions, and a config
+    # that cannot train leaves no run directory behind.
     root = Path(run_dir) if run_dir else default_run_dir(config, resume)
+    check_run_dir_path(root, config.file)
     directory = RunDir(root)
-    if resume:
-        if not directory.exists():
-            raise CheckpointError("there is no run here to resume (config.json is missing)", str(root))
-        saved = _with_current_defaults(directory.read_json(directory.config))
-        comparable = {k: v for k, v in config.values.items() if k != "run_dir"}
-        difference = _first_difference({k: v for k, v in saved.items() if k != "run_dir"}, comparable)
-        if difference:
-            raise ConfigError(f"the config differs from the one the run in {root} started with (at {difference}); "
-                              f"resume with the same config and --set values", config.file, difference)
-    elif directory.exists() or (root.exists() and any(root.iterdir())):
-        raise ConfigError(f"the run directory {root} is not empty; continue that run with --resume, or choose "
-                          f"another directory with --run-dir", config.file, "/run_dir")
-
+    if resume and not directory.exists():
+        raise CheckpointError("there is no run here to resume (config.json is missing)", str(root))
+    if not resume and not directory.is_empty():
+        raise _not_empty(root, config)
     experiment = Experiment.prepare(config, log=log)
     check_run_task(config.values, experiment.task.to_json(), config.file)
-    if resume:
-        for name, vocab in experiment.vocabularies.items():
-            if isinstance(vocab, Vocabulary) and Vocabulary.load(directory.vocab / f"{name}.txt") != vocab:
-                raise CheckpointError("the training data changed since the run started (vocabulary differs)",
-                                      str(directory.vocab / f"{name}.txt"))
+    check_stages(experiment)
     dist.barrier()
-    if not resume and dist.is_main:
-        root.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(directory.config, {**config.values, "run_dir": str(root)})
-        atomic_write_json(directory.task, experiment.task.to_json())
-        experiment.save_vocabularies(directory.vocab)
-        atomic_write_json(directory.environment, environment_record(device, dist))
+    with directory.lock() if dist.is_main else contextlib.nullcontext():
+        try:
+            return _train_locked(experiment, directory, resume, log, progress, dist, device)
+        except OSError as error:  # the run directory cannot be written (a full disk, permissions)
+            raise _write_error(error, directory) from None
+
+
+def _train_locked(experiment: Experiment, directory: RunDir, resume: bool, log, progress: bool,
+                  dist: distributed.Distributed, device: torch.device) -> dict:
+    config, root = experiment.config, directory.root
+    if dist.is_main:
+        if not resume and not directory.is_empty():  # another process started here meanwhile
+            raise _not_empty(root, config)
+        removed = directory.remove_partial_files([config["cache_dir"]] if config.values.get("cache_dir") else [])
+        if removed:
+            log(f"removed {len(removed)} unfinished file(s) of an interrupted write: "
+                + ", ".join(str(p.relative_to(root)) if root in p.parents else str(p) for p in removed))
+        if resume:
+            directory.check_setup()
+            _continue_with(config, directory, log)
+            _check_vocabularies(experiment, directory)
+        if not directory.setup_finished():  # a new run, or one interrupted during its set-up
+            root.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(directory.config, {**config.values, "run_dir": str(root)})
+            atomic_write_json(directory.task, experiment.task.to_json())
+            experiment.save_vocabularies(directory.vocab)
+            atomic_write_json(directory.environment, environment_record(device, dist))
+            directory.write_setup_record()
+        if resume:
+            _cut_metrics_to_checkpoints(config, directory)
+    dist.barrier()
     log(f"run directory: {root}  device: {device}"
         + (f"  processes: {dist.world_size} ({dist.backend})" if dist.enabled else ""))
     experiment.load_pretrained(log)
@@ -313,17 +458,39 @@ def format_summary(summary: dict) -> str:
 
 
 def open_run(run_dir: str | Path) -> tuple[RunDir, Config]:
-    """A finished or partial run's directory and its resolved config."""
+    """A finished or partial run's directory and its resolved config; its set-up files are checked
+    against the checksums the run recorded (a CheckpointError names a damaged one)."""
     directory = RunDir(run_dir)
     if not directory.root.is_dir():
         raise CheckpointError("run directory not found", str(run_dir))
+    directory.check_setup()
     values = directory.read_json(directory.config)
+    if not isinstance(values, dict) or not isinstance(values.get("models"), dict) \
+            or not isinstance(values.get("stages"), list):
+        raise CheckpointError("is not a run's config (no models and stages)", str(directory.config))
     return directory, Config(values=values, file=str(directory.config), base_dir=directory.root)
 
 
-def load_run(run_dir: str | Path, log=print) -> tuple[RunDir, Experiment, dict]:
-    """Rebuild a run's experiment with every finished model's weights loaded."""
+def check_trusted_imports(config: Config, trust_imports: bool) -> None:
+    """A run directory may come from someone else: the code its config imports runs only when the
+    user says so (``--trust-imports``)."""
+    if config["imports"] if "imports" in config.values else []:
+        if not trust_imports:
+            modules = ", ".join(config["imports"])
+            raise CheckpointError(f"the run's config imports code that would run on this machine ({modules}); "
+                                  f"if you trust where the run comes from, pass --trust-imports", config.file)
+
+
+def load_run(run_dir: str | Path, log=print, trust_imports: bool = False) -> tuple[RunDir, Experiment, dict]:
+    """Rebuild a run's experiment with every finished model's weights loaded.
+
+    Nothing in the run directory is executed unless ``trust_imports``: its config's ``imports``
+    are refused (with the modules named) otherwise. Weights are safetensors, never unpickled."""
     directory, config = open_run(run_dir)
+    check_trusted_imports(config, trust_imports)
+    task = directory.read_json(directory.task)
+    if not isinstance(task, dict) or not isinstance(task.get("type"), str):
+        raise CheckpointError("is corrupt: not a task description (an object with a \"type\")", str(directory.task))
     experiment = Experiment.from_run_dir(directory.root, config, log=log)
     state = directory.progress()
     if not state["models"]:

@@ -168,14 +168,51 @@ def test_garbage_file(tmp_path):
 
 def test_not_a_distilblocks_checkpoint(tmp_path):
     path = tmp_path / "plain.safetensors"
-    path.write_bytes(checkpoint._serialize({"x": torch.ones(2)}, {}))
+    path.write_bytes(checkpoint._serialize({"x": torch.ones(2)}, {})[0])
     with pytest.raises(CheckpointError, match="was not written by DistilBlocks") as error:
         load_checkpoint(path)
     assert str(path) in str(error.value)
     path.write_bytes(checkpoint._serialize({"x": torch.ones(2)},
-                                           {"distilblocks_state": "{}", "format_version": "99"}))
+                                           {"distilblocks_state": "{}", "format_version": "99"})[0])
     with pytest.raises(CheckpointError, match="newer DistilBlocks"):
         load_checkpoint(path)
+
+
+def test_a_flipped_byte_anywhere_in_the_data_is_caught_by_the_checksum(tmp_path):
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, {"w": torch.arange(64, dtype=torch.float32), "b": torch.ones(3, dtype=torch.int64)},
+                    {"step": 7})
+    good = path.read_bytes()
+    (header_size,) = struct.unpack("<Q", good[:8])
+    assert json.loads(good[8:8 + header_size])["__metadata__"]["sha256"] != "0" * 64
+    for position in (8 + header_size, len(good) // 2 + 4, len(good) - 1):  # first, middle and last data byte
+        damaged = bytearray(good)
+        damaged[position] ^= 0x01
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(CheckpointError, match="do not match the checksum") as error:
+            load_checkpoint(path)
+        assert str(error.value).startswith(str(path))
+    path.write_bytes(good)
+    assert load_checkpoint(path)[1] == {"step": 7}
+
+
+def test_a_changed_shape_or_state_is_caught_by_the_checksum(tmp_path):
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, {"w": torch.zeros(4, 8)}, {"step": 12})
+    good = path.read_bytes()
+    for old, new in ((b'"shape":[4,8]', b'"shape":[8,4]'), (b'\\"step\\": 12', b'\\"step\\": 13')):
+        assert old in good, old
+        path.write_bytes(good.replace(old, new))
+        with pytest.raises(CheckpointError, match="do not match the checksum"):
+            load_checkpoint(path)
+
+
+def test_a_file_without_a_checksum_is_still_read(tmp_path):
+    path = tmp_path / "old.safetensors"
+    path.write_bytes(checkpoint._serialize({"x": torch.ones(2)},
+                                           {"distilblocks_state": '{"a": 1}', "format_version": "1"})[0])
+    tensors, state = load_checkpoint(path)
+    assert state == {"a": 1} and torch.equal(tensors["x"], torch.ones(2))
 
 
 # ----------------------------------------------------------------------------------------------
