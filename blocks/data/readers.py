@@ -53,12 +53,13 @@ class Row:
     """One record of a data file.
 
     Attributes:
-        fields: column name -> raw string value.
+        fields: column name -> raw string value (for the ``columns`` format: the list of a
+            sentence's values, one string per token).
         file: the path as given to :func:`read_rows`.
         line: 1-based line number in the file where the row starts.
     """
 
-    fields: dict[str, str]
+    fields: dict[str, str] | dict[str, list[str]]
     file: str
     line: int
 
