@@ -36,7 +36,7 @@ from blocks.engine.checkpoint import (atomic_write_json, load_checkpoint, optimi
 from blocks.engine.distributed import SINGLE, Distributed, batches_per_epoch, epoch_slices
 from blocks.engine.evaluation import autocast, evaluate
 from blocks.engine.optim import build_optimizer, build_schedule, clip_grad_norm, sparse_parameters
-from blocks.engine.plots import plot_teacher_weights
+from blocks.engine.plots import write_stage_plots
 from blocks.engine.run_dir import RunDir
 from blocks.engine.teacher_cache import CachedOutputs, open_existing, open_or_build, requested_nodes
 from blocks.errors import CheckpointError, TrainingError
@@ -309,9 +309,10 @@ class StageTrainer:
         self.state.finished = True
         self.save()
         if self.main:
-            plot = plot_teacher_weights(self.run_dir.metrics, self.stage["name"], self.run_dir.root / "plots")
-            if plot is not None:
-                self.log(f"stage '{name}': teacher weights plotted in {plot}")
+            self.run_dir.tensorboard.close(name)
+            plots = write_stage_plots(self.run_dir.metrics, name, self.run_dir.root / "plots")
+            if plots:
+                self.log(f"stage '{name}': plotted {', '.join(p.name for p in plots)} in {plots[0].parent}")
         result = self._finish(already_done=False)
         result["train_seconds"] = round(elapsed, 2)
         examples *= self.dist.world_size

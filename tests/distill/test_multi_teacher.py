@@ -249,8 +249,13 @@ def test_multi_teacher_run_logs_and_plots_the_teacher_weights(project, loss):
     evals = [r for r in records if r["event"] == "eval" and r["stage"] == "distill"]
     assert evals and all(set(r["teacher_weights"]) == {"t1", "t2"} for r in evals)
     assert all(abs(sum(r["teacher_weights"].values()) - 1) < 1e-6 for r in evals)
-    svg = (project.root / "run" / "plots" / "distill-teacher-weights.svg").read_text()
-    assert svg.startswith("<svg") and svg.count("<polyline") == 2
+    from blocks.engine.plots import read_records, stage_panels
+
+    plots = project.root / "run" / "plots"
+    assert (plots / "distill-teacher-weights.png").read_bytes().startswith(b"\x89PNG")
+    assert (plots / "distill-learning-curves.png").read_bytes().startswith(b"\x89PNG")
+    drawn = stage_panels(read_records(project.root / "run" / "metrics.jsonl", "distill"))["teacher_weights"]
+    assert set(drawn) == {"t1", "t2"} and all(len(points) == len(evals) for points in drawn.values())
 
 
 @pytest.mark.parametrize("reward", ["ce_kd", "dev"])
@@ -266,7 +271,7 @@ def test_rl_selector_run_after_an_equal_weight_warm_up(project, reward):
     records = [json.loads(line) for line in (project.root / "run" / "metrics.jsonl").read_text().splitlines()]
     selected = [r for r in records if r["event"] == "eval" and r["stage"] == "select"]
     assert selected and all("selection_probability" in r for r in selected)
-    assert (project.root / "run" / "plots" / "select-teacher-weights.svg").is_file()
+    assert (project.root / "run" / "plots" / "select-teacher-weights.png").is_file()
 
 
 def test_annealing_then_cross_entropy_from_the_best_phase_one_model(project):

@@ -39,3 +39,13 @@ def test_smoke_run_trains_decodes_and_scores(multi30k, capsys):
         assert results[name]["sentences_per_s"] > 0
     printed = capsys.readouterr().out
     assert "200 training pairs, 8 dev pairs" in printed and "BLEU signature: nrefs:1|case:mixed" in printed
+
+
+def test_subword_benchmark_reports_both_layouts(multi30k, capsys):
+    rows = load_tool("bench_subword").main(["--data", str(multi30k), "--pairs", "300", "--vocab", "300",
+                                            "--models", "bpe"])
+    assert [(row["model"], row["shared"]) for row in rows] == [("bpe", True), ("bpe", False)]
+    # only dev sentences with characters unseen in 300 training pairs (<unk>) can differ
+    assert all(row["target_vocab"] == 300 and 0 <= row["round_trip_mismatches"] < 50 for row in rows)
+    assert rows[1]["pieces_per_sentence"] > 10  # 300 pieces cut German finely
+    assert "300 training pairs, vocabulary size 300" in capsys.readouterr().out
