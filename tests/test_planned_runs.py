@@ -90,3 +90,9 @@ def test_recipes_that_need_each_other_are_a_cycle(project):
     student["models"]["teacher"] = {"run": "runs/a", "recipe": "student.json", "model": "student"}
     with pytest.raises(ConfigError, match="form a cycle"):
         load_config(project.write(student, "student.json"), environ={}, planned_runs=True)
+
+
+def test_the_command_for_a_seeded_run_sets_the_seed():
+    command = PlannedRun("/r/runs/mrpc/minilm_teacher-seed2", "/r/model_zoo/mrpc/minilm_teacher.json").command()
+    assert command.startswith("blocks train ") and "minilm_teacher-seed2 --set seed=2" in command
+    assert "--set seed" not in PlannedRun("/r/runs/teacher", "/r/teacher.json").command()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +48,11 @@ class PlannedRun:
     recipe: str
 
     def command(self) -> str:
-        return f"blocks train {os.path.relpath(self.recipe)} --run-dir {os.path.relpath(self.run)}"
+        """The command that makes the run; a run named ``<recipe>-seed<S>`` (as ``tools/zoo_measure.py``
+        names them) is made with that seed."""
+        seed = re.search(r"-seed(\d+)$", self.run)
+        return (f"blocks train {os.path.relpath(self.recipe)} --run-dir {os.path.relpath(self.run)}"
+                + (f" --set seed={seed.group(1)}" if seed else ""))
 
 
 def init_source(node: dict) -> tuple[str, str]:
