@@ -21,7 +21,9 @@ def load_builtin_entries() -> None:
     import blocks.distill.attention_losses  # noqa: F401
     import blocks.distill.losses  # noqa: F401
     import blocks.distill.multi_teacher  # noqa: F401
+    import blocks.distill.tagging_losses  # noqa: F401
     import blocks.layers  # noqa: F401
+    import blocks.tasks.tagging  # noqa: F401  (the tagging metrics)
     import blocks.metrics  # noqa: F401
     import blocks.lr_schedules  # noqa: F401
     import blocks.optimizers  # noqa: F401

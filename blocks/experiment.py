@@ -16,11 +16,12 @@ import torch
 from torch import nn
 
 from blocks.catalog import load_builtin_entries
-from blocks.config.loader import REGRESSION_METRICS, Config
+from blocks.config.loader import Config
 from blocks.config.run_models import INIT_SEPARATOR, init_source
 from blocks.data.pretrained_tokenizer import slug
-from blocks.data.dataset import (PRETRAINED, SPLITS, EncodedSplit, Task, build_input_fields, count_tokens, discover_task,
-                                 encode_rows, input_specs, read_split, split_sources)
+from blocks.data.dataset import (PRETRAINED, SPLITS, EncodedSplit, build_input_fields, count_tokens, encode_rows,
+                                 input_specs, read_split, split_sources)
+from blocks.data.dev_split import check_stages_without_dev
 from blocks.data.transfer import check_transfer_config
 from blocks.data.vocabulary import Vocabulary
 from blocks.distill.losses import LossContext
@@ -29,6 +30,7 @@ from blocks.engine.checkpoint import atomic_write_json
 from blocks.errors import ConfigError, DataError, WidthError, did_you_mean
 from blocks.graph import Graph, block_params
 from blocks.registry import LOSSES, METRICS
+from blocks.tasks import TaskType, task_class, task_from_config, task_from_json
 
 PRETRAINED_FOLDER = "pretrained"
 
@@ -63,12 +65,14 @@ def check_references(config: Config) -> None:
     """Cross-references the schema cannot express: models, teachers, losses, metrics, blocks."""
     values, file = config.values, config.file
     models = values["models"]
-    regression = values["task"]["type"] == "regression"
-    for i, name in enumerate(values["task"]["metrics"]):
+    task_config = values["task"]
+    provisional = task_class(task_config["type"], file).from_values({**task_config,
+                                                                     "labels": task_config.get("labels") or []})
+    for i, name in enumerate(task_config["metrics"]):
         METRICS.get(name, file, f"/task/metrics/{i}")
-        if regression and name not in REGRESSION_METRICS:
-            raise ConfigError(f"metric '{name}' needs a classification task; a regression task can use "
-                              f"{', '.join(REGRESSION_METRICS)}", file, f"/task/metrics/{i}")
+        problem = provisional.metric_problem(name)
+        if problem:
+            raise ConfigError(problem, file, f"/task/metrics/{i}")
     trained: set[str] = set()
     first_stage: dict[str, int] = {}  # model -> index of the first stage that trains it
     stage_names: set[str] = set()
@@ -93,7 +97,9 @@ def check_references(config: Config) -> None:
             LOSSES.get(loss["block"], file, f"{path}/losses/{j}/block")
             params = {k: v for k, v in loss.items() if k not in ("block", "weight")}
             LOSSES.validate_params(loss["block"], params, file, f"{path}/losses/{j}")
-        METRICS.get(stage["select"] or values["task"]["metrics"][0], file, f"{path}/select")
+        METRICS.get(stage["select"] or task_config["metrics"][0], file, f"{path}/select")
+        if stage["select"] and provisional.metric_problem(stage["select"]) and stage["select"] != "loss":
+            raise ConfigError(provisional.metric_problem(stage["select"]), file, f"{path}/select")
         check_transfer_config(values, i, file)
         trained.add(stage["train"])
         first_stage.setdefault(stage["train"], i)
@@ -144,7 +150,7 @@ def load_vocabulary_file(file: str, config: Config, path: str) -> Vocabulary:
 class Experiment:
     """Everything built from a config: task, inputs, vocabularies, graphs and encoded splits."""
 
-    def __init__(self, config: Config, task: Task, fields, model_inputs, vocabularies: dict[str, Vocabulary],
+    def __init__(self, config: Config, task: TaskType, fields, model_inputs, vocabularies: dict[str, Vocabulary],
                  splits: dict[str, EncodedSplit]):
         self.config, self.task = config, task
         self.fields, self.model_inputs = fields, model_inputs
@@ -154,9 +160,37 @@ class Experiment:
         for name, model in config["models"].items():
             specs = input_specs(fields, model_inputs[name], vocabularies)
             self.models[name] = Graph(name, model, specs, task.num_outputs, config.file, f"/models/{name}")
+            self._check_output(name)
+            self._bind_task(self.models[name])
         # Which parameters each model trains (a frozen embedding stays frozen after it taught).
         self.trainable = {name: {n: p.requires_grad for n, p in graph.named_parameters()}
                           for name, graph in self.models.items()}
+
+    def _check_output(self, name: str) -> None:
+        """A model's output node must give what the task decodes (a vector of logits for
+        classification, a sequence of per-word scores or a CRF for tagging)."""
+        graph, task = self.models[name], self.task
+        spec = graph.output_spec
+        if spec.kind in task.output_kinds:
+            return
+        path = f"/models/{name}/output" if self.config["models"][name].get("output") else \
+            f"/models/{name}/graph/{len(self.config['models'][name]['graph']) - 1}"
+        wanted = " or ".join(task.output_kinds)
+        hint = {"sequence": "; per-example tasks need a pooling node (Pooling, AttentionPooling) before the head",
+                "vector": "; a tagging model keeps one value per word: remove the pooling node"}.get(spec.kind, "")
+        raise ConfigError(f"model '{name}' ends in node '{graph.output_name}', a {spec.describe()}, but a "
+                          f"{task.name} task needs a {wanted} output{hint}", self.config.file, path)
+
+    def _bind_task(self, graph: Graph) -> None:
+        """Blocks that depend on the label set: a CRF takes the tag scheme's allowed transitions."""
+        constraints = getattr(self.task, "transition_constraints", None)
+        if constraints is None:
+            return
+        for block in graph.blocks.values():
+            if hasattr(block, "constrain"):
+                allowed = constraints()
+                if allowed is not None:
+                    block.constrain(*allowed)
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -165,14 +199,16 @@ class Experiment:
         load_builtin_entries()
         import_user_modules(config)
         check_references(config)
+        check_stages_without_dev(config.values, config.file)
         values = config.values
-        fields, model_inputs = build_input_fields(values["models"], config.file, config.base_dir)
+        words = task_class(values["task"]["type"], config.file).per_token
+        fields, model_inputs = build_input_fields(values["models"], config.file, config.base_dir, words=words)
         sources = split_sources(values["data"])
         data = values["data"]
         train_rows = read_split(sources["train"])
         if not train_rows:
             raise DataError("the training file holds no examples", sources["train"].path)
-        task = discover_task(values["task"], train_rows, data["label"], sources["train"].fields)
+        task = task_from_config(values["task"], train_rows, data["label"], sources["train"].fields, config.file)
         counts = count_tokens(fields, train_rows, sources["train"].fields)
         vocab_options = values["vocabularies"]
         vocabularies = {}
@@ -212,8 +248,9 @@ class Experiment:
         locations = ({written: str(run_dir / PRETRAINED_FOLDER / folder)
                       for written, folder in json.loads(index_file.read_text()).items()}
                      if index_file.is_file() else {})
-        fields, model_inputs = build_input_fields(config["models"], config.file, config.base_dir, locations)
-        task = Task.from_json(json.loads((run_dir / "task.json").read_text()))
+        task = task_from_json(json.loads((run_dir / "task.json").read_text()))
+        fields, model_inputs = build_input_fields(config["models"], config.file, config.base_dir, locations,
+                                                  words=task.per_token)
         vocabularies = {}
         for key, input_field in fields.items():
             if input_field.type == PRETRAINED:
@@ -251,7 +288,7 @@ class Experiment:
         stage = self.config["stages"][stage_index]
         context = LossContext(student=stage["train"], teachers=list(stage["teachers"]),
                               output_of={n: g.output_name for n, g in self.models.items()},
-                              task=self.task.type, num_outputs=self.task.num_outputs,
+                              task=self.task.name, num_outputs=self.task.num_outputs, task_type=self.task,
                               output_specs={n: g.output_spec for n, g in self.models.items()},
                               node_specs={n: {node.name: node.spec for node in g.nodes} for n, g in self.models.items()})
         losses = []

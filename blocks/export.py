@@ -355,9 +355,9 @@ def sidecar(experiment, model: str, fmt: str, path: Path, vocab_files: dict[str,
     task = experiment.task
     output = {"name": graph.output_name, "dtype": "float32", "shape": ["batch", task.num_outputs],
               "meaning": ("unnormalised scores, one per label in 'labels' order; softmax gives probabilities"
-                          if task.type == "classification" else "the predicted value")}
+                          if task.name == "classification" else "the predicted value")}
     return {"format": fmt, "file": path.name, "model": model, "parameters": graph.parameter_count(),
-            "task": task.type, "labels": task.labels if task.type == "classification" else None,
+            "task": task.name, "labels": task.labels if task.name == "classification" else None,
             "inputs": inputs, "outputs": [output],
             "vocab_format": "UTF-8, one token per line; line i (counting from 0) holds the token of id i; a "
                             "backslash, newline, carriage return or tab inside a token is written as "

@@ -60,6 +60,20 @@ class AttentionMaps(NamedTuple):
     mask: torch.Tensor
 
 
+class WordPieces(NamedTuple):
+    """A pretrained model's input over words: the word-piece ids ``values`` ``[batch, pieces]``
+    with their ``mask``, and ``words`` ``[batch, pieces]``: the index of the word each piece
+    belongs to (-1 for special tokens and padding). A ``WordAlign`` node uses ``words`` to map the
+    encoder's per-piece states back to one state per word."""
+
+    values: torch.Tensor
+    mask: torch.Tensor
+    words: torch.Tensor
+
+    def lengths(self) -> torch.Tensor:
+        return self.mask.sum(dim=1)
+
+
 class TagScores(NamedTuple):
     """A linear-chain CRF's scores for a batch of sequences.
 

@@ -389,8 +389,12 @@ def load_config(path: str | Path, overrides: Iterable[str] = (), environ: dict |
                           f"value, from the file or a --set)", file, non_finite)
     validate_structure(values, file)
     task = values.setdefault("task", {})
-    if task.get("type") == "regression" and "metrics" not in task:
-        task["metrics"] = list(REGRESSION_METRICS[:3])
+    if "metrics" not in task and task.get("type", "classification") != "classification":
+        from blocks.tasks import TASK_TYPES, load_task_types
+
+        load_task_types()
+        if task["type"] in TASK_TYPES:  # an unknown type is reported by the schema
+            task["metrics"] = TASK_TYPES[task["type"]].config_default_metrics(task)
     _fill_defaults(CONFIG_SCHEMA, values, CONFIG_SCHEMA["$defs"])
     if "task" not in values:
         values["task"] = {}

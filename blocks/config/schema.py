@@ -17,6 +17,18 @@ _PATH_OR_SPLIT = {
     ]
 }
 
+_DEV_FROM_TRAIN = {
+    "type": "object", "required": ["from_train"], "additionalProperties": False,
+    "description": "a dev split carved from the train file (those rows leave train), stratified by the label",
+    "properties": {
+        "from_train": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1,
+                       "description": "the share of the train file's rows that become dev, e.g. 0.1"},
+        "seed": {"type": "integer", "default": 0,
+                 "description": "seed of the choice (independent of the config's seed, so the runs of an "
+                                "experiment share their dev split)"},
+    },
+}
+
 READER_SCHEMA = {
     "type": "object",
     "additionalProperties": False,
@@ -65,7 +77,7 @@ DATA_SCHEMA = {
                  "description": "folder the split paths are relative to; overridden by the "
                                 "DISTILBLOCKS_DATA environment variable and by --set data.root=..."},
         "train": _PATH_OR_SPLIT,
-        "dev": _PATH_OR_SPLIT,
+        "dev": {"anyOf": _PATH_OR_SPLIT["anyOf"] + [_DEV_FROM_TRAIN]},
         "test": _PATH_OR_SPLIT,
         "reader": {"$ref": "#/$defs/reader"},
         "fields": {"$ref": "#/$defs/fields"},
@@ -79,12 +91,27 @@ TASK_SCHEMA = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
-        "type": {"enum": ["classification", "regression"], "default": "classification"},
+        "type": {"enum": ["classification", "regression", "tagging"], "default": "classification",
+                 "description": "classification: a class per example; regression: a score per example; "
+                                "tagging: a tag per word (see docs/tasks.md)"},
         "labels": {"anyOf": [{"type": "array", "items": {"type": "string"}, "minItems": 1}, {"type": "null"}],
                    "default": None, "description": "label set in order; default: discovered from train"},
         "positive_label": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None,
                            "description": "label treated as positive by binary metrics; default: the second label"},
-        "metrics": {"type": "array", "items": {"type": "string"}, "minItems": 1, "default": ["accuracy"]},
+        "metrics": {"type": "array", "items": {"type": "string"}, "minItems": 1, "default": ["accuracy"],
+                    "description": "default: accuracy (classification); pearson, spearman, mse (regression); "
+                                   "entity_f1, entity_precision, entity_recall, token_accuracy (tagging)"},
+        "label_range": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2,
+                        "description": "regression: [low, high]; predictions are clamped into it"},
+        "scheme": {"enum": ["IOB1", "IOB2", "BIOES", "none"],
+                   "description": "tagging: how the file's tags mark entities, default IOB2 (none: tags without "
+                                  "entities, e.g. part-of-speech)"},
+        "model_scheme": {"anyOf": [{"enum": ["IOB1", "IOB2", "BIOES", "none"]}, {"type": "null"}],
+                         "description": "tagging: the scheme the model predicts in (tags are converted on read); "
+                                        "default: the file's"},
+        "repair": {"type": "boolean",
+                   "description": "tagging (default false): repair tags that break the scheme (I-X after O starts an entity) "
+                                  "instead of reporting them"},
     },
 }
 
@@ -308,6 +335,10 @@ CONFIG_SCHEMA = {
         "device": {"type": "string", "pattern": "^(auto|cpu|cuda(:[0-9]+)?)$", "default": "auto"},
         "precision": {"enum": ["fp32", "bf16", "fp16"], "default": "fp32",
                       "description": "autocast precision on CUDA (CPU always runs fp32)"},
+        "threads": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}], "default": None,
+                    "description": "CPU threads PyTorch computes with (train, test, predict, bench; --threads "
+                                   "overrides it); default: OMP_NUM_THREADS if set, else half the usable cores, "
+                                   "at least 1, which keeps a busy machine from slowing every step"},
         "run_dir": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None,
                     "description": "default: runs/<config file name>"},
         "cache_dir": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None,

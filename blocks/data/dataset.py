@@ -15,38 +15,22 @@ from typing import Any
 import torch
 
 from blocks.data.batching import pad_chars, pad_ids
+from blocks.data.dev_split import DevCarve, dev_carve
 from blocks.data.pretrained_tokenizer import PretrainedTokenizer, resolve_pretrained
 from blocks.data.readers import Row, read_rows
 from blocks.data.vocabulary import Vocabulary
 from blocks.errors import ConfigError, DataError
 from blocks.registry import TOKENIZERS
-from blocks.values import CHARS, TOKENS, Sequence, Spec
+from blocks.tasks.base import UNLABELLED, TaskType
+from blocks.values import CHARS, TOKENS, Sequence, Spec, WordPieces
+
+__all__ = ["UNLABELLED", "SPLITS", "PRETRAINED", "Batch", "EncodedSplit", "InputField", "TaskType"]
 
 SPLITS = ("train", "dev", "test")
 PRETRAINED = "pretrained"
-# The label of an example without a gold label (in a stage's transfer set): this index for
-# classification (F.cross_entropy's default ignore_index), NaN for regression.
-UNLABELLED = -100
-
-
-@dataclass
-class Task:
-    """The label side of the data: classification labels in order, or regression."""
-
-    type: str
-    labels: list[str]
-    positive: int = 1
-
-    @property
-    def num_outputs(self) -> int:
-        return 1 if self.type == "regression" else len(self.labels)
-
-    def to_json(self) -> dict:
-        return {"type": self.type, "labels": self.labels, "positive": self.positive}
-
-    @classmethod
-    def from_json(cls, values: dict) -> "Task":
-        return cls(values["type"], values["labels"], values.get("positive", 1))
+# A pretrained input over words (a tagging task): each example's ids are [pieces, 2] (piece id,
+# word index); a batch is a WordPieces value.
+PRETRAINED_WORDS = "pretrained-words"
 
 
 @dataclass
@@ -66,12 +50,23 @@ class InputField:
     vocab: str
     max_word_length: int
     pair_field: str | None = None
+    words: bool = False  # the field holds words (a tagging task): split on whitespace, never re-tokenized
 
-    def tokens(self, text: str) -> list[str]:
-        if self.lowercase:
-            text = text.lower()
-        tokens = self.tokenizer(text)
+    def tokens(self, text: str | list[str]) -> list[str]:
+        """The tokens of a field's value: a list of words as is (a tagging file's words), a
+        string through the tokenizer (or split on whitespace for a word-level task)."""
+        if isinstance(text, list) or self.words:
+            tokens = text if isinstance(text, list) else text.split()
+            if self.lowercase:
+                tokens = [token.lower() for token in tokens]
+        else:
+            tokens = self.tokenizer(text.lower() if self.lowercase else text)
         return tokens[: self.max_length] if self.max_length else tokens
+
+    @property
+    def storage_type(self) -> str:
+        """How an example's ids are stored and collated (see :meth:`EncodedSplit.collate`)."""
+        return PRETRAINED_WORDS if self.type == PRETRAINED and self.words else self.type
 
 
 @dataclass
@@ -93,14 +88,13 @@ class Batch:
         if device.type == "cpu":
             return self
         blocking = {"non_blocking": True}
-        inputs = {k: Sequence(v.values.to(device, **blocking), v.mask.to(device, **blocking))
-                  for k, v in self.inputs.items()}
+        inputs = {k: type(v)(*(t.to(device, **blocking) for t in v)) for k, v in self.inputs.items()}
         labels = self.labels.to(device, **blocking) if self.labels is not None else None
         labelled = self.labelled.to(device, **blocking) if self.labelled is not None else None
         return Batch(inputs, labels, self.index, self.groups, labelled)
 
     def pin_memory(self) -> "Batch":
-        inputs = {k: Sequence(v.values.pin_memory(), v.mask.pin_memory()) for k, v in self.inputs.items()}
+        inputs = {k: type(v)(*(t.pin_memory() for t in v)) for k, v in self.inputs.items()}
         labels = self.labels.pin_memory() if self.labels is not None else None
         labelled = self.labelled.pin_memory() if self.labelled is not None else None
         return Batch(inputs, labels, self.index, self.groups, labelled)
@@ -109,12 +103,13 @@ class Batch:
         return len(self.index)
 
 
-def build_input_fields(models: dict, file: str | None, base_dir=None, locations: dict[str, str] | None = None
-                       ) -> tuple[dict[str, InputField], dict[str, dict[str, str]]]:
+def build_input_fields(models: dict, file: str | None, base_dir=None, locations: dict[str, str] | None = None,
+                       words: bool = False) -> tuple[dict[str, InputField], dict[str, dict[str, str]]]:
     """Every distinct input definition, and for each model its input names -> input keys.
 
     ``locations`` maps pretrained tokenizer locations as written in the config to folders that
-    replace them (a run directory's copies).
+    replace them (a run directory's copies). ``words``: the task labels words (tagging), so every
+    input reads the fields as words.
     """
     fields: dict[str, InputField] = {}
     by_definition: dict[str, str] = {}
@@ -129,6 +124,7 @@ def build_input_fields(models: dict, file: str | None, base_dir=None, locations:
                 key = f"input{len(by_definition)}"
                 by_definition[canonical] = key
                 fields[key] = make_input_field(key, definition, file, path, base_dir, locations or {})
+                fields[key].words = words
             model_inputs[model_name][input_name] = by_definition[canonical]
             if definition["type"] == PRETRAINED:
                 continue  # a pretrained tokenizer brings its own vocabulary
@@ -171,14 +167,16 @@ class SplitSource:
     path: str
     reader: dict
     fields: dict
+    carve: DevCarve | None = None  # train and a dev carved from it: the train file, minus or only the dev rows
 
 
 def split_sources(data: dict) -> dict[str, SplitSource]:
     """The configured splits with absolute paths and merged reader options."""
     sources = {}
+    carve = dev_carve(data)
     for split in SPLITS:
         entry = data.get(split)
-        if entry is None:
+        if entry is None or (split == "dev" and carve is not None):
             continue
         if isinstance(entry, str):
             entry = {"path": entry}
@@ -186,11 +184,19 @@ def split_sources(data: dict) -> dict[str, SplitSource]:
         reader = {**data.get("reader", {}), **entry.get("reader", {})}
         fields = {**data.get("fields", {}), **entry.get("fields", {})}
         sources[split] = SplitSource(split, os.path.normpath(path), reader, fields)
+    if carve is not None:
+        train = sources["train"]
+        sources["train"] = SplitSource("train", train.path, train.reader, train.fields, carve)
+        sources["dev"] = SplitSource("dev", train.path, train.reader, train.fields, carve)
     return sources
 
 
 def read_split(source: SplitSource) -> list[Row]:
-    return read_rows(source.path, **source.reader)
+    rows = read_rows(source.path, **source.reader)
+    if source.carve is None:
+        return rows
+    train, dev = source.carve.split(rows, source.fields, source.path)
+    return dev if source.name == "dev" else train
 
 
 def field_value(row: Row, name: str, mapping: dict) -> str:
@@ -207,34 +213,6 @@ def field_value(row: Row, name: str, mapping: dict) -> str:
     except KeyError:
         available = ", ".join(row.fields)
         raise DataError(f"no column '{column}' (for field '{name}'); columns: {available}", row.file, row.line) from None
-
-
-def discover_task(task_config: dict, train_rows: list[Row], label_field: str, mapping: dict) -> Task:
-    if task_config["type"] == "regression":
-        return Task("regression", [], 0)
-    labels = task_config["labels"]
-    if labels is None:
-        seen = sorted({field_value(row, label_field, mapping).strip() for row in train_rows})
-        if all(_is_int(x) for x in seen):
-            seen.sort(key=int)
-        labels = seen
-    if len(labels) < 2:
-        raise DataError(f"classification needs at least two labels; found {labels}", train_rows[0].file)
-    positive = 1
-    if task_config.get("positive_label") is not None:
-        if task_config["positive_label"] not in labels:
-            raise ConfigError(f"positive_label '{task_config['positive_label']}' is not a label ({labels})",
-                              None, "/task/positive_label")
-        positive = labels.index(task_config["positive_label"])
-    return Task("classification", list(labels), positive)
-
-
-def _is_int(text: str) -> bool:
-    try:
-        int(text)
-        return True
-    except ValueError:
-        return False
 
 
 def count_tokens(fields: dict[str, InputField], rows: list[Row], mapping: dict) -> dict[str, collections.Counter]:
@@ -254,12 +232,27 @@ def count_tokens(fields: dict[str, InputField], rows: list[Row], mapping: dict) 
     return counts
 
 
+class _TensorLabels:
+    """Label collation of a split built without a task (one label per example)."""
+
+    @staticmethod
+    def collate_labels(labels, index):
+        return labels[index]
+
+
+_TENSOR_LABELS = _TensorLabels()
+
+
 class EncodedSplit:
     """One split, tokenized and indexed once: per-example id tensors, labels, lengths."""
 
-    def __init__(self, name: str, file: str, ids: dict[str, list[torch.Tensor]], labels: torch.Tensor | None,
-                 groups: list[str] | None, pad_index: dict[str, int], input_types: dict[str, str]):
+    def __init__(self, name: str, file: str, ids: dict[str, list[torch.Tensor]], labels,
+                 groups: list[str] | None, pad_index: dict[str, int], input_types: dict[str, str],
+                 task: TaskType | None = None):
+        """``labels``: the task's label store (a tensor ``[N]``, or a list of per-word tensors);
+        ``task`` collates them (classification when None: a tensor indexed by the batch)."""
         self.name, self.file = name, file
+        self.task = task if task is not None else _TENSOR_LABELS
         self.ids, self.labels, self.groups = ids, labels, groups
         self.pad_index, self.input_types = pad_index, input_types
         self.labelled: torch.Tensor | None = None  # a transfer set with unlabelled examples: which have labels
@@ -277,22 +270,29 @@ class EncodedSplit:
             chosen = [sequences[i] for i in positions]
             pad = self.pad_index[key]
             if self.input_types[key] == CHARS:
-                values, mask = pad_chars(chosen, pad)
+                inputs[key] = Sequence(*pad_chars(chosen, pad))
+            elif self.input_types[key] == PRETRAINED_WORDS:  # [pieces, 2]: (piece id, word index)
+                values, mask = pad_ids([t[:, 0] for t in chosen], pad)
+                words, _ = pad_ids([t[:, 1] for t in chosen], -1)
+                inputs[key] = WordPieces(values, mask, words)
             else:
-                values, mask = pad_ids(chosen, pad)
-            inputs[key] = Sequence(values, mask)
-        labels = self.labels[index] if self.labels is not None else None
+                inputs[key] = Sequence(*pad_ids(chosen, pad))
+        labels = self.task.collate_labels(self.labels, index) if self.labels is not None else None
         groups = [self.groups[i] for i in positions] if self.groups is not None else None
         labelled = self.labelled[index] if self.labelled is not None else None
         return Batch(inputs, labels, index, groups, labelled)
 
 
 def encode_rows(name: str, rows: list[Row], fields: dict[str, InputField], vocabularies: dict[str, Vocabulary],
-                task: Task, label_field: str | None, group_field: str | None, mapping: dict,
+                task: TaskType, label_field: str | None, group_field: str | None, mapping: dict,
                 file: str) -> EncodedSplit:
     """Tokenize and index every input; parse labels (None when ``label_field`` is None)."""
     ids: dict[str, list[torch.Tensor]] = {}
     for key, input_field in fields.items():
+        if input_field.type == PRETRAINED and input_field.words:
+            ids[key] = input_field.tokenizer.encode_words(
+                [input_field.tokens(field_value(row, input_field.field, mapping)) for row in rows])
+            continue
         if input_field.type == PRETRAINED:
             texts = [field_value(row, input_field.field, mapping) for row in rows]
             pairs = ([field_value(row, input_field.pair_field, mapping) for row in rows]
@@ -316,32 +316,27 @@ def encode_rows(name: str, rows: list[Row], fields: dict[str, InputField], vocab
         ids[key] = encoded
     labels = None
     if label_field is not None:
-        labels = parse_labels(rows, task, label_field, mapping)
+        labels = task.parse_labels(rows, label_field, mapping)
+        if task.per_token:
+            check_word_counts(rows, fields, ids, labels, mapping)
     groups = [field_value(row, group_field, mapping) for row in rows] if group_field else None
     pad_index = {key: vocabularies[f.vocab].pad_index for key, f in fields.items()}
-    types = {key: f.type for key, f in fields.items()}
-    return EncodedSplit(name, file, ids, labels, groups, pad_index, types)
+    types = {key: f.storage_type for key, f in fields.items()}
+    return EncodedSplit(name, file, ids, labels, groups, pad_index, types, task)
 
 
-def parse_labels(rows: list[Row], task: Task, label_field: str, mapping: dict) -> torch.Tensor:
-    if task.type == "regression":
-        values = []
-        for row in rows:
-            text = field_value(row, label_field, mapping)
-            try:
-                values.append(float(text))
-            except ValueError:
-                raise DataError(f"label '{text}' is not a number (regression task)", row.file, row.line) from None
-        return torch.tensor(values, dtype=torch.float)
-    index = {label: i for i, label in enumerate(task.labels)}
-    values = []
-    for row in rows:
-        text = field_value(row, label_field, mapping).strip()
-        if text not in index:
-            raise DataError(f"label '{text}' was not seen in the training data (labels: {', '.join(task.labels)})",
-                            row.file, row.line)
-        values.append(index[text])
-    return torch.tensor(values, dtype=torch.long)
+def check_word_counts(rows: list[Row], fields: dict[str, InputField], ids: dict[str, list[torch.Tensor]],
+                      labels: list[torch.Tensor], mapping: dict) -> None:
+    """Word-level inputs must have one word per tag (unless ``max_length`` cut the words short)."""
+    for key, input_field in fields.items():
+        if input_field.type == PRETRAINED:
+            continue
+        for row, sequence, tags in zip(rows, ids[key], labels):
+            if len(sequence) == len(tags) or (input_field.max_length and len(sequence) == input_field.max_length):
+                continue
+            words = len(input_field.tokens(field_value(row, input_field.field, mapping)))
+            raise DataError(f"the sentence has {words} word(s) in field '{input_field.field}' but {len(tags)} "
+                            f"tag(s)", row.file, row.line)
 
 
 def input_specs(fields: dict[str, InputField], model_inputs: dict[str, str],
@@ -351,6 +346,7 @@ def input_specs(fields: dict[str, InputField], model_inputs: dict[str, str],
     for input_name, key in model_inputs.items():
         input_field = fields[key]
         kind = CHARS if input_field.type == CHARS else TOKENS
-        extra = {"pretrained": input_field.tokenizer.location} if input_field.type == PRETRAINED else {}
+        extra = ({"pretrained": input_field.tokenizer.location, "words": input_field.words}
+                 if input_field.type == PRETRAINED else {})
         specs[input_name] = Spec(kind, None, vocabularies[input_field.vocab], extra)
     return specs

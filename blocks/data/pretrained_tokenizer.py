@@ -108,6 +108,18 @@ class PretrainedTokenizer:
                                  return_token_type_ids=False)
         return [torch.tensor(ids, dtype=torch.long) for ids in encoded["input_ids"]]
 
+    def encode_words(self, sentences: list[list[str]]) -> list[torch.Tensor]:
+        """Encode sentences given as words: per sentence a ``[pieces, 2]`` tensor of (piece id,
+        index of its word or -1 for special tokens). Words cut off by ``max_length`` have no pieces."""
+        encoded = self.tokenizer(sentences, is_split_into_words=True, truncation=True, max_length=self.max_length,
+                                 add_special_tokens=True, return_attention_mask=False,
+                                 return_token_type_ids=False)
+        result = []
+        for i, ids in enumerate(encoded["input_ids"]):
+            words = [-1 if w is None else w for w in encoded.word_ids(i)]
+            result.append(torch.tensor([ids, words], dtype=torch.long).T.contiguous())
+        return result
+
     def save(self, folder: Path) -> None:
         """Copy the tokenizer files (and the model's config, when there is one) into ``folder``."""
         from transformers import AutoConfig

@@ -215,7 +215,7 @@ def make_transfer_set(experiment, index: int) -> TransferSet:
     train = experiment.splits["train"]
     keys = stage_input_keys(experiment, stage)
     fields = stage_fields(values, stage)
-    regression = experiment.task.type == "regression"
+    task = experiment.task
 
     parts: list[dict[str, list[torch.Tensor]]] = []
     counts = {"train": 0, "files": 0, "augmented": 0}
@@ -240,12 +240,11 @@ def make_transfer_set(experiment, index: int) -> TransferSet:
 
     total = sum(counts.values())
     ids = {key: [t for part in parts for t in part[key]] for key in keys}
-    unlabelled = total - counts["train"]
-    if regression:
-        fill = torch.full((unlabelled,), float("nan"))
-    else:
-        fill = torch.full((unlabelled,), UNLABELLED, dtype=torch.long)
-    labels = torch.cat([train.labels, fill]) if counts["train"] else fill
+    # the examples without gold labels get the task's "unlabelled" label (of their word count)
+    first_key = keys[0]
+    lengths = [len(t) for t in ids[first_key][counts["train"]:]]
+    fill = task.unlabelled(lengths)
+    labels = task.concat_labels([train.labels, fill]) if counts["train"] else fill
     labelled = torch.zeros(total, dtype=torch.bool)
     labelled[:counts["train"]] = True
 
@@ -261,13 +260,14 @@ def make_transfer_set(experiment, index: int) -> TransferSet:
         kept = kept.sort().values
         positions = kept.tolist()
         ids = {key: [seqs[i] for i in positions] for key, seqs in ids.items()}
-        labels, labelled = labels[kept], labelled[kept]
+        labels, labelled = task.select_labels(labels, kept), labelled[kept]
         counts = {"train": int((kept < counts["train"]).sum()),
                   "files": int(((kept >= counts["train"]) & (kept < counts["train"] + counts["files"])).sum()),
                   "augmented": int((kept >= counts["train"] + counts["files"]).sum())}
 
     split = EncodedSplit("transfer", train.file, ids, labels, None,
-                         {key: train.pad_index[key] for key in keys}, {key: train.input_types[key] for key in keys})
+                         {key: train.pad_index[key] for key in keys}, {key: train.input_types[key] for key in keys},
+                         task)
     if not bool(labelled.all()):
         split.labelled = labelled
     return TransferSet(split, counts, shown, time.perf_counter() - started, dropped)

@@ -64,6 +64,8 @@ class AttentionMatch(TeacherLoss):
     teacher_nodes = None
     uncached_reason = "AttentionMatch reads attention maps, [length x length] per example, which the cache does not hold"
 
+    output_kinds = None  # attention maps, checked below
+
     def __init__(self, stage: LossContext, output: str, teacher_output: str, teacher: str | None = None,
                  layers: list[list[int]] | None = None, distance: Literal["mse", "kl"] = "mse",
                  average_heads: bool = False):

@@ -8,18 +8,18 @@ stage's only teacher; ``teacher_output``, default: that teacher's output node).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blocks.data.dataset import UNLABELLED
+from blocks.tasks.base import UNLABELLED
 from blocks.distill.schedules import make_schedule
 from blocks.errors import did_you_mean
 from blocks.graph import OUTPUT_SEPARATOR, missing_output_message
 from blocks.registry import register_loss
-from blocks.values import SEQUENCE, VECTOR, Sequence, Spec
+from blocks.values import SEQUENCE, TAG_SCORES, VECTOR, Sequence, Spec
 
 
 @dataclass
@@ -33,6 +33,7 @@ class LossContext:
     num_outputs: int = 2
     output_specs: dict[str, Any] = field(default_factory=dict)
     node_specs: dict[str, dict[str, Spec]] = field(default_factory=dict)  # model -> node -> Spec
+    task_type: Any = None  # the blocks.tasks.TaskType (None in unit tests that build losses by hand)
 
 
 class Loss(nn.Module):
@@ -43,20 +44,62 @@ class Loss(nn.Module):
     ``label_only``: the loss learns from gold labels alone (no teacher), so it has nothing to
     learn from the unlabelled examples of a transfer set; a stage whose losses are all
     ``label_only`` cannot use unlabelled examples.
+
+    What a loss applies to is declared, and checked when the stage's losses are built (by
+    ``blocks validate`` and before training): ``task_types`` (None: any task) and
+    ``output_kinds``, the edge kinds the student node it reads may have (``vector`` logits of
+    an example, ``sequence`` logits per word, ``tag_scores`` of a CRF; None: any).
+
+    Hooks the trainer calls, all no-ops here: :meth:`set_step` before every loss computation,
+    :meth:`start` when the stage starts, :meth:`after_step` after every optimizer step,
+    :meth:`after_evaluation` after every dev evaluation, :meth:`log_values` for the evaluation
+    log. ``student_parameters`` returns what the stage's optimizer trains of the loss block.
     """
 
     label_only = False
+    task_types: ClassVar[tuple[str, ...] | None] = None
+    output_kinds: ClassVar[tuple[str, ...] | None] = (VECTOR,)
+    #: the dev metric drives this loss (after_evaluation); a stage without a dev split refuses it
+    needs_dev = False
 
     def __init__(self, stage: LossContext, output: str | None = None):
         super().__init__()
         self.model = stage.student
         self.output = output or stage.output_of[stage.student]
+        name = type(self).__name__
+        if self.task_types is not None and stage.task not in self.task_types:
+            raise ValueError(f"{name} does not apply to a {stage.task} task (it applies to "
+                             f"{', '.join(self.task_types)}){_TASK_HINTS.get((name, stage.task), '')}")
+        spec = _known_spec(stage, self.model, self.output)
+        if spec is not None and self.output_kinds is not None and spec.kind not in self.output_kinds:
+            raise ValueError(f"{name} reads a {' or '.join(self.output_kinds)} from node '{self.output}' of model "
+                             f"'{self.model}', which is a {spec.describe()}{_kind_hint(spec.kind, self.output_kinds)}")
+        self.output_kind = spec.kind if spec is not None else None
 
-    def student_value(self, outputs: dict) -> torch.Tensor:
-        return _logits(outputs[self.model][self.output])
+    def student_value(self, outputs: dict) -> torch.Tensor | Sequence:
+        return _logits(outputs[self.model][self.output], self.output_kinds)
 
     def set_step(self, step: int) -> None:
         """Told the current optimizer step before each call; a scheduled loss updates itself here."""
+
+    def start(self, total_steps: int) -> None:
+        """Told the stage's number of optimizer steps when it starts (AnnealingKD spreads its
+        temperatures over them)."""
+
+    def after_step(self, batch, student_outputs) -> None:
+        """After each optimizer step; ``student_outputs()`` runs the updated student on the batch
+        (the RL teacher selector learns from it)."""
+
+    def after_evaluation(self, value: float) -> None:
+        """After each dev evaluation, with the selection metric (larger is better)."""
+
+    def log_values(self) -> dict:
+        """What the loss reports at an evaluation (mean teacher weights, a temperature)."""
+        return {}
+
+    def student_parameters(self):
+        """The loss block's parameters the stage's optimizer trains with the student."""
+        return self.parameters()
 
     def teacher_nodes(self) -> list[tuple[str, str]]:
         """The (teacher, node) pairs this loss reads from ``outputs``.
@@ -87,11 +130,15 @@ class TeacherLoss(Loss):
     def teacher_nodes(self) -> list[tuple[str, str]]:
         return [(self.teacher, self.teacher_output)]
 
-    def teacher_value(self, outputs: dict) -> torch.Tensor:
-        return _logits(outputs[self.teacher][self.teacher_output])
+    def teacher_value(self, outputs: dict) -> torch.Tensor | Sequence:
+        return _logits(outputs[self.teacher][self.teacher_output], self.output_kinds)
 
     def pair(self, outputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Student and teacher logits as float tensors of one shape: ``[batch, classes]``, or for
+        sequences ``[words, classes]`` over the words real in both (see :func:`aligned_words`)."""
         student, teacher = self.student_value(outputs), self.teacher_value(outputs)
+        if isinstance(student, Sequence) or isinstance(teacher, Sequence):
+            student, teacher = aligned_words(student, teacher, self.output, self.teacher_output)
         if student.shape != teacher.shape:
             raise ValueError(f"{type(self).__name__}: student '{self.output}' has shape {tuple(student.shape)} "
                              f"but teacher '{self.teacher_output}' has {tuple(teacher.shape)}")
@@ -112,11 +159,64 @@ def labelled_mean(per_example: torch.Tensor, labelled: torch.Tensor) -> torch.Te
     return (per_example * weights).sum() / weights.sum().clamp(min=1.0)
 
 
-def _logits(value: Any) -> torch.Tensor:
-    """Vector outputs are logits; a sequence output (per-token logits) is not supported here."""
+def _logits(value: Any, kinds: tuple[str, ...] | None = (VECTOR,)) -> torch.Tensor | Sequence:
+    """A node's logits: a ``[batch, classes]`` tensor, or (where the loss reads sequences) a
+    :class:`Sequence` of per-word logits."""
     if isinstance(value, torch.Tensor):
         return value
-    raise ValueError("this loss needs a vector output ([batch, classes]); got a sequence")
+    if isinstance(value, Sequence) and (kinds is None or SEQUENCE in kinds):
+        return value
+    raise ValueError(f"this loss needs a {' or '.join(kinds or (VECTOR,))} output; got a {type(value).__name__}")
+
+
+def aligned_words(student: Any, teacher: Any, student_node: str, teacher_node: str
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-word logits of student and teacher, ``[words, classes]`` each, over the words real in
+    both (a cached teacher may keep fewer padded positions, a truncated input fewer words)."""
+    if not (isinstance(student, Sequence) and isinstance(teacher, Sequence)):
+        raise ValueError(f"student '{student_node}' and teacher '{teacher_node}' must both be sequences "
+                         f"(per-word logits) or both vectors")
+    length = min(student.values.shape[1], teacher.values.shape[1])
+    mask = student.mask[:, :length] & teacher.mask[:, :length]
+    return student.values[:, :length][mask], teacher.values[:, :length][mask]
+
+
+def word_labels(labels: torch.Tensor, length: int) -> torch.Tensor:
+    """A batch's ``[batch, words]`` tag ids cut or padded (with UNLABELLED) to ``length`` positions."""
+    if labels.shape[1] >= length:
+        return labels[:, :length]
+    padding = labels.new_full((labels.shape[0], length - labels.shape[1]), UNLABELLED)
+    return torch.cat([labels, padding], dim=1)
+
+
+def _known_spec(stage: LossContext, model: str, node: str) -> Spec | None:
+    """The Spec of a model's node when the context knows it (None in hand-built contexts)."""
+    specs = stage.node_specs.get(model)
+    if specs is not None:
+        return specs.get(node)
+    if node == stage.output_of.get(model):
+        return stage.output_specs.get(model)
+    return None
+
+
+_TASK_HINTS = {
+    ("KnowledgeDistillation", "regression"): ": a regression output is one score, whose softmax is always 1, so "
+                                             "KL would be 0; match the teacher's score with LogitMSE",
+    ("CrossEntropy", "regression"): "; use MSE for regression",
+    ("MeanSquaredError", "classification"): "; use LogitMSE to match a teacher's logits",
+    ("MeanSquaredError", "tagging"): "; use LogitMSE to match a teacher's per-word logits",
+}
+
+
+def _kind_hint(kind: str, wanted: tuple[str, ...]) -> str:
+    if kind == SEQUENCE and VECTOR in wanted:
+        return "; add a pooling node (Pooling, AttentionPooling) to turn the sequence into a vector"
+    if kind == TAG_SCORES:
+        return ("; a CRF node's scores are read by CRFLoss, CRFPosteriorKD and ViterbiKD — point this loss at the "
+                "emission node before the CRF with \"output\"")
+    if kind == VECTOR and SEQUENCE in wanted:
+        return "; a tagging model keeps one value per word: remove the pooling node"
+    return ""
 
 
 @register_loss("CrossEntropy")
@@ -131,16 +231,22 @@ class CrossEntropy(Loss):
     """
 
     label_only = True
+    task_types = ("classification", "tagging")
+    output_kinds = (VECTOR, SEQUENCE)
 
     def __init__(self, stage: LossContext, output: str | None = None, label_smoothing: float = 0.0):
         super().__init__(stage, output)
-        if stage.task != "classification":
-            raise ValueError("CrossEntropy needs a classification task; use MSE for regression")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError("label_smoothing must be in [0, 1)")
         self.label_smoothing = label_smoothing
 
     def forward(self, outputs: dict, batch) -> torch.Tensor:
+        value = self.student_value(outputs)
+        if isinstance(value, Sequence):  # per-word logits: the mean over the batch's tagged words
+            labels = word_labels(batch.labels, value.values.shape[1])
+            return F.cross_entropy(value.values.float().flatten(0, 1), labels.flatten(), ignore_index=UNLABELLED,
+                                   label_smoothing=self.label_smoothing) if bool((labels != UNLABELLED).any()) \
+                else value.values.sum() * 0.0
         labelled = getattr(batch, "labelled", None)
         if labelled is not None:  # a transfer set: unlabelled examples (label UNLABELLED) do not count
             return labelled_mean(F.cross_entropy(self.student_value(outputs).float(), batch.labels,
@@ -161,11 +267,7 @@ class MeanSquaredError(Loss):
     """
 
     label_only = True
-
-    def __init__(self, stage: LossContext, output: str | None = None):
-        super().__init__(stage, output)
-        if stage.task != "regression":
-            raise ValueError("MSE against gold labels needs a regression task; use LogitMSE to match a teacher")
+    task_types = ("regression",)
 
     def forward(self, outputs: dict, batch) -> torch.Tensor:
         prediction = self.student_value(outputs).float().reshape(-1)
@@ -180,7 +282,9 @@ class MeanSquaredError(Loss):
 class KnowledgeDistillation(TeacherLoss):
     """Soft-label distillation (Hinton et al. 2015): T² · KL(softmax(z_t/T) ‖ softmax(z_s/T)).
 
-    Averaged over the batch. The T² factor keeps the gradient scale independent of T.
+    Averaged over the batch — or, for per-word logits (a tagging task), over the words real in
+    both student and teacher (token-level KD). The T² factor keeps the gradient scale independent
+    of T. A regression output (one score) has nothing to distil this way: use LogitMSE.
 
     Args:
         teacher: teacher model (default: the stage's only teacher).
@@ -191,6 +295,9 @@ class KnowledgeDistillation(TeacherLoss):
         temperature_schedule: a schedule of T over optimizer steps, overriding temperature, e.g.
             {"type": "linear", "start": 4.0, "end": 1.0, "steps": 1000}.
     """
+
+    task_types = ("classification", "tagging")
+    output_kinds = (VECTOR, SEQUENCE)
 
     def __init__(self, stage: LossContext, teacher: str | None = None, temperature: float = 2.0,
                  output: str | None = None, teacher_output: str | None = None, scale: bool = True,
@@ -216,6 +323,8 @@ class KnowledgeDistillation(TeacherLoss):
     def forward(self, outputs: dict, batch) -> torch.Tensor:
         student, teacher = self.pair(outputs)
         t = self.temperature
+        if student.shape[0] == 0:  # no word real in both
+            return student.sum() * 0.0
         loss = F.kl_div(F.log_softmax(student / t, dim=-1), F.log_softmax(teacher / t, dim=-1),
                         reduction="batchmean", log_target=True)
         return loss * (t * t) if self.scale else loss
@@ -225,7 +334,7 @@ class KnowledgeDistillation(TeacherLoss):
 class LogitMeanSquaredError(TeacherLoss):
     """Mean squared error between student and teacher logits (Tang et al. 2019).
 
-    Averaged over batch and classes.
+    Averaged over batch (or words) and classes; a regression student matches the teacher's score.
 
     Args:
         teacher: teacher model (default: the stage's only teacher).
@@ -233,16 +342,18 @@ class LogitMeanSquaredError(TeacherLoss):
         teacher_output: teacher node holding the logits (default: the teacher's output).
     """
 
+    output_kinds = (VECTOR, SEQUENCE)
+
     def forward(self, outputs: dict, batch) -> torch.Tensor:
         student, teacher = self.pair(outputs)
-        return F.mse_loss(student, teacher)
+        return F.mse_loss(student, teacher) if student.numel() else student.sum() * 0.0
 
 
 @register_loss("LogitL1")
 class LogitL1(TeacherLoss):
     """Mean absolute difference between student and teacher logits.
 
-    Averaged over batch and classes.
+    Averaged over batch (or words) and classes.
 
     Args:
         teacher: teacher model (default: the stage's only teacher).
@@ -250,9 +361,11 @@ class LogitL1(TeacherLoss):
         teacher_output: teacher node holding the logits (default: the teacher's output).
     """
 
+    output_kinds = (VECTOR, SEQUENCE)
+
     def forward(self, outputs: dict, batch) -> torch.Tensor:
         student, teacher = self.pair(outputs)
-        return F.l1_loss(student, teacher)
+        return F.l1_loss(student, teacher) if student.numel() else student.sum() * 0.0
 
 
 @register_loss("RepresentationMatch")
@@ -270,6 +383,8 @@ class RepresentationMatch(TeacherLoss):
         distance: "mse" (mean squared error), "l1" (mean absolute error) or "cosine" (mean of 1 − cos).
         projection: learn a projection when the widths differ (false: the widths must be equal).
     """
+
+    output_kinds = None  # checked below: two vectors or two sequences
 
     def __init__(self, stage: LossContext, output: str, teacher_output: str, teacher: str | None = None,
                  distance: Literal["mse", "l1", "cosine"] = "mse", projection: bool = True):

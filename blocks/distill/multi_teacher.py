@@ -171,6 +171,9 @@ class MultiTeacherKD(_MultiTeacherBase):
         if weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {weighting!r}{did_you_mean(str(weighting), WEIGHTINGS)} "
                              f"(known: {', '.join(WEIGHTINGS)})")
+        if distance == "kd" and stage.task == "regression":
+            raise ValueError("distance \"kd\" compares softened class distributions, which a regression output "
+                             "(one score) does not have; use distance \"mse\"")
         if distance not in ("kd", "mse"):
             raise ValueError(f"unknown distance {distance!r} (known: kd, mse)")
         if combine not in ("losses", "targets"):

@@ -8,7 +8,6 @@ import torch
 
 from blocks.data.batching import sorted_batches
 from blocks.data.dataset import EncodedSplit
-from blocks.metrics import Predictions, compute_metrics
 
 
 def autocast(device: torch.device, precision: str):
@@ -19,42 +18,41 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
-def to_scores(output: torch.Tensor, task_type: str) -> torch.Tensor:
-    """Probabilities [N, C] for classification, predictions [N] for regression."""
-    output = output.float()
-    if task_type == "regression":
-        return output.reshape(-1)
-    return torch.softmax(output, dim=-1)
-
-
 @torch.no_grad()
 def predict(experiment, model_name: str, split: EncodedSplit, batch_size: int, device: torch.device,
-            precision: str = "fp32") -> torch.Tensor:
-    """Scores for every example of ``split``, in the split's order."""
+            precision: str = "fp32", progress: bool = False):
+    """The predictions of every example of ``split``, in the split's order, as the task decodes
+    them: probabilities ``[N, C]`` (classification), scores ``[N]`` (regression), a list of tag-id
+    tensors (tagging)."""
+    from tqdm import tqdm
+
+    task = experiment.task
     model = experiment.models[model_name]
     was_training = model.training
     model.eval()
     output_name = model.output_name
     chunks, order = [], []
-    for index in sorted_batches(split.lengths, batch_size):
-        batch = split.collate(index).to(device)
-        with autocast(device, precision):
-            values = experiment.model_values(model_name, batch)
-        chunks.append(to_scores(values[output_name], experiment.task.type).cpu())
-        order.append(index)
-    model.train(was_training)
-    scores = torch.cat(chunks)
-    result = torch.empty_like(scores)
-    result[torch.cat(order)] = scores
-    return result
+    batches = sorted_batches(split.lengths, batch_size)
+    bar = tqdm(total=len(split), desc=f"{model_name} on {split.name}", unit="ex", leave=False,
+               disable=not progress, dynamic_ncols=True)
+    try:
+        for index in batches:
+            batch = split.collate(index).to(device)
+            with autocast(device, precision):
+                values = experiment.model_values(model_name, batch)
+            chunks.append(task.decode_batch(values[output_name], batch))
+            order.append(index)
+            bar.update(len(index))
+    finally:
+        bar.close()
+        model.train(was_training)
+    return task.join_predictions(chunks, order)
 
 
 def evaluate(experiment, model_name: str, split: EncodedSplit, batch_size: int, device: torch.device,
-             precision: str = "fp32", metrics: list[str] | None = None) -> dict[str, float]:
-    scores = predict(experiment, model_name, split, batch_size, device, precision)
-    predictions = Predictions(scores=scores, labels=split.labels, groups=split.groups,
-                              positive=experiment.task.positive)
-    return compute_metrics(metrics or experiment.config["task"]["metrics"], predictions)
+             precision: str = "fp32", metrics: list[str] | None = None, progress: bool = False) -> dict[str, float]:
+    predictions = predict(experiment, model_name, split, batch_size, device, precision, progress)
+    return experiment.task.metrics(predictions, split, metrics or experiment.config["task"]["metrics"])
 
 
 @torch.no_grad()

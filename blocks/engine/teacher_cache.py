@@ -57,7 +57,10 @@ from blocks.engine.checkpoint import atomic_write_json
 from blocks.engine.distributed import SINGLE, Distributed
 from blocks.engine.evaluation import autocast
 from blocks.errors import TrainingError
-from blocks.values import Sequence
+from blocks.values import Sequence, TagScores
+
+#: The per-teacher constants of a CRF node's value, stored once (its emissions are a sequence).
+_CRF_CONSTANTS = ("transitions", "start", "end")
 
 FORMAT = 2  # 2: one cache per teacher, keyed without the teacher's name
 _CHUNK = 1 << 24  # bytes per write / hash read
@@ -239,8 +242,17 @@ class _Collector:
         self.dtype = None
         self.vectors: torch.Tensor | None = None
         self.rows: list = [None] * size  # sequences: per example (values [n, ...], mask [n])
+        self.constants: dict[str, torch.Tensor] = {}  # a CRF node: transitions, start, end
 
     def add(self, value, index: torch.Tensor) -> None:
+        if isinstance(value, TagScores):
+            if not self.constants:
+                self.constants = {name: getattr(value, name).detach().to("cpu", torch.float32).clone()
+                                  for name in _CRF_CONSTANTS}
+            self.kind = self.kind or "tag_scores"
+            self.dtype = self.dtype or value.emissions.dtype
+            self._add_rows(Sequence(value.emissions, value.mask), index)
+            return
         if isinstance(value, Sequence):
             kind = "sequence"
         elif isinstance(value, torch.Tensor) and value.dim() >= 1:
@@ -257,6 +269,9 @@ class _Collector:
                 self.vectors = torch.zeros((self.size, *value.shape[1:]), dtype=value.dtype)
             self.vectors[index] = value
             return
+        self._add_rows(value, index)
+
+    def _add_rows(self, value: Sequence, index: torch.Tensor) -> None:
         values, mask = value.values.detach().to("cpu"), value.mask.detach().to("cpu")
         positions = torch.arange(1, mask.shape[1] + 1)
         kept = (mask.long() * positions).max(dim=1).values if mask.shape[1] else torch.zeros(len(index), dtype=torch.long)
@@ -292,6 +307,8 @@ class _Collector:
         entry["files"] = {"values": _write_tensor(folder / f"{stem}.values.bin", values.to(dtype)),
                           "mask": _write_tensor(folder / f"{stem}.mask.bin", mask),
                           "offsets": _write_tensor(folder / f"{stem}.offsets.bin", offsets)}
+        for name, tensor in self.constants.items():
+            entry["files"][name] = _write_tensor(folder / f"{stem}.{name}.bin", tensor)
         return entry
 
 
@@ -337,6 +354,7 @@ class _Entry:
     values: torch.Tensor
     mask: torch.Tensor | None = None
     offsets: torch.Tensor | None = None
+    constants: dict | None = None  # a CRF node: transitions, start, end
 
 
 class TeacherCache:
@@ -350,9 +368,11 @@ class TeacherCache:
             files = record["files"]
             entry = _Entry(record["node"], record["kind"], _DTYPES[record["value_dtype"]],
                            _map(folder, files["values"]))
-            if record["kind"] == "sequence":
+            if record["kind"] in ("sequence", "tag_scores"):
                 entry.mask = _map(folder, files["mask"])
                 entry.offsets = _map(folder, files["offsets"]).clone()  # small: keep in memory
+            if record["kind"] == "tag_scores":
+                entry.constants = {name: _map(folder, files[name]).clone() for name in _CRF_CONSTANTS}
             self.entries.append(entry)
 
     @property
@@ -366,6 +386,10 @@ class TeacherCache:
         for entry in self.entries:
             if entry.kind == "vector":
                 values[entry.node] = entry.values[index].to(device=device, dtype=entry.value_dtype, non_blocking=True)
+            elif entry.kind == "tag_scores":
+                emissions = self._sequence(entry, index, device)
+                values[entry.node] = TagScores(emissions.values, emissions.mask,
+                                               *(entry.constants[name].to(device) for name in _CRF_CONSTANTS))
             else:
                 values[entry.node] = self._sequence(entry, index, device)
         return {self.teacher: CachedOutputs(self.teacher, values)}

@@ -30,6 +30,7 @@ from torch import nn
 from tqdm import tqdm
 
 from blocks.data.batching import bucket_batches
+from blocks.data.dev_split import NO_DEV_HINT
 from blocks.data.transfer import build_transfer_set
 from blocks.engine.checkpoint import (atomic_write_json, load_checkpoint, optimizer_from_tensors,
                                       optimizer_to_tensors, rng_from_tensors, rng_to_tensors, save_checkpoint)
@@ -40,6 +41,7 @@ from blocks.engine.plots import write_stage_plots
 from blocks.engine.run_dir import RunDir
 from blocks.engine.teacher_cache import CachedOutputs, open_existing, open_or_build, requested_nodes
 from blocks.errors import CheckpointError, TrainingError
+from blocks.distill.losses import Loss
 from blocks.metrics import higher_is_better
 
 
@@ -69,6 +71,13 @@ def _quiet(*args, **kwargs) -> None:
     pass
 
 
+def _overrides(loss: nn.Module, hook: str) -> bool:
+    """Whether a loss block does something at ``hook`` (a method of :class:`Loss`, a no-op
+    there); a custom ``nn.Module`` loss not derived from it may define the method itself."""
+    method = getattr(type(loss), hook, None)
+    return method is not None and method is not getattr(Loss, hook)
+
+
 class StageTrainer:
     def __init__(self, experiment, stage_index: int, run_dir: RunDir, device: torch.device, log=print,
                  progress: bool = True, dist: Distributed = SINGLE):
@@ -89,7 +98,7 @@ class StageTrainer:
         self.losses = experiment.build_losses(stage_index)
         self.loss_modules = nn.ModuleList([loss for _, loss in self.losses])
         # losses that learn from the updated student after each optimizer step (the RL selector)
-        self.after_step_losses = [loss for _, loss in self.losses if hasattr(loss, "after_step")]
+        self.after_step_losses = [loss for _, loss in self.losses if _overrides(loss, "after_step")]
         self.select = self.stage["select"] or self.config["task"]["metrics"][0]
         self.maximize = higher_is_better(self.select)
         # the examples this stage trains on: the train split, or the stage's transfer set
@@ -97,7 +106,7 @@ class StageTrainer:
         self.train_split = train
         self.dev_split = experiment.splits.get("dev")
         # losses that learn from each dev evaluation (the RL selector with reward "dev")
-        self.after_evaluation_losses = [loss for _, loss in self.losses if hasattr(loss, "after_evaluation")]
+        self.after_evaluation_losses = [loss for _, loss in self.losses if _overrides(loss, "after_evaluation")]
         for index, (_, loss) in enumerate(self.losses):
             if getattr(loss, "needs_dev", False) and self.dev_split is None:
                 raise TrainingError(f"/stages/{stage_index}/losses/{index}: {type(loss).__name__} with reward "
@@ -107,6 +116,7 @@ class StageTrainer:
         if batches == 0:
             raise TrainingError(f"stage '{self.stage['name']}': {len(train)} training example(s) cannot be shared "
                                 f"by {dist.world_size} processes")
+        self.batches_per_epoch = batches
         self.steps_per_epoch = math.ceil(batches / self.stage["accumulate"])
         # a fractional number of epochs (0.5) stops partway through the last one
         total = max(1, math.ceil(self.steps_per_epoch * self.stage["epochs"]))
@@ -241,9 +251,12 @@ class StageTrainer:
                  + (f" with teacher(s) {', '.join(self.teachers)}" if self.teachers else "")
                  + f", {self.total_steps:,} steps" + (f", resuming at step {self.state.step:,}" if self.state.step else "")
                  + (f", {self.dist.world_size} processes" if self.dist.enabled else ""))
+        if self.dev_split is None:
+            self.log(f"stage '{name}': no dev split, so the weights after the last step are kept "
+                     f"(for checkpoint selection {NO_DEV_HINT})")
         self._open_teacher_cache()
         for _, loss in self.losses:
-            if hasattr(loss, "start"):  # e.g. AnnealingKD spreads its temperatures over the stage
+            if _overrides(loss, "start"):  # e.g. AnnealingKD spreads its temperatures over the stage
                 loss.start(self.total_steps)
         accumulate = stage["accumulate"]
         bar = tqdm(total=self.total_steps, initial=self.state.step, desc=name, unit="step", leave=False,
@@ -503,15 +516,16 @@ class StageTrainer:
             self.save_best()
         else:
             self.state.evaluations_without_improvement += 1
-        self.state.history.append({"step": self.state.step, "epoch": self.state.epoch, **metrics})
+        epoch = self.epochs_done()
+        self.state.history.append({"step": self.state.step, "epoch": epoch, **metrics})
         loss_values = self._loss_log_values()
         self._append_metrics({"event": "eval", "stage": stage["name"], "model": self.model_name,
-                              "split": "dev", "step": self.state.step, "epoch": self.state.epoch,
+                              "split": "dev", "step": self.state.step, "epoch": epoch,
                               "metrics": metrics, **loss_values})
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         if "teacher_weights" in loss_values:
             shown += "; teacher weights " + ", ".join(f"{k} {v:.3f}" for k, v in loss_values["teacher_weights"].items())
-        self._write(bar, f"  {stage['name']} step {self.state.step:,} (epoch {self.state.epoch}): dev {shown}"
+        self._write(bar, f"  {stage['name']} step {self.state.step:,} (epoch {epoch:g}): dev {shown}"
                     + (" *" if improved and metrics else ""))
         bar.set_postfix(**self._best_postfix())
         patience = stage["early_stopping"]
@@ -521,11 +535,17 @@ class StageTrainer:
         self.save()
         return stop
 
+    def epochs_done(self) -> float:
+        """Passes over the training set completed so far: 1 at the end of the first epoch, whether
+        the evaluation there comes from ``eval_every`` or from the epoch's end; 0.5 halfway."""
+        done = self.state.epoch + self.state.batch_in_epoch / self.batches_per_epoch
+        return int(done) if done == int(done) else round(done, 2)
+
     def _loss_log_values(self) -> dict:
         """What loss blocks report at an evaluation (mean teacher weights, a temperature)."""
         values: dict = {}
         for _, loss in self.losses:
-            if hasattr(loss, "log_values"):
+            if _overrides(loss, "log_values"):
                 values.update(loss.log_values())
         return values
 

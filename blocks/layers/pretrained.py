@@ -140,7 +140,7 @@ class PretrainedEncoder(Block):
         return auto_model.from_config(config, **options[-1])
 
     def forward(self, tokens: Sequence):
-        ids, mask = tokens
+        ids, mask = tokens.values, tokens.mask  # a Sequence, or the WordPieces of a word-level task
         arguments = {"input_ids": ids, "attention_mask": mask.long()}
         if self.use_segments:
             # [CLS] a [SEP] b [SEP]: everything after the first separator is segment 1.
