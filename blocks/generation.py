@@ -34,13 +34,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
 from blocks.values import Sequence
+
+if TYPE_CHECKING:  # pragma: no cover
+    from blocks.layers.decoders import Decoder
 
 LengthPenalty = Literal["gnmt", "fairseq"]
 
@@ -84,7 +87,7 @@ class GenerationSettings:
     temperature: float = 1.0
 
 
-def generate(decoder, memory: Sequence, settings: GenerationSettings, *, bos_id: int, eos_id: int,
+def generate(decoder: "Decoder", memory: Sequence, settings: GenerationSettings, *, bos_id: int, eos_id: int,
              pad_id: int, generator: torch.Generator | None = None) -> Generated:
     """Run the strategy named by ``settings`` (see the module docstring)."""
     common = dict(bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, max_len_a=settings.max_len_a,
@@ -120,7 +123,7 @@ def length_penalty_factor(length: int, alpha: float, form: LengthPenalty = "gnmt
     raise ValueError(f"unknown length penalty form '{form}' (known: gnmt, fairseq)")
 
 
-def _next_log_probs(decoder, last: Tensor, state, limits: Tensor, step: int, bos_id: int, eos_id: int,
+def _next_log_probs(decoder: "Decoder", last: Tensor, state, limits: Tensor, step: int, bos_id: int, eos_id: int,
                     pad_id: int) -> tuple[Tensor, object]:
     """Log-probabilities ``[rows, V]`` of the next token, with ``<pad>``/``<bos>`` banned and
     ``<eos>`` forced in the rows whose length limit is reached at this step."""
@@ -136,8 +139,8 @@ def _next_log_probs(decoder, last: Tensor, state, limits: Tensor, step: int, bos
     return log_probs, state
 
 
-def _single_path(decoder, memory: Sequence, choose: Callable[[Tensor], Tensor], bos_id: int, eos_id: int,
-                 pad_id: int, max_len_a: float, max_len_b: float) -> Generated:
+def _single_path(decoder: "Decoder", memory: Sequence, choose: Callable[[Tensor], Tensor], bos_id: int,
+                 eos_id: int, pad_id: int, max_len_a: float, max_len_b: float) -> Generated:
     """One hypothesis per sentence, extended by ``choose(log_probs [B, V]) -> ids [B]``.
 
     A sentence that has ended leaves the batch (its rows of the state are dropped), so the
@@ -169,14 +172,14 @@ def _single_path(decoder, memory: Sequence, choose: Callable[[Tensor], Tensor], 
     return Generated(tokens, scores.cpu())
 
 
-def greedy_search(decoder, memory: Sequence, *, bos_id: int, eos_id: int, pad_id: int,
+def greedy_search(decoder: "Decoder", memory: Sequence, *, bos_id: int, eos_id: int, pad_id: int,
                   max_len_a: float = 10.0, max_len_b: float = 1.5) -> Generated:
     """The most likely next token at every step."""
     return _single_path(decoder, memory, lambda log_probs: log_probs.argmax(dim=-1), bos_id, eos_id, pad_id,
                         max_len_a, max_len_b)
 
 
-def sample_top_k(decoder, memory: Sequence, *, bos_id: int, eos_id: int, pad_id: int, top_k: int = 10,
+def sample_top_k(decoder: "Decoder", memory: Sequence, *, bos_id: int, eos_id: int, pad_id: int, top_k: int = 10,
                  temperature: float = 1.0, generator: torch.Generator | None = None,
                  max_len_a: float = 10.0, max_len_b: float = 1.5) -> Generated:
     """Sample each next token among the ``top_k`` most likely, from their probabilities at
@@ -197,7 +200,7 @@ def sample_top_k(decoder, memory: Sequence, *, bos_id: int, eos_id: int, pad_id:
     return _single_path(decoder, memory, choose, bos_id, eos_id, pad_id, max_len_a, max_len_b)
 
 
-def beam_search(decoder, memory: Sequence, *, bos_id: int, eos_id: int, pad_id: int, beam_size: int = 5,
+def beam_search(decoder: "Decoder", memory: Sequence, *, bos_id: int, eos_id: int, pad_id: int, beam_size: int = 5,
                 length_penalty: float = 1.0, length_penalty_form: LengthPenalty = "gnmt",
                 max_len_a: float = 10.0, max_len_b: float = 1.5) -> Generated:
     """Beam search (see the module docstring for the rules)."""

@@ -95,7 +95,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                   f"beam {args.beam}": GenerationSettings("beam", beam_size=args.beam, max_len_a=args.max_len_a,
                                                           max_len_b=args.max_len_b)}
     parameters = sum(p.numel() for p in model.parameters())
-    print(f"{args.decoder} decoder, width {args.width}, {args.layers}+{args.layers} layers, vocab {args.vocab}, "
+    shape = f"{args.layers}+{args.layers} layers" if args.decoder == "transformer" else \
+        f"{args.layers}-layer encoder + 1-layer GRU"
+    print(f"{args.decoder} decoder, width {args.width}, {shape}, vocab {args.vocab}, "
           f"{parameters:,} parameters, {args.sentences} sentences, {args.threads} thread(s)")
     rows = []
     for size in args.batch:

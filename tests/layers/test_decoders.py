@@ -1,10 +1,11 @@
 """Decoders: incremental decoding equals teacher forcing, masks respected, state reordering, checks."""
 from __future__ import annotations
 
+import jsonschema
 import pytest
 import torch
 
-from blocks.errors import WidthError
+from blocks.errors import ConfigError, WidthError
 from blocks.layers.decoders import RNNDecoder, TransformerDecoder
 from blocks.registry import BLOCKS
 from blocks.values import SEQUENCE, TOKENS, VECTOR, Sequence, Spec
@@ -129,6 +130,13 @@ def test_registered_with_inferred_widths():
     block = BLOCKS.build("TransformerDecoder", [Spec(SEQUENCE, 24)], params={"vocab_size": 50, "heads": 3})
     assert block.output_spec == Spec(SEQUENCE, 50) and block.width == 24
     assert [p.name for p in BLOCKS.parameters("RNNDecoder")][:2] == ["vocab_size", "cell"]
+    for name in ("TransformerDecoder", "RNNDecoder"):
+        jsonschema.Draft202012Validator.check_schema(BLOCKS.schema(name))
+        assert all(parameter.doc for parameter in BLOCKS.parameters(name))
+        assert [p.name for p in BLOCKS.parameters(name) if p.required] == ["vocab_size"]
+        BLOCKS.validate_params(name, {"vocab_size": 100}, None, "/graph/3")
+    with pytest.raises(ConfigError, match="/graph/3/attention"):
+        BLOCKS.validate_params("RNNDecoder", {"vocab_size": 100, "attention": "dot"}, None, "/graph/3")
 
 
 def test_bad_inputs_are_width_errors():

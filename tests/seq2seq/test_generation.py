@@ -38,6 +38,12 @@ def memory(lengths: list[int], seed: int = 1) -> Sequence:
     return Sequence(values, torch.arange(max(lengths))[None] < torch.tensor(lengths)[:, None])
 
 
+def one_row(batch: Sequence, row: int) -> Sequence:
+    """Sentence ``row`` of a batch on its own, without padding."""
+    length = int(batch.mask[row].sum())
+    return Sequence(batch.values[row:row + 1, :length], batch.mask[row:row + 1, :length])
+
+
 def sequence_log_prob(decoder, memory_row: Sequence, tokens: list[int]) -> float:
     """log P(tokens) under teacher forcing: log-softmax over the whole vocabulary at each position."""
     prefix = torch.tensor([[BOS] + tokens[:-1]])
@@ -68,8 +74,7 @@ def test_beam_as_large_as_all_outputs_is_exhaustive_search(make, alpha, form):
     result = beam_search(decoder, batch, beam_size=vocab ** max(limits), length_penalty=alpha,
                          length_penalty_form=form, max_len_a=1, max_len_b=1, **SPECIALS)
     for row, limit in enumerate(limits):
-        memory_row = Sequence(batch.values[row:row + 1, :batch.mask[row].sum()], batch.mask[row:row + 1, :batch.mask[row].sum()])
-        score, tokens = exhaustive_best(decoder, memory_row, vocab, limit, alpha, form)
+        score, tokens = exhaustive_best(decoder, one_row(batch, row), vocab, limit, alpha, form)
         assert result.tokens[row] == tokens
         assert result.scores[row].item() == pytest.approx(score, abs=1e-4)
 
@@ -86,10 +91,8 @@ def test_beam_one_and_top_one_sampling_are_greedy_search(make):
     assert torch.allclose(sampled.scores, greedy.scores, atol=1e-5)
     # greedy scores are the log-probabilities of the outputs, <eos> included
     for row, tokens in enumerate(greedy.tokens):
-        length = int(batch.mask[row].sum())
-        memory_row = Sequence(batch.values[row:row + 1, :length], batch.mask[row:row + 1, :length])
-        complete = tokens + [EOS]
-        assert greedy.scores[row].item() == pytest.approx(sequence_log_prob(decoder, memory_row, complete), abs=1e-4)
+        expected = sequence_log_prob(decoder, one_row(batch, row), tokens + [EOS])
+        assert greedy.scores[row].item() == pytest.approx(expected, abs=1e-4)
 
 
 def test_batched_generation_equals_one_sentence_at_a_time():
@@ -97,9 +100,7 @@ def test_batched_generation_equals_one_sentence_at_a_time():
     batch = memory([6, 2, 4], seed=5)
     together = beam_search(decoder, batch, beam_size=4, **SPECIALS)
     for row in range(3):
-        length = int(batch.mask[row].sum())
-        alone = beam_search(decoder, Sequence(batch.values[row:row + 1, :length], batch.mask[row:row + 1, :length]),
-                            beam_size=4, **SPECIALS)
+        alone = beam_search(decoder, one_row(batch, row), beam_size=4, **SPECIALS)
         assert alone.tokens[0] == together.tokens[row]
         assert alone.scores[0].item() == pytest.approx(together.scores[row].item(), abs=1e-5)
 
@@ -141,8 +142,8 @@ def test_generate_dispatches_on_the_settings():
     batch = memory([3, 5])
     assert generate(decoder, batch, GenerationSettings("beam", beam_size=1, length_penalty=0.0), **SPECIALS).tokens \
         == generate(decoder, batch, GenerationSettings("greedy"), **SPECIALS).tokens
-    sampled = generate(decoder, batch, GenerationSettings("sample", top_k=3), generator=torch.Generator().manual_seed(1),
-                       **SPECIALS)
+    sampled = generate(decoder, batch, GenerationSettings("sample", top_k=3),
+                       generator=torch.Generator().manual_seed(1), **SPECIALS)
     assert len(sampled.tokens) == 2 and sampled.scores.shape == (2,)
     with pytest.raises(ValueError, match="unknown generation strategy 'nucleus'"):
         generate(decoder, batch, GenerationSettings("nucleus"), **SPECIALS)

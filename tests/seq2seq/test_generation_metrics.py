@@ -42,7 +42,7 @@ def test_bad_input():
         TextPredictions(HYPOTHESES[:3], REFERENCES)
     with pytest.raises(ValueError, match=r"hypotheses\[1\] is a list, not text"):
         TextPredictions(["a", [5, 6]], ["a", "b"])
-    with pytest.raises(ConfigError, match=r"run\.json: /task/metrics/1: unknown text metric 'blue'; did you mean 'bleu'"):
+    with pytest.raises(ConfigError, match=r"run\.json: /task/metrics/1: unknown text metric 'blue'; did you mean"):
         compute_text_metrics(["chrf", "blue"], TextPredictions([], []), "run.json", "/task/metrics")
     with pytest.raises(ValueError, match="unknown text metric 'ter'"):
         text_metric("ter", TextPredictions([], []))

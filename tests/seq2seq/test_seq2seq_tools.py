@@ -26,7 +26,7 @@ def test_generation_benchmark_times_greedy_and_beam(capsys):
             [(1, "greedy"), (1, "beam 3"), (4, "greedy"), (4, "beam 3")]
         assert all(row["sentences_per_s"] > 0 and row["tokens_per_s"] >= row["sentences_per_s"] for row in rows)
     printed = capsys.readouterr().out
-    assert "rnn decoder, width 16, 1+1 layers, vocab 50" in printed and "greedy / beam:" in printed
+    assert "rnn decoder, width 16, 1-layer encoder + 1-layer GRU, vocab 50" in printed and "greedy / beam:" in printed
 
 
 def test_smoke_run_trains_decodes_and_scores(multi30k, capsys):
