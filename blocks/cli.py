@@ -9,10 +9,23 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 from blocks.errors import DistilBlocksError
+
+
+_THREADS_HELP = ("CPU threads PyTorch computes with (default: the config's \"threads\", else OMP_NUM_THREADS, "
+                 "else half the usable cores, at least 1)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--run-dir", help="where to write the run (default: runs/<config name>)")
     train.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.add_argument("--threads", type=_positive_int, help=_THREADS_HELP)
 
     validate = commands.add_parser("validate", help="check a config and its data without training")
     _add_config_arguments(validate)
@@ -45,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_trust_argument(test)
     test.add_argument("--data", help="a labelled file to evaluate on (default: the config's test split)")
     test.add_argument("--model", action="append", help="model(s) to evaluate (default: every trained model)")
+    test.add_argument("--threads", type=_positive_int, help=_THREADS_HELP)
+    test.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     predict = commands.add_parser("predict", help="label new examples with a run's model")
     predict.add_argument("run_dir")
@@ -53,8 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", help="model to use (default: the student, trained by the last stage)")
     predict.add_argument("--format", choices=["tsv", "jsonl"], default="tsv", help="output format")
     predict.add_argument("--lines", action="store_true",
-                         help="each input line is one text for the model's single text field")
+                         help="each input line is one example: its text, or for a model reading two text "
+                              "fields (a sentence pair) the two texts separated by a tab")
     predict.add_argument("--output", help="write here instead of standard output")
+    predict.add_argument("--threads", type=_positive_int, help=_THREADS_HELP)
 
     listing = commands.add_parser(
         "list", help="show registered blocks, losses, tokenizers, metrics, optimizers and schedules")
@@ -62,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--kind", choices=["block", "loss", "tokenizer", "metric", "optimizer", "schedule"],
                          default=None)
     listing.add_argument("--import", dest="imports", action="append", default=[],
-                         help="module with custom entries to include")
+                         help="a module with custom entries to include: a .py file or a dotted module name "
+                              "(repeatable)")
 
     schema = commands.add_parser("schema", help="write the JSON Schema of config files (for editors)")
     schema.add_argument("--output", "-o", help="file to write (default: standard output)")
@@ -93,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--examples", type=int, default=1000,
                        help="examples timed at batch 64 (default 1000); batch 1 times the first min(N, 300)")
     bench.add_argument("--repeats", type=int, default=3, help="interleaved timed passes, best kept (default 3)")
-    bench.add_argument("--threads", type=int, default=None, help="torch threads (default: every usable core)")
+    bench.add_argument("--threads", type=_positive_int, default=None, help=_THREADS_HELP)
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     clean = commands.add_parser(
         "clean", help="free the disk space finished runs no longer need",
@@ -130,7 +150,8 @@ def cmd_train(args) -> int:
     from blocks.config.loader import load_config
     from blocks.engine.run import train
 
-    config = load_config(args.config, args.overrides)
+    overrides = args.overrides + ([f"threads={args.threads}"] if args.threads else [])
+    config = load_config(args.config, overrides)
     train(config, run_dir=args.run_dir, resume=args.resume, progress=not args.no_progress)
     return 0
 
@@ -144,8 +165,7 @@ def cmd_validate(args) -> int:
     config = load_config(args.config, args.overrides, planned_runs=True)
     experiment = Experiment.prepare(config)
     resolve_device(config["device"])
-    labels = ", ".join(experiment.task.labels) if experiment.task.labels else "regression"
-    print(f"task: {experiment.task.type} ({labels}); vocabularies: "
+    print(f"task: {experiment.task.describe()}; vocabularies: "
           + ", ".join(f"{n} {len(v):,}" for n, v in experiment.vocabularies.items()))
     for name, graph in experiment.models.items():
         print(f"\nmodel '{name}':")
@@ -174,8 +194,10 @@ def cmd_test(args) -> int:
     from blocks.engine.evaluation import evaluate
     from blocks.engine.run import load_run, roles
     from blocks.experiment import resolve_device
+    from blocks.threads import use_threads
 
     directory, experiment, state = load_run(args.run_dir, trust_imports=args.trust_imports)
+    use_threads(args.threads or experiment.config.values.get("threads"))
     device = resolve_device(experiment.config["device"])
     if args.data:
         split = experiment.encode_file(args.data, with_labels=True)
@@ -200,7 +222,7 @@ def cmd_test(args) -> int:
                                     f"(finished: {', '.join(state['models'])})")
         experiment.models[name].to(device)
         results[name] = evaluate(experiment, name, split, experiment.config["stages"][-1]["eval_batch_size"],
-                                 device, experiment.config["precision"])
+                                 device, experiment.config["precision"], progress=not args.no_progress)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in results[name].items())
         print(f"{name}: {shown}")
     print(json.dumps({"data": source, "examples": len(split), "results": results}))
@@ -208,71 +230,35 @@ def cmd_test(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    import torch
+    from blocks.predictor import Predictor
 
-    from blocks.engine.evaluation import predict
-    from blocks.engine.run import final_model, load_run
-    from blocks.experiment import resolve_device
-
-    directory, experiment, state = load_run(args.run_dir, trust_imports=args.trust_imports)
-    device = resolve_device(experiment.config["device"])
-    model = args.model or final_model(experiment.config)
-    if model not in state["models"]:
-        raise DistilBlocksError(f"{directory.progress_file}: model '{model}' has not finished training "
-                                f"(finished: {', '.join(state['models'])})")
-    temporary = None
-    path = args.input
-    reader = None
-    mapping = None
-    if args.input == "-" and not args.lines:
-        # the temporary file's name tells nothing: read standard input in the training data's format
+    predictor = Predictor(args.run_dir, model=args.model, threads=args.threads, trust_imports=args.trust_imports)
+    source = "<standard input>" if args.input == "-" else args.input
+    text = sys.stdin.read() if args.input == "-" else None
+    mapping = predictor.experiment.config["data"].get("fields", {})
+    if args.lines:
+        if text is None:
+            try:
+                text = Path(args.input).read_text(encoding="utf-8-sig")
+            except (OSError, UnicodeError) as error:
+                raise DistilBlocksError(f"{args.input}: cannot read: {error}") from None
+        rows, mapping = predictor.line_rows(text, source), {}
+    elif text is not None:  # standard input, in the format of the training data
         from blocks.data.dataset import split_sources
         from blocks.data.readers import format_of
 
-        train = split_sources(experiment.config["data"])["train"]
-        reader = {"format": format_of(train.path, train.reader.get("format", "auto"))}
-    if args.input == "-" or args.lines:
-        text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text(encoding="utf-8-sig")
-        if args.lines:
-            fields = {f.field for k, f in experiment.fields.items() if k in experiment.model_inputs[model].values()}
-            if len(fields) != 1:
-                raise DistilBlocksError(f"--lines needs a model reading one text field; '{model}' reads "
-                                        f"{', '.join(sorted(fields))}")
-            field = fields.pop()
-            text = "".join(json.dumps({field: line}) + "\n" for line in text.splitlines() if line.strip())
-            # One JSON object per line, keyed by the field itself: none of the config's column options apply.
-            reader = {"format": "jsonl", "header": True, "columns": None, "delimiter": None, "comment": None}
-            mapping = {}  # the rows written above are keyed by the field itself, not the config's column
-        handle = tempfile.NamedTemporaryFile("w", suffix=".input", delete=False, encoding="utf-8")
-        handle.write(text)
-        handle.close()
-        temporary = path = handle.name
-    try:
-        split = experiment.encode_file(path, with_labels=False, reader=reader, fields=mapping)
-    finally:
-        if temporary:
-            os.unlink(temporary)
-    experiment.models[model].to(device)
-    scores = predict(experiment, model, split, 256, device, experiment.config["precision"])
+        train = split_sources(predictor.experiment.config["data"])["train"]
+        rows = predictor.file_rows(source, text=text, format=format_of(train.path, train.reader.get("format", "auto")))
+    else:
+        rows = predictor.file_rows(args.input)
+    lines = predictor.formatted(rows, mapping, source, args.format)
+    header = predictor.task.prediction_header(args.format)
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
-    task = experiment.task
     try:
-        if task.type == "regression":
-            if args.format == "tsv":
-                out.write("score\n")
-            for value in scores.tolist():
-                out.write(f"{value:.6g}\n" if args.format == "tsv" else json.dumps({"score": value}) + "\n")
-        else:
-            labels = task.labels
-            predicted = torch.argmax(scores, dim=-1).tolist()
-            if args.format == "tsv":
-                out.write("label\t" + "\t".join(f"p_{label}" for label in labels) + "\n")
-            for row, index in zip(scores.tolist(), predicted):
-                if args.format == "tsv":
-                    out.write(labels[index] + "\t" + "\t".join(f"{p:.6f}" for p in row) + "\n")
-                else:
-                    out.write(json.dumps({"label": labels[index],
-                                          "probabilities": dict(zip(labels, [round(p, 6) for p in row]))}) + "\n")
+        if header is not None:
+            out.write(header + "\n")
+        for line in lines:
+            out.write(line + "\n")
     finally:
         if args.output:
             out.close()
@@ -280,17 +266,16 @@ def cmd_predict(args) -> int:
 
 
 def cmd_list(args) -> int:
-    import importlib
-
-    from blocks.catalog import load_builtin_entries
+    from blocks.catalog import import_user_module
     from blocks.registry import BLOCKS, LOSSES, METRICS, OPTIMIZERS, SCHEDULES, TOKENIZERS
 
-    load_builtin_entries()
-    for module in args.imports:
+    for module in args.imports:  # a .py file (relative to the current folder) or a dotted module name
         try:
-            importlib.import_module(module)
-        except Exception as error:
-            raise DistilBlocksError(f"--import {module} failed: {type(error).__name__}: {error}") from error
+            import_user_module(module, Path.cwd())
+        except DistilBlocksError as error:
+            cause = error.__cause__
+            detail = f"{type(cause).__name__}: {cause}" if cause else error.message
+            raise DistilBlocksError(f"--import {module} failed: {detail}") from error
     registries = {"block": BLOCKS, "loss": LOSSES, "tokenizer": TOKENIZERS, "metric": METRICS,
                   "optimizer": OPTIMIZERS, "schedule": SCHEDULES}
     kinds = [args.kind] if args.kind else list(registries)
@@ -343,7 +328,7 @@ def cmd_bench(args) -> int:
     from blocks.engine.benchmark import bench_run
 
     result = bench_run(args.run_dir, examples=args.examples, repeats=args.repeats, threads=args.threads,
-                       trust_imports=args.trust_imports)
+                       trust_imports=args.trust_imports, progress=not args.no_progress)
     print(json.dumps(result))
     return 0
 

@@ -210,9 +210,13 @@ class Graph(nn.Module):
                 raise ConfigError(f"{block_name} '{node['name']}' {error} (inputs: {got})", file, node_path) from None
             except ValueError as error:
                 raise ConfigError(f"{block_name} '{node['name']}': {error}", file, node_path) from None
+            spec = getattr(block, "output_spec", None)
+            if not isinstance(spec, Spec):  # a custom block that forgot it
+                raise ConfigError(f"{block_name} '{node['name']}': the block did not set self.output_spec in its "
+                                  f"constructor (a Spec of its output's kind and width, e.g. Spec(SEQUENCE, width), "
+                                  f"from which the next node sizes itself)", file, node_path)
             self.blocks[owner] = block
             self.params[owner] = params
-            spec = block.output_spec
         specs[node["name"]] = spec
         self.nodes.append(Node(node["name"], owner, inputs, spec, block_name, node_path))
         for output, output_spec in self.blocks[owner].named_outputs.items():

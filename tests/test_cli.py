@@ -99,7 +99,7 @@ def test_validate_prints_widths_parameters_and_valid(project, capsys):
     path = project.write(project.config())
     code, out, _ = run_cli(capsys, "validate", path)
     assert code == 0
-    assert "task: classification (0, 1); vocabularies: words " in out
+    assert "task: classification (2 labels: 0, 1); vocabularies: words " in out
     assert "model 'teacher':" in out and "model 'student':" in out
     assert "train: 120 examples from" in out and "dev: 40 examples from" in out
     # teacher: embedding (V x 8) + BiLSTM hidden 8 on 8 + Linear 16 -> 2
@@ -280,3 +280,41 @@ def test_list_with_import(project, capsys, monkeypatch):
     assert "init (float, default 1.0): the factor's starting value." in out
     code, _, err = run_cli(capsys, "list", "--import", "no_such_module_here")
     assert code == 2 and "--import no_such_module_here failed: ModuleNotFoundError" in err
+
+
+def test_list_imports_a_python_file(project, capsys):
+    (project.root / "my_blocks.py").write_text(CUSTOM_BLOCK.replace("LearnedScale", "FileScale"))
+    code, out, err = run_cli(capsys, "list", "FileScale", "--import", "my_blocks.py")  # relative to the current folder
+    assert code == 0, err
+    assert "FileScale — Multiply a sequence by one learned factor." in out
+    code, _, err = run_cli(capsys, "list", "--import", "missing_blocks.py")
+    assert code == 2
+    assert f"--import missing_blocks.py failed: module file not found: {project.root / 'missing_blocks.py'}" in err
+
+
+FORGETFUL_BLOCK = '''
+from blocks import Block, register_block
+
+
+@register_block("Forgetful")
+class Forgetful(Block):
+    """Returns its input; forgets to say what it returns."""
+
+    def __init__(self, inputs):
+        super().__init__()
+
+    def forward(self, x):
+        return x
+'''
+
+
+def test_a_custom_block_without_output_spec_is_a_config_error(project, capsys):
+    (project.root / "forgetful.py").write_text(FORGETFUL_BLOCK)
+    values = project.config()
+    values["imports"] = ["forgetful.py"]
+    values["models"]["student"]["graph"].insert(1, {"name": "same", "block": "Forgetful"})
+    path = project.write(values)
+    code, _, err = run_cli(capsys, "validate", path)
+    assert code == 2
+    assert err.startswith(f"error: {path}: /models/student/graph/1: Forgetful 'same': the block did not set "
+                          f"self.output_spec in its constructor")

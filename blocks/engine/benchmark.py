@@ -29,14 +29,12 @@ from blocks.data.batching import sorted_batches
 from blocks.data.dataset import EncodedSplit, encode_rows, read_split, split_sources
 from blocks.engine.host_memory import keep_freed_memory
 from blocks.errors import DistilBlocksError
+from blocks.threads import usable_cores, use_threads
 
 
 # -- machine ----------------------------------------------------------------------------------
 def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    return usable_cores()
 
 
 def cpu_name() -> str:
@@ -353,22 +351,31 @@ def run_entries(run_dir: str | Path, label: str, batch_sizes, examples: int, bat
                      "examples": counts}
 
 
-def measure(entries: list[Entry], batch_sizes, repeats: int, warmup_batches: int = 20) -> None:
+def measure(entries: list[Entry], batch_sizes, repeats: int, warmup_batches: int = 20, progress: bool = False) -> None:
     """Time every entry at every batch size: a warm-up pass, then ``repeats`` interleaved passes.
 
-    Fills each entry's ``best`` (batch size -> best seconds over the repeats).
+    Fills each entry's ``best`` (batch size -> best seconds over the repeats). ``progress`` shows
+    a bar over the passes (updated between timed passes, never inside one).
     """
-    with torch.inference_mode():
+    from tqdm import tqdm
+
+    bar = tqdm(total=(repeats + 1) * len(batch_sizes) * len(entries), desc="bench", unit="pass", leave=False,
+               disable=not progress, dynamic_ncols=True)
+    with torch.inference_mode(), bar:
         for entry in entries:  # warm-up: one untimed pass (few batches) at every size
             for size in batch_sizes:
+                bar.set_description(f"bench: warm-up {entry.model}, batch {size}")
                 entry.forward(entry.batches[size][:warmup_batches])
-        for _ in range(repeats):
+                bar.update(1)
+        for repeat in range(repeats):
             for size in batch_sizes:
                 for entry in entries:
+                    bar.set_description(f"bench: repeat {repeat + 1}/{repeats}, {entry.model}, batch {size}")
                     start = time.perf_counter()
                     entry.forward(entry.batches[size])
                     elapsed = time.perf_counter() - start
                     entry.best[size] = min(entry.best.get(size, float("inf")), elapsed)
+                    bar.update(1)
 
 
 # -- reporting --------------------------------------------------------------------------------
@@ -445,12 +452,13 @@ BENCH_SIZES = (1, 64)
 
 
 def bench_run(run_dir: str | Path, examples: int = 1000, repeats: int = 3, threads: int | None = None,
-              batch1_examples: int = 300, out=print, trust_imports: bool = False) -> dict:
+              batch1_examples: int = 300, out=print, trust_imports: bool = False, progress: bool = False) -> dict:
     """``blocks bench``: batch-1 latency and batch-64 throughput of every trained model of a run.
 
     Uses the run's dev split (else its train split). Sets torch's thread count to ``threads``
-    (default: every usable core) while measuring and restores it after. Prints the table through
-    ``out`` and returns :func:`results` plus the settings.
+    (default: the run config's ``threads``, else :func:`blocks.threads.default_threads`) while
+    measuring and restores it after. Prints the table through ``out`` and returns :func:`results`
+    plus the settings; ``progress`` shows a bar over the timed passes.
     """
     from blocks.engine.run import open_run
 
@@ -459,7 +467,7 @@ def bench_run(run_dir: str | Path, examples: int = 1000, repeats: int = 3, threa
     _, config = open_run(run_dir)
     split_name = "dev" if "dev" in split_sources(config["data"]) else "train"
     previous = torch.get_num_threads()
-    torch.set_num_threads(threads or available_cores())
+    use_threads(threads or config.values.get("threads"))
     try:
         entries, about = run_entries(run_dir, Path(run_dir).name, BENCH_SIZES, examples, batch1_examples,
                                      split_name=split_name, trust_imports=trust_imports)
@@ -467,9 +475,11 @@ def bench_run(run_dir: str | Path, examples: int = 1000, repeats: int = 3, threa
             f"{about['source']}; {describe_sizes(about['batches'], about['examples'])}")
         out(f"CPU: {cpu_name()}; torch {torch.__version__}, {torch.get_num_threads()} thread(s); "
             f"load average {load_average()}")
+        out("the speeds depend on the threads (--threads), the device and the machine's load; the speedups "
+            "compare models timed side by side here")
         if busy():
             out("warning: other processes are using the CPU; the timings are noisy")
-        measure(entries, BENCH_SIZES, repeats)
+        measure(entries, BENCH_SIZES, repeats, progress=progress)
         used_threads = torch.get_num_threads()
     finally:
         torch.set_num_threads(previous)

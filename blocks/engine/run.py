@@ -31,6 +31,7 @@ from blocks.engine.trainer import StageTrainer
 from blocks.engine.optim import build_optimizer, build_schedule, sparse_parameters
 from blocks.errors import CheckpointError, ConfigError, DataError, DistilBlocksError
 from blocks.experiment import Experiment, resolve_device
+from blocks.threads import use_threads
 
 
 def default_run_dir(config: Config, resume: bool) -> Path:
@@ -253,6 +254,7 @@ def train(config: Config, run_dir: str | Path | None = None, resume: bool = Fals
     it joins the process group, trains its share of each batch, and leaves the group at the end.
     """
     dist, device = distributed.setup(resolve_device(config["device"]))
+    use_threads(config["threads"])
     if device.type == "cpu":  # big per-step tensors reuse freed memory: see blocks.engine.host_memory
         keep_freed_memory()
     try:
@@ -338,11 +340,14 @@ def _train_locked(experiment: Experiment, directory: RunDir, resume: bool, log, 
             directory.write_progress(state)
             if not config["keep_checkpoints"]:  # resume skips a completed stage; its weights are in models/
                 drop_stage_checkpoints(directory, stage["name"])
-        log(f"stage '{stage['name']}' done: best dev {result['select']} = {_fmt(result['best'])} "
-            f"at step {result['best_step']:,}")
+        if result["best"] is None:
+            log(f"stage '{stage['name']}' done: no dev split, the weights after step {result['best_step']:,} kept")
+        else:
+            log(f"stage '{stage['name']}' done: best dev {result['select']} = {_fmt(result['best'])} "
+                f"at step {result['best_step']:,}")
     summary = None
     if dist.is_main:  # the others wait: the summary evaluates and times the models
-        summary = summarize(experiment, directory, device, state)
+        summary = summarize(experiment, directory, device, state, progress=progress)
         atomic_write_json(directory.summary, summary)
         log(format_summary(summary))
     return dist.broadcast(summary)
@@ -402,7 +407,14 @@ def _scores_from_run(config: Config, name: str) -> dict | None:
     return {**kept, "scores_from": str(root / "summary.json")} if "examples_per_second_batch64" in kept else None
 
 
-def summarize(experiment: Experiment, directory: RunDir, device: torch.device, state: dict) -> dict:
+def summarize(experiment: Experiment, directory: RunDir, device: torch.device, state: dict,
+              progress: bool = False) -> dict:
+    """Every model's dev and test metrics and inference speed, with the student's speedup.
+
+    ``progress`` shows a bar over these measurements (on a slow machine they take minutes).
+    """
+    from tqdm import tqdm
+
     config = experiment.config
     batch_size = config["stages"][-1]["eval_batch_size"]
     speed_split = experiment.splits.get("dev") or experiment.splits["train"]
@@ -410,6 +422,9 @@ def summarize(experiment: Experiment, directory: RunDir, device: torch.device, s
     role_of = roles(config)
     student = final_model(config)
     teachers = [n for n, r in role_of.items() if r == "teacher"]
+    labelled = [s for s in ("dev", "test") if s in experiment.splits and experiment.splits[s].labels is not None]
+    bar = tqdm(total=len(role_of) * (len(labelled) + 1), desc="final evaluation", unit="step", leave=False,
+               disable=not progress, dynamic_ncols=True)
     for name, role in role_of.items():
         entry = {"role": role, "parameters": experiment.models[name].parameter_count(),
                  "stage": state["models"].get(name)}
@@ -417,15 +432,21 @@ def summarize(experiment: Experiment, directory: RunDir, device: torch.device, s
         reused = _scores_from_run(config, name)
         if reused is not None:  # a model from a finished run, on the same data: its scores are known
             entry.update(reused)
+            bar.update(len(labelled))
             if not teachers or name != teachers[0]:  # the speedup divides by teachers[0]'s speed: timed here
                 entry["examples_per_second_batch64_from"] = reused["scores_from"]
+                bar.update(1)
                 continue
         else:
-            for split in ("dev", "test"):
-                if split in experiment.splits and experiment.splits[split].labels is not None:
-                    entry[split] = evaluate(experiment, name, experiment.splits[split], batch_size, device,
-                                            config["precision"])
+            for split in labelled:
+                bar.set_description(f"final evaluation: {name} on {split}")
+                entry[split] = evaluate(experiment, name, experiment.splits[split], batch_size, device,
+                                        config["precision"])
+                bar.update(1)
+        bar.set_description(f"final evaluation: {name}'s speed")
         entry["examples_per_second_batch64"] = round(throughput(experiment, name, speed_split, 64, device), 1)
+        bar.update(1)
+    bar.close()
     if teachers:
         teacher_speed = models[teachers[0]]["examples_per_second_batch64"]
         models[student]["speedup_vs_" + teachers[0]] = round(
