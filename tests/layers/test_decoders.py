@@ -172,3 +172,41 @@ def test_max_length():
         _, state = decoder.step(ids[:, position], state)
     with pytest.raises(ValueError, match="beyond its max_length 4"):
         decoder.step(ids[:, 4], state)
+
+
+def test_a_graph_wires_encoder_and_decoder_and_generation_reads_its_nodes():
+    """Config nodes: embedding -> TransformerEncoder -> TransformerDecoder(encoder, prefix); the
+    decoder node's logits come out of the graph, and beam search runs on its block and memory."""
+    from blocks.generation import beam_search, greedy_search
+    from blocks.graph import Graph
+
+    class Vocab:
+        pad_index, unk_index = 0, 3
+        tokens = [f"t{i}" for i in range(VOCAB)]
+
+        def __len__(self):
+            return VOCAB
+
+    torch.manual_seed(0)
+    config = {"graph": [
+        {"name": "embed", "block": "Embedding", "input": "source", "dim": 16},
+        {"name": "encoder", "block": "TransformerEncoder", "layers": 1, "heads": 2},
+        {"name": "decoder", "block": "TransformerDecoder", "input": ["encoder", "prefix"], "vocab_size": VOCAB,
+         "layers": 1, "heads": 2},
+    ]}
+    specs = {"source": Spec(TOKENS, vocab=Vocab()), "prefix": Spec(TOKENS, vocab=Vocab())}
+    graph = Graph("translator", config, specs, num_outputs=1).eval()
+    assert graph.output_spec == Spec(SEQUENCE, VOCAB)
+    source = Sequence(torch.tensor([[5, 6, 7, 2], [8, 2, 0, 0]]), torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]]).bool())
+    prefix = Sequence(torch.tensor([[1, 9, 10], [1, 11, 0]]), torch.tensor([[1, 1, 1], [1, 1, 0]]).bool())
+    values = graph({"source": source, "prefix": prefix})
+    assert values["decoder"].values.shape == (2, 3, VOCAB)
+    decoder, memory = graph.blocks["decoder"], values["encoder"]
+    state = decoder.init_state(memory)
+    for position in range(3):
+        logits, state = decoder.step(prefix.values[:, position], state)
+        assert (logits - values["decoder"].values[:, position])[prefix.mask[:, position]].abs().max() < 1e-5
+    greedy = greedy_search(decoder, memory, bos_id=1, eos_id=2, pad_id=0, max_len_a=3, max_len_b=1)
+    assert greedy.tokens == beam_search(decoder, memory, beam_size=1, length_penalty=0.0, bos_id=1, eos_id=2,
+                                        pad_id=0, max_len_a=3, max_len_b=1).tokens
+    assert [len(tokens) <= limit for tokens, limit in zip(greedy.tokens, (6, 4))] == [True, True]

@@ -158,3 +158,16 @@ def test_length_penalty_factor():
     assert length_penalty_factor(7, 0.0, "gnmt") == 1.0
     assert length_penalty_factor(4, 0.5, "fairseq") == pytest.approx(2.0)
     assert math.isclose(length_penalty_factor(1, 0.6, "gnmt"), 1.0)
+
+
+def test_empty_sources_and_empty_batches():
+    for decoder in (transformer(9), rnn(9)):
+        batch = memory([3, 1])
+        batch = Sequence(batch.values, batch.mask & torch.tensor([[True], [False]]))  # the second source is empty
+        for result in (greedy_search(decoder, batch, max_len_a=2, max_len_b=1, **SPECIALS),
+                       beam_search(decoder, batch, beam_size=3, max_len_a=2, max_len_b=1, **SPECIALS)):
+            assert len(result.tokens[0]) <= 4 and len(result.tokens[1]) <= 1  # limits 5 and 2, <eos> included
+            assert torch.isfinite(result.scores).all()
+        empty = Sequence(torch.zeros(0, 3, WIDTH), torch.zeros(0, 3, dtype=torch.bool))
+        for result in (greedy_search(decoder, empty, **SPECIALS), beam_search(decoder, empty, **SPECIALS)):
+            assert result.tokens == [] and result.scores.shape == (0,)
