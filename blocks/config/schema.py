@@ -172,13 +172,17 @@ MODEL_SCHEMA = {
     "type": "object",
     "additionalProperties": False,
     "anyOf": [{"required": ["inputs", "graph"]}, {"required": ["run"]}],
-    "dependentRequired": {"model": ["run"], "node_options": ["run"]},
+    "dependentRequired": {"model": ["run"], "node_options": ["run"], "recipe": ["run"]},
     "properties": {
         "description": {"type": "string"},
         "run": {"type": "string",
                 "description": "a finished run directory (relative to the config) that trained this model: its "
                                "inputs, graph, vocabularies and weights are taken from there"},
         "model": {"type": "string", "description": "with run: which model of that run; default: the one it delivers"},
+        "recipe": {"type": "string",
+                   "description": "with run: the config that makes that run (relative to the file that states it); "
+                                  "blocks validate checks the model with that recipe's graph while the run does "
+                                  "not exist yet"},
         "node_options": {"type": "object", "additionalProperties": {"type": "object"},
                          "description": "with run: block parameters to change on nodes of that model, by node name, "
                                         "e.g. {\"encoder\": {\"hidden_states\": true}} for named outputs the run "
@@ -354,6 +358,9 @@ CONFIG_SCHEMA = {
                          "additionalProperties": {"$ref": "#/$defs/vocabulary"}},
         "models": {"type": "object", "minProperties": 1, "additionalProperties": {"$ref": "#/$defs/model"}},
         "stages": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/stage"}},
+        "stage_defaults": {"type": "object",
+                           "description": "stage settings every stage gets unless it states its own (merged under "
+                                          "each stage when the config is loaded)"},
     },
     "$defs": {
         "task": TASK_SCHEMA,
