@@ -111,13 +111,25 @@ def test_bad_schedule_in_config_names_the_loss(project):
         pytest.fail("expected a ConfigError")
 
 
-def test_training_with_a_temperature_schedule(project, tmp_path):
+def test_training_with_a_temperature_schedule(project, tmp_path, monkeypatch):
+    """The trainer advances the schedule: every training step's KD loss uses the temperature of
+    that step (4 for steps 0-2, 2 for steps 3-5, ...), in a real run."""
     from blocks.config.loader import load_config
     from blocks.engine.run import train
 
+    used = []
+    forward = KnowledgeDistillation.forward
+
+    def recording(self, *args, **kwargs):
+        if self.training:
+            used.append(self.temperature)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(KnowledgeDistillation, "forward", recording)
     values = project.config()
     values["stages"][1]["losses"][0]["temperature_schedule"] = {"type": "step", "start": 4.0, "every": 3,
                                                                 "factor": 0.5}
     train(load_config(project.write(values), environ={}), run_dir=tmp_path / "run", progress=False,
           log=lambda *a: None)
-    assert (tmp_path / "run").exists()
+    assert len(used) == 16  # 120 examples in batches of 16 (8 steps), two epochs
+    assert used == [4.0 * 0.5 ** (step // 3) for step in range(16)]
