@@ -1,4 +1,4 @@
-"""Decoding speed: greedy search vs beam search, sentences per second, side by side.
+"""Decoding speed: greedy search vs beam search, and cached vs uncached decoding, side by side.
 
 A Transformer encoder and a decoder with random weights (``--decoder transformer`` or ``rnn``: a
 GRU with Bahdanau attention) decode random source sentences whose lengths follow Multi30k's
@@ -6,7 +6,9 @@ GRU with Bahdanau attention) decode random source sentences whose lengths follow
 to its length limit ``a + b * source length`` (``--max-len-a``, ``--max-len-b``): the figures are
 for full-length outputs, the worst case of a trained model. Each batch size is timed with the
 strategies alternating, best of ``--repeats`` passes, in ``torch.inference_mode()``; the encoder
-runs once per batch inside the timing.
+runs once per batch inside the timing. The baseline "greedy, no cache" is greedy search through a
+decoder that keeps only the prefix and recomputes its whole teacher-forced forward at every step
+(what decoding costs without the decoders' cached ``step``).
 
 Example (the figures in the report of this tool's first run)::
 
@@ -63,12 +65,33 @@ def batches(sources: list[torch.Tensor], size: int) -> list[tuple[torch.Tensor, 
     return result
 
 
-def time_pass(model: RandomTranslator, prepared, settings: GenerationSettings) -> tuple[float, int]:
+class UncachedDecoder(torch.nn.Module):
+    """The decoder protocol without a cache: each step reruns ``forward`` over the whole prefix."""
+
+    def __init__(self, decoder):
+        super().__init__()
+        self.decoder = decoder
+        self.max_length = getattr(decoder, "max_length", None)
+
+    def init_state(self, memory: Sequence) -> dict:
+        return {"memory": memory.values, "memory_mask": memory.mask,
+                "prefix": memory.mask.new_zeros(memory.mask.shape[0], 0, dtype=torch.long)}
+
+    def step(self, last_ids: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+        prefix = torch.cat([state["prefix"], last_ids[:, None]], dim=1)
+        logits = self.decoder(Sequence(state["memory"], state["memory_mask"]), prefix).values[:, -1]
+        return logits, {**state, "prefix": prefix}
+
+    def reorder_state(self, state: dict, index: torch.Tensor) -> dict:
+        return {key: value.index_select(0, index) for key, value in state.items()}
+
+
+def time_pass(model: RandomTranslator, decoder, prepared, settings: GenerationSettings) -> tuple[float, int]:
     start = time.perf_counter()
     tokens = 0
     with torch.inference_mode():
         for ids, mask in prepared:
-            result = generate(model.decoder, model.encode(ids, mask), settings, bos_id=BOS, eos_id=EOS, pad_id=PAD)
+            result = generate(decoder, model.encode(ids, mask), settings, bos_id=BOS, eos_id=EOS, pad_id=PAD)
             tokens += sum(len(t) + 1 for t in result.tokens)
     return time.perf_counter() - start, tokens
 
@@ -91,9 +114,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     torch.manual_seed(0)
     model = RandomTranslator(args.decoder, args.vocab, args.width, args.layers)
     sources = random_sources(args.sentences, args.vocab, torch.Generator().manual_seed(0))
-    strategies = {"greedy": GenerationSettings("greedy", max_len_a=args.max_len_a, max_len_b=args.max_len_b),
-                  f"beam {args.beam}": GenerationSettings("beam", beam_size=args.beam, max_len_a=args.max_len_a,
-                                                          max_len_b=args.max_len_b)}
+    greedy = GenerationSettings("greedy", max_len_a=args.max_len_a, max_len_b=args.max_len_b)
+    beam = GenerationSettings("beam", beam_size=args.beam, max_len_a=args.max_len_a, max_len_b=args.max_len_b)
+    strategies = {"greedy": (model.decoder, greedy), f"beam {args.beam}": (model.decoder, beam),
+                  "greedy, no cache": (UncachedDecoder(model.decoder), greedy)}
     parameters = sum(p.numel() for p in model.parameters())
     shape = f"{args.layers}+{args.layers} layers" if args.decoder == "transformer" else \
         f"{args.layers}-layer encoder + 1-layer GRU"
@@ -105,17 +129,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
         best = {name: float("inf") for name in strategies}
         tokens = {}
         for _ in range(args.repeats):
-            for name, settings in strategies.items():  # alternating: a change of load hits both
-                seconds, tokens[name] = time_pass(model, prepared, settings)
+            for name, (decoder, settings) in strategies.items():  # alternating: a change of load hits all
+                seconds, tokens[name] = time_pass(model, decoder, prepared, settings)
                 best[name] = min(best[name], seconds)
         for name in strategies:
             rows.append({"batch": size, "strategy": name, "sentences_per_s": args.sentences / best[name],
                          "tokens_per_s": tokens[name] / best[name]})
-        greedy, beam = (args.sentences / best[name] for name in strategies)
-        for row in rows[-2:]:
-            print(f"  batch {size:>3}  {row['strategy']:<8} {row['sentences_per_s']:>9.1f} sentences/s "
-                  f"{row['tokens_per_s']:>10.0f} tokens/s")
-        print(f"  batch {size:>3}  greedy / beam: {greedy / beam:.2f}x")
+            print(f"  batch {size:>3}  {name:<16} {rows[-1]['sentences_per_s']:>9.1f} sentences/s "
+                  f"{rows[-1]['tokens_per_s']:>10.0f} tokens/s")
+        speed = {name: args.sentences / seconds for name, seconds in best.items()}
+        print(f"  batch {size:>3}  greedy / beam {args.beam}: {speed['greedy'] / speed[f'beam {args.beam}']:.2f}x; "
+              f"cached / uncached greedy: {speed['greedy'] / speed['greedy, no cache']:.2f}x")
     return rows
 
 

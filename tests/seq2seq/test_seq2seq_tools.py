@@ -23,10 +23,11 @@ def test_generation_benchmark_times_greedy_and_beam(capsys):
                           "--batch", "1", "4", "--beam", "3", "--repeats", "1", "--max-len-a", "2",
                           "--max-len-b", "0.2"])
         assert [(row["batch"], row["strategy"]) for row in rows] == \
-            [(1, "greedy"), (1, "beam 3"), (4, "greedy"), (4, "beam 3")]
+            [(size, name) for size in (1, 4) for name in ("greedy", "beam 3", "greedy, no cache")]
         assert all(row["sentences_per_s"] > 0 and row["tokens_per_s"] >= row["sentences_per_s"] for row in rows)
     printed = capsys.readouterr().out
-    assert "rnn decoder, width 16, 1-layer encoder + 1-layer GRU, vocab 50" in printed and "greedy / beam:" in printed
+    assert "rnn decoder, width 16, 1-layer encoder + 1-layer GRU, vocab 50" in printed
+    assert "greedy / beam 3: " in printed and "cached / uncached greedy: " in printed
 
 
 def test_smoke_run_trains_decodes_and_scores(multi30k, capsys):
@@ -49,3 +50,21 @@ def test_subword_benchmark_reports_both_layouts(multi30k, capsys):
     assert all(row["target_vocab"] == 300 and 0 <= row["round_trip_mismatches"] < 50 for row in rows)
     assert rows[1]["pieces_per_sentence"] > 10  # 300 pieces cut German finely
     assert "300 training pairs, vocabulary size 300" in capsys.readouterr().out
+
+
+def test_the_uncached_baseline_generates_what_the_cached_decoders_generate():
+    import torch
+
+    from blocks.generation import beam_search, greedy_search
+
+    tool = load_tool("bench_generation")
+    for decoder in ("transformer", "rnn"):
+        torch.manual_seed(0)
+        model = tool.RandomTranslator(decoder, vocab=40, width=16, layers=1)
+        ids, mask = tool.batches(tool.random_sources(5, 40, torch.Generator().manual_seed(0)), 5)[0]
+        memory = model.encode(ids, mask)
+        special = dict(bos_id=tool.BOS, eos_id=tool.EOS, pad_id=tool.PAD, max_len_a=2, max_len_b=0.5)
+        uncached = tool.UncachedDecoder(model.decoder)
+        assert greedy_search(uncached, memory, **special).tokens == greedy_search(model.decoder, memory, **special).tokens
+        assert beam_search(uncached, memory, beam_size=3, **special).tokens == \
+            beam_search(model.decoder, memory, beam_size=3, **special).tokens
