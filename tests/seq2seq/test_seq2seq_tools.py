@@ -65,6 +65,7 @@ def test_the_uncached_baseline_generates_what_the_cached_decoders_generate():
         memory = model.encode(ids, mask)
         special = dict(bos_id=tool.BOS, eos_id=tool.EOS, pad_id=tool.PAD, max_len_a=2, max_len_b=0.5)
         uncached = tool.UncachedDecoder(model.decoder)
-        assert greedy_search(uncached, memory, **special).tokens == greedy_search(model.decoder, memory, **special).tokens
+        assert greedy_search(uncached, memory, **special).tokens == \
+            greedy_search(model.decoder, memory, **special).tokens
         assert beam_search(uncached, memory, beam_size=3, **special).tokens == \
             beam_search(model.decoder, memory, beam_size=3, **special).tokens
