@@ -379,6 +379,7 @@ def export_model(run_dir: str | Path, fmt: str, model: str | None = None, output
         DistilBlocksError: unknown or unfinished model, missing ONNX packages, a failed export,
             or outputs differing by more than :data:`TOLERANCE`.
     """
+    from blocks.engine.checkpoint import file_in_the_way
     from blocks.engine.run import final_model, load_run, open_run
 
     if fmt not in FORMATS:
@@ -404,6 +405,8 @@ def export_model(run_dir: str | Path, fmt: str, model: str | None = None, output
     path = Path(output) if output else default_output(directory.root, model, fmt)
     if path.is_dir():
         path = path / f"{model}{FORMATS[fmt]}"
+    if file_in_the_way(path):
+        raise DistilBlocksError(f"{path}: cannot be written: {file_in_the_way(path)} is a file, not a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     example, batches, source = example_batches(experiment, model, log)
     with torch.no_grad():

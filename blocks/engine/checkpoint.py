@@ -21,6 +21,7 @@ and JSON-able metadata (to be stored in ``state``) by :func:`optimizer_to_tensor
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -78,7 +79,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes | bytearray | memory
     """
     path = Path(path)
     folder = path.parent
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise NotADirectoryError(errno.ENOTDIR, f"{file_in_the_way(path)} is a file, not a folder", str(path)) from None
     fd, temporary = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as file:
@@ -93,6 +97,15 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes | bytearray | memory
             os.unlink(temporary)
         raise
     _fsync_folder(folder)
+
+
+def file_in_the_way(path: str | os.PathLike) -> Path | None:
+    """The file among ``path``'s folders (``a/b`` when ``a/b`` is a file and ``path`` is ``a/b/c.txt``),
+    which makes ``path`` impossible to write; None when there is none."""
+    for folder in Path(path).parents:
+        if folder.exists():
+            return None if folder.is_dir() else folder
+    return None
 
 
 def _fsync_folder(folder: Path) -> None:
