@@ -114,8 +114,8 @@ class Tagging(TaskType):
         if problem is not None:
             if not self.repair:
                 position, reason = problem
-                raise DataError(f"tag {position + 1} of the sentence ('{tags[position]}'): {reason} in scheme "
-                                f"{self.scheme}; set \"repair\": true in the task to repair such tags",
+                raise DataError(f"tag {position + 1} of the sentence ('{tags[position]}'): {reason}; set "
+                                f"\"repair\": true in the task to repair such tags",
                                 row.file, row.line + position)
             tags = tag_schemes.repair(tags, self.scheme)
         if self.model_scheme != self.scheme:
