@@ -330,3 +330,40 @@ def test_a_flipped_byte_in_a_checkpoint_is_refused_on_resume(project, monkeypatc
     code, err = command(capsys, "train", project.root / "config.json", "--run-dir", project.root / "b", "--resume",
                         "--no-progress")
     assert code == 2 and err.startswith(f"error: {last}: the checkpoint is corrupt: its contents do not match")
+
+
+# -- nothing in a run directory is executed or unpickled ---------------------------------------------
+
+
+class Marker:
+    """Unpickling this object creates a file: proof that a pickle was loaded."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_pickled_file_in_place_of_a_checkpoint_is_refused_unread(run_copy, tmp_path, capsys):
+    marker = tmp_path / "unpickled"
+    weights = run_copy / "models" / "student.safetensors"
+    torch.save({"model": Marker(str(marker))}, weights)  # what torch.save writes: a zip of pickles
+    code, err = command(capsys, "test", run_copy)
+    assert code == 2 and err.startswith(f"error: {weights}: the checkpoint is truncated or corrupt")
+    assert not marker.exists()
+
+
+def test_test_and_predict_never_unpickle(run_copy, project, capsys, monkeypatch):
+    import pickle
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a pickle was loaded")
+
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    code, _ = command(capsys, "test", run_copy)
+    assert code == 0
+    code, _ = command(capsys, "predict", run_copy, "--input", project.data / "dev.tsv")
+    assert code == 0

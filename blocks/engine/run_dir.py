@@ -20,9 +20,6 @@
       tensorboard/<stage>/   the same scalars as TensorBoard events (when tensorboard is installed;
                              see blocks.engine.tensorboard)
       plots/                 learning curves and teacher weights of each stage (blocks.engine.plots)
-      tensorboard/<stage>/   the same scalars as TensorBoard events (when tensorboard is installed;
-                             see blocks.engine.tensorboard)
-      plots/                 learning curves and teacher weights of each stage (blocks.engine.plots)
       summary.json           per-model results, parameter counts and speed
       cache/<key>/           teacher outputs computed once (see blocks.engine.teacher_cache);
                              safe to delete: rebuilt when needed
@@ -48,7 +45,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from blocks.engine.checkpoint import atomic_write_json, atomic_write_text
-from blocks.engine.tensorboard import TensorBoardLog
 from blocks.engine.tensorboard import TensorBoardLog
 from blocks.errors import CheckpointError
 
@@ -93,7 +89,6 @@ def partial_files(folder: Path) -> list[Path]:
 class RunDir:
     def __init__(self, root: str | Path):
         self.root = Path(root)
-        self.tensorboard = TensorBoardLog(self.root / "tensorboard")
         self.tensorboard = TensorBoardLog(self.root / "tensorboard")
 
     config = property(lambda self: self.root / "config.json")
@@ -236,13 +231,11 @@ class RunDir:
         with open(self.metrics, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
         self.tensorboard.write(record)
-        self.tensorboard.write(record)
 
     def drop_metrics_after(self, stage: str, step: int) -> None:
         """On resume: forget log lines of ``stage`` written after its checkpoint at ``step``
         (they are written again as the run replays those steps)."""
         self.cut_metrics(lambda record: not (record.get("stage") == stage and record.get("step", 0) > step))
-        self.tensorboard.forget_after(stage, step)
         self.tensorboard.forget_after(stage, step)
 
     def cut_metrics_to(self, completed: list[str], restored: dict[str, int]) -> None:
@@ -257,7 +250,6 @@ class RunDir:
             return stage in restored and isinstance(step, int) and step <= restored[stage]
 
         self.cut_metrics(kept)
-        self.tensorboard.restart(completed, restored)
         self.tensorboard.restart(completed, restored)
 
     def cut_metrics(self, keep) -> None:
