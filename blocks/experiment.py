@@ -29,6 +29,8 @@ from blocks.distill.schedules import make_schedule
 from blocks.engine.checkpoint import atomic_write_json
 from blocks.errors import ConfigError, DataError, WidthError, did_you_mean
 from blocks.graph import Graph, block_params
+from blocks.lr_schedules import check_schedule
+from blocks.optimizers import check_optimizer
 from blocks.registry import LOSSES, METRICS
 from blocks.tasks import TaskType, task_class, task_from_config, task_from_json
 
@@ -97,6 +99,11 @@ def check_references(config: Config) -> None:
             LOSSES.get(loss["block"], file, f"{path}/losses/{j}/block")
             params = {k: v for k, v in loss.items() if k not in ("block", "weight")}
             LOSSES.validate_params(loss["block"], params, file, f"{path}/losses/{j}")
+        for key, check in (("optimizer", check_optimizer), ("schedule", check_schedule)):
+            try:
+                check(stage[key], f"{path}/{key}")
+            except ConfigError as error:
+                raise ConfigError(error.message, file, error.path) from None
         METRICS.get(stage["select"] or task_config["metrics"][0], file, f"{path}/select")
         if stage["select"] and provisional.metric_problem(stage["select"]) and stage["select"] != "loss":
             raise ConfigError(provisional.metric_problem(stage["select"]), file, f"{path}/select")

@@ -332,21 +332,17 @@ def _fill_defaults(schema: dict, value: Any, defs: dict) -> None:
 FINE_TUNING_BLOCKS = ("PretrainedEncoder",)
 
 
-def _fill_training_defaults(values: dict, file: str) -> None:
-    """Optimizer and schedule defaults per stage (fine-tuning settings for pretrained encoders),
-    and their options checked against the registered optimizers and schedules."""
+def _fill_training_defaults(values: dict) -> None:
+    """Optimizer and schedule defaults per stage: fine-tuning settings for pretrained encoders.
+    Their options are checked once the config's modules are imported (they may register an
+    optimizer or a schedule): :func:`blocks.experiment.check_references`."""
     from blocks import lr_schedules, optimizers
 
-    for index, stage in enumerate(values["stages"]):
+    for stage in values["stages"]:
         graph = values["models"].get(stage["train"], {}).get("graph", [])
         pretrained = any(node.get("block") in FINE_TUNING_BLOCKS for node in graph)
         stage["optimizer"] = optimizers.with_stage_defaults(stage.get("optimizer"), pretrained)
         stage["schedule"] = lr_schedules.with_stage_defaults(stage.get("schedule"), pretrained)
-        try:
-            optimizers.check_optimizer(stage["optimizer"], f"/stages/{index}/optimizer")
-            lr_schedules.check_schedule(stage["schedule"], f"/stages/{index}/schedule")
-        except ConfigError as error:
-            raise ConfigError(error.message, file, error.path) from None
 
 
 def _value_at(values: Any, path: str) -> Any:
@@ -402,7 +398,7 @@ def load_config(path: str | Path, overrides: Iterable[str] = (), environ: dict |
     base_dir = path.resolve().parent
     drop_unused_run_models(values)
     planned = expand_run_models(values, base_dir, file, recipes, planned_runs)
-    _fill_training_defaults(values, file)
+    _fill_training_defaults(values)
     values["imports"] = [str(base_dir / name) if name.endswith(".py") and not os.path.isabs(name) else name
                          for name in values["imports"]]
     if values.get("cache_dir") and not os.path.isabs(values["cache_dir"]):

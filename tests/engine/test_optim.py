@@ -391,3 +391,39 @@ def test_sparse_embedding_with_sgd_and_weight_decay_and_alone():
     assert error.value.path == "/stages/2/optimizer/lr"
     with pytest.raises(ValueError, match="not parameter groups"):
         build_optimizer([{"params": [embedding.weight]}], {}, sparse=[embedding.weight])
+
+
+def test_a_stage_optimizer_is_checked_with_the_config_and_may_come_from_its_imports(project):
+    """Bad optimizer options fail before anything trains, at their JSON path; an optimizer that a
+    module in ``imports`` registers is accepted (the check runs after the imports)."""
+    from blocks.experiment import check_references, import_user_modules
+
+    values = project.config()
+    values["stages"][1]["optimizer"] = {"type": "adam", "lr": 0.01, "momentum": 0.9}
+    with pytest.raises(ConfigError) as error:
+        check_references(project.load(values))
+    assert error.value.path == "/stages/1/optimizer/momentum" and error.value.file.endswith("config.json")
+    values["stages"][1]["schedule"] = {"type": "cosine"}
+    values["stages"][1]["optimizer"] = {"type": "adam"}
+    with pytest.raises(ConfigError, match="unknown schedule type 'cosine'") as error:
+        check_references(project.load(values))
+    assert error.value.path == "/stages/1/schedule/type"
+
+    (project.root / "my_optim.py").write_text(
+        "import torch\n"
+        "from blocks.registry import register_optimizer\n\n\n"
+        "@register_optimizer('test_adagrad')\n"
+        "def adagrad(parameters, where, lr: float = 0.01):\n"
+        "    '''Adagrad.\n\n    Args:\n        lr: learning rate.\n    '''\n"
+        "    return torch.optim.Adagrad(parameters, lr=lr)\n")
+    values["stages"][1]["schedule"] = {"type": "constant"}
+    values["stages"][1]["optimizer"] = {"type": "test_adagrad", "lr": 0.05}
+    values["imports"] = ["my_optim.py"]
+    from blocks.registry import OPTIMIZERS
+    try:
+        config = project.load(values)
+        import_user_modules(config)
+        check_references(config)
+        assert type(build_optimizer([parameter()], config["stages"][1]["optimizer"])) is torch.optim.Adagrad
+    finally:
+        OPTIMIZERS._entries.pop("test_adagrad", None)
