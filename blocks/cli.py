@@ -234,7 +234,7 @@ def cmd_predict(args) -> int:
 
     predictor = Predictor(args.run_dir, model=args.model, threads=args.threads, trust_imports=args.trust_imports)
     source = "<standard input>" if args.input == "-" else args.input
-    text = sys.stdin.read() if args.input == "-" else None
+    text = _read_standard_input(source) if args.input == "-" else None
     mapping = predictor.experiment.config["data"].get("fields", {})
     if args.lines:
         if text is None:
@@ -253,16 +253,33 @@ def cmd_predict(args) -> int:
         rows = predictor.file_rows(args.input)
     lines = predictor.formatted(rows, mapping, source, args.format)
     header = predictor.task.prediction_header(args.format)
-    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
-    try:
-        if header is not None:
-            out.write(header + "\n")
+    if header is not None:
+        lines.insert(0, header)
+    if args.output:  # atomically: an interrupted or failed write leaves no half-written predictions
+        from blocks.engine.checkpoint import atomic_write_text
+
+        try:
+            atomic_write_text(args.output, "".join(line + "\n" for line in lines))
+        except OSError as error:
+            raise DistilBlocksError(f"{args.output}: cannot write the predictions: {error.strerror or error}") from None
+    else:
         for line in lines:
-            out.write(line + "\n")
-    finally:
-        if args.output:
-            out.close()
+            sys.stdout.write(line + "\n")
     return 0
+
+
+def _read_standard_input(source: str) -> str:
+    """Standard input as text (UTF-8; a byte-order mark is dropped); bytes that are not UTF-8 are
+    reported with their position."""
+    from blocks.errors import DataError
+
+    data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        raise DataError(f"byte 0x{data[error.start]:02x} is not UTF-8 ({error.reason}); give the input as UTF-8",
+                        source, line) from None
 
 
 def cmd_list(args) -> int:

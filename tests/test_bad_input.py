@@ -298,3 +298,90 @@ def test_failing_user_import(project, capsys):
     _, err, path = validate(project, capsys, values)
     assert f"{path}: /imports/0: importing '{project.root / 'broken_module.py'}' failed: RuntimeError: boom" in err
     assert os.path.exists(project.root / "broken_module.py")
+
+
+# -- values the schema bounds, keys JSON would silently drop -------------------------------------------
+
+
+@pytest.mark.parametrize("place, value, message", [
+    (("models", "teacher", "graph", 0, "dim"), -5, "-5 is less than the minimum of 0"),
+    (("models", "teacher", "graph", 1, "hidden"), 10 ** 12, "1000000000000 is greater than the maximum of 1048576"),
+    (("models", "teacher", "graph", 3, "out"), 5_000_000, "5000000 is greater than the maximum of 1048576"),
+    (("stages", 0, "epochs"), 1e300, "1e+300 is greater than the maximum of 1000000"),
+    (("stages", 0, "batch_size"), 2 ** 40, "1099511627776 is greater than the maximum of 1048576"),
+])
+def test_absurd_sizes_are_refused_before_anything_is_built(project, capsys, place, value, message):
+    values = project.config()
+    target = values
+    for key in place[:-1]:
+        target = target[key]
+    target[place[-1]] = value
+    _, err, path = validate(project, capsys, values)
+    assert f"{path}: /{'/'.join(map(str, place))}: {message}" in err
+
+
+def test_a_key_given_twice_is_refused_with_its_path(project, capsys):
+    text = json.dumps(project.config(), indent=2).replace('"dim": 8', '"dim": 8, "dim": 16', 1)
+    path = project.write(text)
+    code, err = command(capsys, "validate", path)
+    assert code == 2
+    assert f"error: {path}: /models/teacher/graph/0/dim: the key 'dim' appears twice in one object" in err
+
+
+@pytest.mark.parametrize("how", ["file", "--set"])
+def test_a_nan_learning_rate_names_the_file_and_path(project, capsys, how):
+    values = project.config()
+    if how == "file":
+        text = json.dumps(values, indent=2).replace('"lr": 0.05', '"lr": NaN')
+        path, extra = project.write(text), []
+    else:
+        path, extra = project.write(values), ["--set", "stages.1.optimizer.lr=NaN"]
+    code, err = command(capsys, "validate", path, *extra)
+    assert code == 2
+    assert f"error: {path}: /stages/1/optimizer/lr: nan is not a number a config can hold" in err
+
+
+# -- predict and export: bad input and output paths ---------------------------------------------------
+
+
+def standard_input(monkeypatch, data: bytes) -> None:
+    import io
+    import sys
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
+
+
+def test_predict_input_that_is_not_utf8(finished_run, tmp_path, capsys, monkeypatch):
+    bad = tmp_path / "bad.tsv"
+    bad.write_bytes(b"sentence\tlabel\ngood \xff movie\t1\n")
+    code, err = command(capsys, "predict", finished_run, "--input", bad)
+    assert code == 2 and err.startswith(f"error: {bad}, line 2: cannot decode bytes 0xff")
+    standard_input(monkeypatch, b"sentence\tlabel\nfine\t1\ngood \xff movie\t1\n")
+    code, err = command(capsys, "predict", finished_run, "--input", "-")
+    assert code == 2
+    assert err.startswith("error: <standard input>, line 3: byte 0xff is not UTF-8 (invalid start byte)")
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"", "<standard input>: the input holds no examples"),
+    (b"sentence\tlabel\na\tb\tc\n", "<standard input>, line 2: expected 2 fields (sentence, label), found 3"),
+])
+def test_predict_blank_or_malformed_standard_input_is_named(finished_run, capsys, monkeypatch, data, message):
+    standard_input(monkeypatch, data)
+    code, err = command(capsys, "predict", finished_run, "--input", "-")
+    assert code == 2 and err.startswith(f"error: {message}")
+    assert "tmp" not in err.split(":")[1]  # no temporary file's name
+
+
+def test_predict_and_export_output_paths(finished_run, project, tmp_path, capsys):
+    made = tmp_path / "new" / "folder" / "predictions.tsv"
+    code, _ = command(capsys, "predict", finished_run, "--input", project.data / "dev.tsv", "--output", made)
+    assert code == 0 and len(made.read_text().splitlines()) == 41  # the folder is made, like export's
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    code, err = command(capsys, "predict", finished_run, "--input", project.data / "dev.tsv",
+                        "--output", blocker / "predictions.tsv")
+    assert code == 2
+    assert err.startswith(f"error: {blocker / 'predictions.tsv'}: cannot write the predictions: {blocker} is a file")
+    code, err = command(capsys, "export", finished_run, "--format", "torchscript", "--output", blocker / "m.pt")
+    assert code == 2 and err.startswith(f"error: {blocker / 'm.pt'}: cannot be written: {blocker} is a file")
