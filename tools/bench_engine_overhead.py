@@ -53,8 +53,8 @@ from blocks.data.batching import bucket_batches
 from blocks.engine.optim import build_schedule
 from blocks.engine.run_dir import RunDir
 from blocks.engine.trainer import StageTrainer, epoch_generator
-from blocks.engine.benchmark import (NestedTimer, available_cores, compare_weights, load_average, snapshot,
-                                     start_benchmark, synchronize)
+from blocks.engine.benchmark import available_cores, load_average
+from blocks.engine.training_benchmark import NestedTimer, compare_weights, snapshot, start_benchmark, synchronize
 from blocks.errors import DistilBlocksError
 from blocks.experiment import Experiment
 

@@ -66,7 +66,8 @@ def parse_args(argv) -> argparse.Namespace:
 def child(args: argparse.Namespace) -> int:
     """One side: apply (or not) the setting first, then time the steps; one JSON line on stdout."""
     allocator = keep_freed_memory()  # DISTILBLOCKS_MALLOC=system in the environment makes it a no-op
-    from blocks.engine.benchmark import available_cores, first_steps_of_stage, time_stage
+    from blocks.engine.benchmark import available_cores
+    from blocks.engine.training_benchmark import first_steps_of_stage, time_stage
     from blocks.engine.run_dir import RunDir
     from blocks.engine.trainer import StageTrainer
     from blocks.errors import DistilBlocksError
@@ -117,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
         return child(args)
-    from blocks.engine.benchmark import load_average, start_benchmark
+    from blocks.engine.benchmark import load_average
+    from blocks.engine.training_benchmark import start_benchmark
 
     start_benchmark("DistilBlocks host-memory benchmark: CPU training steps with glibc's default allocator vs "
                     "freed memory kept for reuse", "tools/bench_host_memory.py", argv, args.threads, "cpu",

@@ -27,8 +27,9 @@ import tempfile
 
 import torch
 
-from blocks.engine.benchmark import (alternate_sides, available_cores, compare_weights, first_steps_of_stage,
-                                     load_average, snapshot, start_benchmark, time_stage)
+from blocks.engine.benchmark import available_cores, load_average
+from blocks.engine.training_benchmark import (alternate_sides, compare_weights, first_steps_of_stage, snapshot,
+                                              start_benchmark, time_stage)
 from blocks.engine.run_dir import RunDir
 from blocks.engine.trainer import StageTrainer
 from blocks.errors import DistilBlocksError

@@ -37,9 +37,10 @@ from dataclasses import dataclass
 
 import torch
 
-from blocks.engine.benchmark import (Entry, alternate_sides, available_cores, compare_weights, first_steps_of_stage,
-                                     format_table, load_average, markdown_table, measure, run_entries, snapshot,
-                                     speed_table, start_benchmark, time_stage)
+from blocks.engine.benchmark import (Entry, available_cores, format_table, load_average, markdown_table, measure,
+                                     run_entries, speed_table)
+from blocks.engine.training_benchmark import (alternate_sides, compare_weights, first_steps_of_stage, snapshot,
+                                              start_benchmark, time_stage)
 from blocks.engine.run_dir import RunDir
 from blocks.engine.trainer import StageTrainer
 from blocks.errors import DistilBlocksError

@@ -52,8 +52,8 @@ from blocks.engine.run import load_run_model
 from blocks.engine.run_dir import RunDir
 from blocks.engine.teacher_cache import TeacherCache
 from blocks.engine.trainer import StageTrainer
-from blocks.engine.benchmark import (NestedTimer, available_cores, compare_weights, load_average, snapshot,
-                                     start_benchmark, time_stage)
+from blocks.engine.benchmark import available_cores, load_average
+from blocks.engine.training_benchmark import NestedTimer, compare_weights, snapshot, start_benchmark, time_stage
 from blocks.errors import DistilBlocksError
 from blocks.experiment import Experiment
 
