@@ -65,6 +65,7 @@ class AttentionMatch(TeacherLoss):
     uncached_reason = "AttentionMatch reads attention maps, [length x length] per example, which the cache does not hold"
 
     output_kinds = None  # attention maps, checked below
+    reads_logits = False
 
     def __init__(self, stage: LossContext, output: str, teacher_output: str, teacher: str | None = None,
                  layers: list[list[int]] | None = None, distance: Literal["mse", "kl"] = "mse",

@@ -61,6 +61,9 @@ class Loss(nn.Module):
     output_kinds: ClassVar[tuple[str, ...] | None] = (VECTOR,)
     #: the dev metric drives this loss (after_evaluation); a stage without a dev split refuses it
     needs_dev = False
+    #: the student node holds logits (or a score), whose kind must fit the task: a vector per
+    #: example, a sequence of one vector per word for a tagging task
+    reads_logits = True
 
     def __init__(self, stage: LossContext, output: str | None = None):
         super().__init__()
@@ -75,6 +78,13 @@ class Loss(nn.Module):
             raise ValueError(f"{name} reads a {' or '.join(self.output_kinds)} from node '{self.output}' of model "
                              f"'{self.model}', which is a {spec.describe()}{_kind_hint(spec.kind, self.output_kinds)}")
         self.output_kind = spec.kind if spec is not None else None
+        if self.reads_logits and spec is not None and spec.kind in (VECTOR, SEQUENCE):
+            per_word = stage.task_type.per_token if stage.task_type is not None else stage.task == "tagging"
+            wanted = SEQUENCE if per_word else VECTOR
+            if spec.kind != wanted:
+                what = "per-word logits (a sequence)" if per_word else "one vector of logits per example"
+                raise ValueError(f"{name} on a {stage.task} task reads {what} from node '{self.output}' of model "
+                                 f"'{self.model}', which is a {spec.describe()}{_kind_hint(spec.kind, (wanted,))}")
 
     def student_value(self, outputs: dict) -> torch.Tensor | Sequence:
         return _logits(outputs[self.model][self.output], self.output_kinds)
@@ -385,6 +395,7 @@ class RepresentationMatch(TeacherLoss):
     """
 
     output_kinds = None  # checked below: two vectors or two sequences
+    reads_logits = False
 
     def __init__(self, stage: LossContext, output: str, teacher_output: str, teacher: str | None = None,
                  distance: Literal["mse", "l1", "cosine"] = "mse", projection: bool = True):
