@@ -318,3 +318,14 @@ def test_a_custom_block_without_output_spec_is_a_config_error(project, capsys):
     assert code == 2
     assert err.startswith(f"error: {path}: /models/student/graph/1: Forgetful 'same': the block did not set "
                           f"self.output_spec in its constructor")
+
+
+def test_validate_names_a_regression_task_once(project, capsys):
+    values = project.single_stage()
+    values["task"] = {"type": "regression"}
+    values["stages"][0]["losses"] = [{"block": "MSE"}]
+    code, out, err = run_cli(capsys, "validate", project.write(values))
+    assert code == 0, err
+    task_line = next(line for line in out.splitlines() if line.startswith("task: "))
+    assert task_line.startswith("task: regression (one score per example); vocabularies: ")
+    assert "regression (regression)" not in out

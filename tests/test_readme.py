@@ -17,7 +17,8 @@ def test_custom_block_example_registers_builds_and_respects_the_mask(tmp_path):
     from blocks.registry import BLOCKS
 
     namespace: dict = {}
-    exec(compile(python_blocks()[0], "README.md", "exec"), namespace)
+    example = next(block for block in python_blocks() if "class Highway" in block)
+    exec(compile(example, "README.md", "exec"), namespace)
     assert "Highway" in BLOCKS
     assert [p.name for p in BLOCKS.parameters("Highway")] == ["layers"]
     assert BLOCKS.parameters("Highway")[0].doc == "number of highway layers."
