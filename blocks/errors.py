@@ -36,10 +36,14 @@ class ConfigError(DistilBlocksError):
 
 
 class DataError(DistilBlocksError):
-    """Something wrong in a data file, at a line (1-based) when one is known."""
+    """Something wrong in a data file, at a line (1-based) when one is known.
 
-    def __init__(self, message: str, file: str | None = None, line: int | None = None):
-        self.file, self.line, self.message = file, line, message
+    ``field``: the logical field the error is about, when it is one; the experiment then adds the
+    config file and JSON path that asked for that field (see ``blocks.experiment.field_place``).
+    """
+
+    def __init__(self, message: str, file: str | None = None, line: int | None = None, field: str | None = None):
+        self.file, self.line, self.message, self.field = file, line, message, field
         where = file or ""
         if line is not None:
             where += f", line {line}"

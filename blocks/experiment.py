@@ -144,6 +144,23 @@ def check_init_from(values: dict, model_name: str, index: int, first_stage: dict
                           f"stage, or taken from a run)", file, path)
 
 
+def field_place(values: dict, name: str) -> str | None:
+    """The JSON path of the config that makes a run read field ``name``: its column mapping, the
+    label or group key, else the first model input reading it."""
+    data = values.get("data", {})
+    if name in (data.get("fields") or {}):
+        return f"/data/fields/{name}"
+    for key in ("label", "group"):
+        if data.get(key) == name:
+            return f"/data/{key}"
+    for model_name, model in values.get("models", {}).items():
+        for input_name, definition in (model.get("inputs") or {}).items():
+            for key in ("field", "pair_field"):
+                if definition.get(key) == name:
+                    return f"/models/{model_name}/inputs/{input_name}/{key}"
+    return None
+
+
 def load_vocabulary_file(file: str, config: Config, path: str) -> Vocabulary:
     from blocks.errors import CheckpointError
 
@@ -202,7 +219,20 @@ class Experiment:
     # -- construction -------------------------------------------------------------------------
     @classmethod
     def prepare(cls, config: Config, splits: tuple[str, ...] = SPLITS, log=print) -> "Experiment":
-        """Check the config, read the data, build vocabularies from train, build the graphs."""
+        """Check the config, read the data, build vocabularies from train, build the graphs.
+
+        A DataError about a field also names the config file and JSON path that asked for it."""
+        try:
+            return cls._prepare(config, splits, log)
+        except DataError as error:
+            place = field_place(config.values, error.field) if error.field else None
+            if place is None:
+                raise
+            raise DataError(f"{error.message} (the field is asked for at {config.file}: {place})", error.file,
+                            error.line, error.field) from None
+
+    @classmethod
+    def _prepare(cls, config: Config, splits: tuple[str, ...], log) -> "Experiment":
         load_builtin_entries()
         import_user_modules(config)
         check_references(config)

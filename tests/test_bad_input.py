@@ -174,9 +174,22 @@ def test_dev_label_unseen_in_training(project, capsys):
 def test_missing_column(project, capsys):
     values = project.config()
     values["data"]["fields"] = {"text": "sentense"}
-    _, err, _ = validate(project, capsys, values, file=project.data / "train.tsv")
+    _, err, path = validate(project, capsys, values, file=project.data / "train.tsv")
     assert f"{project.data / 'train.tsv'}, line 2: no column 'sentense' (for field 'text'); " \
-           f"columns: sentence, label" in err
+           f"columns: sentence, label (the field is asked for at {path}: /data/fields/text)" in err
+
+
+@pytest.mark.parametrize("change, place", [
+    (lambda v: v["data"].update(label="labl"), "/data/label"),
+    (lambda v: (v["data"].pop("fields"), v["models"]["student"]["inputs"]["tokens"].update(field="sentense")),
+     "/models/student/inputs/tokens/field"),
+])
+def test_a_missing_field_names_the_config_path_that_asks_for_it(project, capsys, change, place):
+    values = project.config()
+    values["models"]["teacher"]["inputs"]["tokens"]["field"] = "sentence"
+    change(values)
+    _, err, path = validate(project, capsys, values, file=project.data / "train.tsv")
+    assert f"(the field is asked for at {path}: {place})" in err
 
 
 @pytest.mark.parametrize("content", ["sentence\tlabel\n", ""])

@@ -206,13 +206,14 @@ def field_value(row: Row, name: str, mapping: dict) -> str:
         values = list(row.fields.values())
         if column >= len(values):
             raise DataError(f"field '{name}' maps to column {column} but the row has {len(values)} columns",
-                            row.file, row.line)
+                            row.file, row.line, field=name)
         return values[column]
     try:
         return row.fields[column]
     except KeyError:
         available = ", ".join(row.fields)
-        raise DataError(f"no column '{column}' (for field '{name}'); columns: {available}", row.file, row.line) from None
+        raise DataError(f"no column '{column}' (for field '{name}'); columns: {available}", row.file, row.line,
+                        field=name) from None
 
 
 def count_tokens(fields: dict[str, InputField], rows: list[Row], mapping: dict) -> dict[str, collections.Counter]:
