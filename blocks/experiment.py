@@ -6,16 +6,13 @@ from train); ``Experiment.from_run_dir`` rebuilds the same objects from a run di
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from blocks.catalog import load_builtin_entries
+from blocks.catalog import import_user_module, load_builtin_entries
 from blocks.config.loader import Config
 from blocks.config.run_models import INIT_SEPARATOR, init_source
 from blocks.data.pretrained_tokenizer import slug
@@ -40,27 +37,7 @@ PRETRAINED_FOLDER = "pretrained"
 def import_user_modules(config: Config) -> None:
     """Import the modules listed in ``imports`` (dotted names, or .py files relative to the config)."""
     for i, name in enumerate(config["imports"]):
-        path = f"/imports/{i}"
-        try:
-            if name.endswith(".py"):
-                file = Path(name) if Path(name).is_absolute() else config.base_dir / name
-                if not file.is_file():
-                    raise ConfigError(f"module file not found: {file}", config.file, path)
-                module_name = f"distilblocks_user_{file.stem}"
-                if module_name in sys.modules:
-                    continue
-                spec = importlib.util.spec_from_file_location(module_name, file)
-                module = importlib.util.module_from_spec(spec)
-                sys.modules[module_name] = module
-                spec.loader.exec_module(module)
-            else:
-                if str(config.base_dir) not in sys.path:
-                    sys.path.insert(0, str(config.base_dir))
-                importlib.import_module(name)
-        except ConfigError:
-            raise
-        except Exception as error:  # the user's module failed: say which one and why
-            raise ConfigError(f"importing '{name}' failed: {type(error).__name__}: {error}", config.file, path) from error
+        import_user_module(name, config.base_dir, config.file, f"/imports/{i}")
 
 
 def check_references(config: Config) -> None:
@@ -144,23 +121,6 @@ def check_init_from(values: dict, model_name: str, index: int, first_stage: dict
                           f"stage, or taken from a run)", file, path)
 
 
-def field_place(values: dict, name: str) -> str | None:
-    """The JSON path of the config that makes a run read field ``name``: its column mapping, the
-    label or group key, else the first model input reading it."""
-    data = values.get("data", {})
-    if name in (data.get("fields") or {}):
-        return f"/data/fields/{name}"
-    for key in ("label", "group"):
-        if data.get(key) == name:
-            return f"/data/{key}"
-    for model_name, model in values.get("models", {}).items():
-        for input_name, definition in (model.get("inputs") or {}).items():
-            for key in ("field", "pair_field"):
-                if definition.get(key) == name:
-                    return f"/models/{model_name}/inputs/{input_name}/{key}"
-    return None
-
-
 def load_vocabulary_file(file: str, config: Config, path: str) -> Vocabulary:
     from blocks.errors import CheckpointError
 
@@ -219,20 +179,7 @@ class Experiment:
     # -- construction -------------------------------------------------------------------------
     @classmethod
     def prepare(cls, config: Config, splits: tuple[str, ...] = SPLITS, log=print) -> "Experiment":
-        """Check the config, read the data, build vocabularies from train, build the graphs.
-
-        A DataError about a field also names the config file and JSON path that asked for it."""
-        try:
-            return cls._prepare(config, splits, log)
-        except DataError as error:
-            place = field_place(config.values, error.field) if error.field else None
-            if place is None:
-                raise
-            raise DataError(f"{error.message} (the field is asked for at {config.file}: {place})", error.file,
-                            error.line, error.field) from None
-
-    @classmethod
-    def _prepare(cls, config: Config, splits: tuple[str, ...], log) -> "Experiment":
+        """Check the config, read the data, build vocabularies from train, build the graphs."""
         load_builtin_entries()
         import_user_modules(config)
         check_references(config)
