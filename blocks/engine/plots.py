@@ -22,7 +22,7 @@ from blocks.engine.tensorboard import record_scalars
 Series = dict[str, list[tuple[int, float]]]  # line name -> [(step, value), ...]
 
 PANEL_TITLES = {"train/loss": "training loss", "train/lr": "learning rate", "dev": "dev metrics",
-                "teacher_weights": "mean teacher weight"}
+                "teacher_weights": "mean weight per teacher"}
 
 
 def read_records(metrics_file: Path, stage: str) -> list[dict]:
@@ -61,7 +61,8 @@ def panels_figure(panels: dict[str, Series], title: str):
 
     columns = min(len(panels), 3)
     rows = (len(panels) + columns - 1) // columns
-    figure = Figure(figsize=(4.2 * columns, 3.2 * rows + 0.4))
+    height = 3.0 * rows + 0.5  # inches: the panels and the title above them
+    figure = Figure(figsize=(4.2 * columns, height))
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
     for ax, (panel, series) in zip(axes, panels.items()):
         for line, points in sorted(series.items()):
@@ -77,8 +78,8 @@ def panels_figure(panels: dict[str, Series], title: str):
     for ax in axes[len(panels):]:
         ax.set_visible(False)
     figure.suptitle(title, fontsize=11)
-    figure.subplots_adjust(left=0.08, right=0.97, bottom=0.15 / rows, top=1 - 0.12 / rows,
-                           wspace=0.3, hspace=0.45)
+    figure.subplots_adjust(left=0.6 / (4.2 * columns), right=1 - 0.15 / (4.2 * columns), bottom=0.5 / height, top=1 - 0.75 / height,
+                           wspace=0.3, hspace=0.55)
     return figure
 
 
@@ -101,7 +102,7 @@ def write_stage_plots(metrics_file: Path, stage: str, folder: Path) -> list[Path
     if panels:
         written.append(_save(panels_figure(panels, f"stage '{stage}'"), folder / f"{stage}-learning-curves.png"))
     if teacher_weights:
-        figure = panels_figure({"teacher_weights": teacher_weights}, f"stage '{stage}': mean weight per teacher")
+        figure = panels_figure({"teacher_weights": teacher_weights}, f"stage '{stage}'")
         figure.axes[0].set_ylim(0, 1)
         written.append(_save(figure, folder / f"{stage}-teacher-weights.png"))
     return written
