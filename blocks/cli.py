@@ -159,12 +159,13 @@ def cmd_train(args) -> int:
 def cmd_validate(args) -> int:
     from blocks.config.loader import load_config
     from blocks.data.transfer import describe_transfer
-    from blocks.engine.optim import build_optimizer, build_schedule, sparse_parameters
+    from blocks.engine.run import check_stages
     from blocks.experiment import Experiment, resolve_device
 
     config = load_config(args.config, args.overrides, planned_runs=True)
     experiment = Experiment.prepare(config)
     resolve_device(config["device"])
+    check_stages(experiment)  # what `blocks train` checks before its first stage
     print(f"task: {experiment.task.describe()}; vocabularies: "
           + ", ".join(f"{n} {len(v):,}" for n, v in experiment.vocabularies.items()))
     for name, graph in experiment.models.items():
@@ -172,10 +173,6 @@ def cmd_validate(args) -> int:
         print(graph.describe())
     for index, stage in enumerate(config["stages"]):
         losses = experiment.build_losses(index)
-        model = experiment.models[stage["train"]]
-        optimizer = build_optimizer(list(model.parameters()), stage["optimizer"], where=f"/stages/{index}/optimizer",
-                                    sparse=sparse_parameters(model))
-        build_schedule(optimizer, stage["schedule"], 100, where=f"/stages/{index}/schedule")
         terms = " + ".join(f"{w:g}·{type(l).registered_name}" for w, l in losses)
         teachers = f" taught by {', '.join(stage['teachers'])}" if stage["teachers"] else ""
         print(f"\nstage '{stage['name']}': train '{stage['train']}'{teachers}; loss = {terms}")
