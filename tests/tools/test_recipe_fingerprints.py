@@ -39,4 +39,3 @@ def test_a_changed_recipe_is_reported(tmp_path, monkeypatch):
 def test_fingerprints_do_not_depend_on_the_checkout_folder():
     text = fingerprints.canonical(fingerprints.ROOT / "benchmarks" / "mrpc" / "student_kd_best.json")
     assert str(fingerprints.ROOT) not in text and "<parent>/shared/data" in text
-
