@@ -44,7 +44,7 @@ def default_run_dir(config: Config, resume: bool) -> Path:
         return Path(config["run_dir"])
     base = Path("runs") / Path(config.file).stem
     candidates = [base] + [base.with_name(f"{base.name}-{n}") for n in range(2, 1000)]
-    taken = [c for c in candidates if c.exists() and any(c.iterdir())]
+    taken = [c for c in candidates if not RunDir(c).is_empty()]
     if resume:
         return taken[-1] if taken else base
     return next(c for c in candidates if c not in taken)
