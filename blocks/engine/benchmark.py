@@ -78,8 +78,12 @@ class Entry:
         return f"{self.model} ({self.role})"
 
     def forward(self, batches) -> None:
+        task = self.experiment.task
+        output = self.experiment.models[self.model].output_name
         for batch in batches:
-            self.experiment.model_values(self.model, batch)
+            values = self.experiment.model_values(self.model, batch)
+            if task.per_token:  # a tagger's inference includes its decoding (Viterbi for a CRF)
+                task.decode_batch(values[output], batch)
 
     def speed(self, batch_size: int) -> float:
         """Examples per second at ``batch_size`` (best of the repeats)."""
@@ -303,12 +307,47 @@ def bench_run(run_dir: str | Path, examples: int = 1000, repeats: int = 3, threa
         used_threads = torch.get_num_threads()
     finally:
         torch.set_num_threads(previous)
-    out(f"forward passes only, inference mode, batches pre-collated and sorted by length; best of {repeats} "
+    out(f"forward passes only (and a tagger's decoding), inference mode, batches pre-collated and sorted by "
+        f"length; best of {repeats} "
         f"interleaved repeat(s); speedup = vs the slowest model")
     headers, rows, left = speed_table(entries, BENCH_SIZES, with_run=False)
     for line in format_table(headers, rows, left):
         out(line)
     for found in comparisons(entries, BENCH_SIZES):
         out("  " + comparison_line(found))
+    measured = results(entries, BENCH_SIZES)
+    words = words_per_example(entries[0], BENCH_SIZES[-1])
+    if words is not None:
+        out(f"  tagging: {words:.2f} words per sentence on average, so words/s = ex/s x {words:.2f}: "
+            + "; ".join(f"{e.model} {e.speed(s) * words:,.0f} words/s at batch {s}" for e in entries
+                        for s in BENCH_SIZES))
+        for e in entries:
+            for s in BENCH_SIZES:
+                measured["models"][e.model][f"batch{s}_words_per_second"] = round(e.speed(s) * words, 1)
     return {"run_dir": str(run_dir), "threads": used_threads, "repeats": repeats,
-            "examples": {f"batch{s}": n for s, n in about["examples"].items()}, **results(entries, BENCH_SIZES)}
+            "examples": {f"batch{s}": n for s, n in about["examples"].items()}, **measured}
+
+
+def words_per_example(entry: "Entry", batch_size: int) -> float | None:
+    """The mean word count of the examples timed at ``batch_size``, for a word-level task (from the
+    batches' per-word labels); None otherwise."""
+    if not entry.experiment.task.per_token:
+        return None
+    batches = entry.batches[batch_size]
+    if not batches:
+        return None
+    return sum(batch_words(batch) for batch in batches) / sum(len(batch) for batch in batches)
+
+
+def batch_words(batch) -> int:
+    """The words of a word-level batch: its tags, else the real positions of a word-level input
+    (a word-piece input counts the words its pieces belong to)."""
+    from blocks.values import WordPieces
+
+    if batch.labels is not None:
+        return int((batch.labels >= 0).sum())
+    for value in batch.inputs.values():
+        if isinstance(value, WordPieces):
+            return int((value.words.max(dim=1).values + 1).clamp(min=0).sum())
+        return int(value.mask.sum())
+    return 0

@@ -445,6 +445,9 @@ def summarize(experiment: Experiment, directory: RunDir, device: torch.device, s
                 bar.update(1)
         bar.set_description(f"final evaluation: {name}'s speed")
         entry["examples_per_second_batch64"] = round(throughput(experiment, name, speed_split, 64, device), 1)
+        words = words_per_example(experiment, speed_split)
+        if words is not None:  # a word-level task: the speed in words, as taggers are compared
+            entry["words_per_second_batch64"] = round(entry["examples_per_second_batch64"] * words, 1)
         bar.update(1)
     bar.close()
     if teachers:
@@ -455,6 +458,15 @@ def summarize(experiment: Experiment, directory: RunDir, device: torch.device, s
             models[teachers[0]]["parameters"] / models[student]["parameters"], 2)
     return {"run_dir": str(directory.root), "device": str(device), "models": models,
             "stages": state.get("stage_results", {}), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def words_per_example(experiment, split, max_examples: int = 2048) -> float | None:
+    """The mean word count of the examples a speed measurement uses (its first ``max_examples``),
+    for a word-level task; None otherwise."""
+    if not experiment.task.per_token or split.labels is None or not len(split):
+        return None
+    count = min(len(split), max_examples)
+    return sum(len(split.labels[i]) for i in range(count)) / count
 
 
 def _fmt(value) -> str:
@@ -469,6 +481,8 @@ def format_summary(summary: dict) -> str:
             if split in entry:
                 scores.append(f"{split} " + ", ".join(f"{k} {v:.4f}" for k, v in entry[split].items()))
         speed = f"{entry['examples_per_second_batch64']:,.0f} ex/s at batch 64"
+        if "words_per_second_batch64" in entry:
+            speed += f" ({entry['words_per_second_batch64']:,.0f} words/s)"
         if "examples_per_second_batch64_from" in entry:
             speed += " (timed in its own run)"
         extra = "".join(f"; {k.replace('_vs_', ' vs ')} {v}x" for k, v in entry.items()

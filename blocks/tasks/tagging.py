@@ -230,7 +230,8 @@ class Tagging(TaskType):
         the words, tags and entity spans."""
         from blocks.data import tag_schemes
 
-        words = example.get("words") or []
+        value = next(iter(example.values()), [])  # the words the model read
+        words = value if isinstance(value, list) else value.split()
         tags = self.tag_strings(prediction, len(words))
         if output_format == "jsonl":
             entities = []

@@ -201,10 +201,30 @@ def test_crf_teacher_and_distilled_student_train_from_json(tagging_project, caps
     assert summary["models"]["student"]["test"]["entity_f1"] > 0.9
     assert set(summary["models"]["student"]["dev"]) == {"entity_f1", "entity_precision", "entity_recall",
                                                          "token_accuracy"}
+    assert summary["models"]["student"]["words_per_second_batch64"] > summary["models"]["student"][
+        "examples_per_second_batch64"]
     capsys.readouterr()
     assert main(["test", "run"]) == 0
     out = capsys.readouterr().out
     assert "entity_f1" in out
+
+    # predict: CoNLL columns (word, tag) and JSON Lines with entity spans
+    from blocks.predictor import Predictor
+
+    predictor = Predictor(tagging_project / "run")
+    [prediction] = predictor.predict(["Clara went to New York"])
+    assert prediction["words"] == ["Clara", "went", "to", "New", "York"]
+    assert prediction["tags"] == ["B-PER", "O", "O", "B-LOC", "I-LOC"]
+    assert prediction["entities"] == [{"type": "PER", "start": 0, "end": 1, "text": "Clara"},
+                                      {"type": "LOC", "start": 3, "end": 5, "text": "New York"}]
+    (tagging_project / "input.txt").write_text("Anna X O\nmet X O\nBruno X O\n\n")
+    capsys.readouterr()
+    assert main(["predict", "run", "--input", "input.txt"]) == 0
+    assert capsys.readouterr().out.splitlines()[:3] == ["Anna\tB-PER", "met\tO", "Bruno\tB-PER"]
+
+    # bench reports words per second for a tagger
+    assert main(["bench", "run", "--examples", "20", "--repeats", "1"]) == 0
+    assert "words/s at batch 64" in capsys.readouterr().out
 
 
 def test_crf_posterior_and_viterbi_kd_from_a_cached_crf_teacher(tagging_project):
