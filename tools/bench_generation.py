@@ -10,9 +10,9 @@ runs once per batch inside the timing. The baseline "greedy, no cache" is greedy
 decoder that keeps only the prefix and recomputes its whole teacher-forced forward at every step
 (what decoding costs without the decoders' cached ``step``).
 
-Example (the figures in the report of this tool's first run)::
+Example::
 
-    python tools/bench_generation.py --threads 1 --sentences 256 --batch 1 32
+    python tools/bench_generation.py --threads 1 --sentences 128 --batch 1 32
 """
 from __future__ import annotations
 
