@@ -20,7 +20,7 @@ from blocks.engine.run import train
 from blocks.engine.run_dir import RunDir
 from blocks.engine.trainer import StageTrainer
 from blocks.errors import CheckpointError, ConfigError
-from tests.conftest import quiet
+from tests.conftest import Project, quiet
 
 
 def tiny(project) -> dict:
@@ -53,11 +53,13 @@ def assert_same_run(root, reference):
         assert all(torch.equal(ours[model][k], theirs[model][k]) for k in ours[model]), model
 
 
-@pytest.fixture
-def reference(project):
-    """An uninterrupted run of the tiny config, in ``project.root / "ref"``."""
-    run(project, tiny(project), "ref")
-    return project.root / "ref"
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run of the tiny config (in a project of its own: the logs and weights do
+    not depend on where the data is)."""
+    other = Project(tmp_path_factory.mktemp("reference"))
+    run(other, tiny(other), "ref")
+    return other.root / "ref"
 
 
 class Interrupt(BaseException):
@@ -367,3 +369,50 @@ def test_test_and_predict_never_unpickle(run_copy, project, capsys, monkeypatch)
     assert code == 0
     code, _ = command(capsys, "predict", run_copy, "--input", project.data / "dev.tsv")
     assert code == 0
+
+
+# -- a real kill -9 ------------------------------------------------------------------------------------
+
+KILLED_RUN = '''
+import os, signal, sys
+from blocks.engine import checkpoint
+
+replace = os.replace
+calls = []
+
+
+def die_before_rename(source, target):  # the second checkpoint of the distillation stage
+    if str(target).endswith(os.path.join("distill", "last.safetensors")):
+        calls.append(target)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return replace(source, target)
+
+
+checkpoint.os.replace = die_before_rename
+from blocks.cli import main
+sys.exit(main(["train", sys.argv[1], "--run-dir", sys.argv[2], "--no-progress"]))
+'''
+
+
+def test_a_run_killed_by_sigkill_resumes_to_the_same_result(project, reference):
+    """A real kill -9 between a checkpoint's temporary file and its rename (so also after log
+    lines the checkpoint had not seen, with the lock still on file)."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = project.root / "killed_run.py"
+    script.write_text(KILLED_RUN)
+    root = project.root / "b"
+    repository = Path(__file__).resolve().parents[1]
+    environment = {**os.environ, "PYTHONPATH": str(repository), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(script), str(project.write(tiny(project))), str(root)],
+                          env=environment, capture_output=True, text=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    assert (root / ".lock").is_file() and not (root / "summary.json").exists()
+    assert list((root / "stages" / "distill").glob(".last.safetensors.*.tmp"))
+    run(project, tiny(project), "b", resume=True)  # the dead process's lock is taken over
+    assert not list(root.rglob("*.tmp"))
+    assert_same_run(root, reference)
