@@ -37,11 +37,14 @@ def decorated_names() -> dict[str, set[str]]:
 
 
 def test_every_decorated_entry_is_registered_and_nothing_else():
+    """The package's entries are exactly its decorated ones (entries that tests or users register
+    from their own modules are left out of the comparison)."""
     load_builtin_entries()
     expected = decorated_names()
     assert all(expected.values()), expected  # the scan finds entries of every kind
     for registry in REGISTRIES.values():
-        assert set(registry.names()) == expected[registry.kind], registry.kind
+        builtin = {name for name in registry.names() if registry.get(name).__module__.split(".")[0] == "blocks"}
+        assert builtin == expected[registry.kind], registry.kind
 
 
 @pytest.mark.parametrize("registry", list(REGISTRIES.values()), ids=lambda r: r.kind)
