@@ -416,3 +416,15 @@ def test_a_run_killed_by_sigkill_resumes_to_the_same_result(project, reference):
     run(project, tiny(project), "b", resume=True)  # the dead process's lock is taken over
     assert not list(root.rglob("*.tmp"))
     assert_same_run(root, reference)
+
+
+def test_the_guarantees_page_names_only_tests_that_exist():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent
+    page = (root.parent / "docs" / "guarantees.md").read_text(encoding="utf-8")
+    named = re.findall(r"`([\w/]+\.py)::(test_\w+)`", page)
+    assert len(named) >= 20
+    for file, test in named:
+        assert re.search(rf"^def {test}\(", (root / file).read_text(encoding="utf-8"), re.M), f"{file}::{test}"
