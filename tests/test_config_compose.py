@@ -143,3 +143,19 @@ def test_load_merged_applies_stage_defaults(project):
 def test_deep_merge_keeps_null_where_nothing_is_inherited():
     assert deep_merge({}, {"a": None, "b": {"c": None}}) == {"a": None, "b": {"c": None}}
     assert deep_merge({"a": 1, "b": {"c": 2, "d": 3}}, {"a": None, "b": {"c": None}}) == {"b": {"d": 3}}
+
+
+def test_set_names_a_stage_or_node_by_name(project):
+    config = project.load(overrides=["stages.distill.epochs=1", "models.student.graph.pool.mode=max"])
+    assert [s["epochs"] for s in config["stages"]] == [2, 1]
+    assert config["models"]["student"]["graph"][1]["mode"] == "max"
+    config = project.load(overrides=["stages.1=null"])
+    assert [s["name"] for s in config["stages"]] == ["teacher"]
+
+
+def test_set_with_an_unknown_name_lists_the_names(project):
+    with pytest.raises(ConfigError, match=r"/stages/distil is not an index or the name of an entry of a list of 2 "
+                                          r"items; did you mean 'distill'\? \(names: teacher, distill\)"):
+        project.load(overrides=["stages.distil.epochs=1"])
+    with pytest.raises(ConfigError, match=r"/task/metrics/5 is not an index of an entry of a list of 2 items$"):
+        project.load(overrides=["task.metrics.5=f1"])

@@ -109,7 +109,7 @@ def test_set_overrides_are_applied(project):
 def test_set_list_index_out_of_range(project):
     with pytest.raises(ConfigError) as caught:
         project.load(overrides=["stages.5.epochs=2"])
-    assert "--set stages.5.epochs=2: /stages/5 is not an index of a list of 2 items" in str(caught.value)
+    assert "--set stages.5.epochs=2: /stages/5 is not an index or the name of an entry of a list of 2 items" in str(caught.value)
     with pytest.raises(ConfigError, match="/stages/x is not an index"):
         project.load(overrides=["stages.x.epochs=2"])
 

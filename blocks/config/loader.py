@@ -267,12 +267,13 @@ def apply_override(values: dict, parts: list[str], value: Any, text: str) -> Non
         last = depth == len(parts) - 1
         where = "/" + "/".join(parts[: depth + 1])
         if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(f"--set {text}: {where} is not an index of a list of {len(node)} items")
-            if last:
-                node[int(part)] = value
+            index = _list_position(node, part, text, where)
+            if last and value is None:
+                del node[index]  # null deletes, as in a file that extends another
+            elif last:
+                node[index] = value
             else:
-                node = node[int(part)]
+                node = node[index]
         elif isinstance(node, dict):
             if last and value is None:
                 node.pop(part, None)  # null deletes, as in a file that extends another
@@ -282,6 +283,21 @@ def apply_override(values: dict, parts: list[str], value: Any, text: str) -> Non
                 node = node.setdefault(part, {})
         else:
             raise ConfigError(f"--set {text}: {where} is inside a {type(node).__name__}, not an object or list")
+
+
+def _list_position(items: list, part: str, text: str, where: str) -> int:
+    """The entry of ``items`` that an override path names: by index, or by ``name`` (``stages.distill``)."""
+    if part.isdigit() and int(part) < len(items):
+        return int(part)
+    names = [item.get("name") if isinstance(item, dict) else None for item in items]
+    if not part.isdigit() and names.count(part) == 1:
+        return names.index(part)
+    if names.count(part) > 1:
+        raise ConfigError(f"--set {text}: {where} is ambiguous: {names.count(part)} entries are named '{part}'")
+    named = [name for name in names if isinstance(name, str)]
+    raise ConfigError(f"--set {text}: {where} is not an index{' or the name' if named else ''} of an entry of a "
+                      f"list of {len(items)} items{did_you_mean(part, named)}"
+                      + (f" (names: {', '.join(named)})" if named else ""))
 
 
 def _schema_error(error: jsonschema.ValidationError, file: str) -> ConfigError:
