@@ -53,7 +53,7 @@ import torch
 from torch import nn
 
 from blocks.errors import DistilBlocksError
-from blocks.values import CHARS, Sequence
+from blocks.values import CHARS, Sequence, TagScores
 
 TOLERANCE = 1e-4  # largest allowed absolute difference of the outputs, exported vs PyTorch
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -74,10 +74,18 @@ class ExportWrapper(nn.Module):
         self.model = graph  # not "graph": that name is taken on torch.fx modules (torch.export path)
         self.input_names = list(graph.input_names)
         self.output_name = graph.output_name
+        self.viterbi = None
+        if graph.output_spec.kind == "tag_scores":
+            from blocks.layers.crf import viterbi_decode
+
+            # scripted, so that its loops follow the run-time length inside a traced graph
+            self.viterbi = torch.jit.script(viterbi_decode)
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
         inputs = {name: Sequence(tensors[2 * i], tensors[2 * i + 1]) for i, name in enumerate(self.input_names)}
         output = self.model(inputs)[self.output_name]
+        if isinstance(output, TagScores):  # a CRF tagger: its best tag path, [batch, length] tag ids
+            return self.viterbi(output.emissions, output.mask, output.transitions, output.start, output.end)[0]
         return output.values if isinstance(output, Sequence) else output
 
 
@@ -353,11 +361,19 @@ def sidecar(experiment, model: str, fmt: str, path: Path, vocab_files: dict[str,
         inputs.append({"name": f"{name}_mask", "input": name, "dtype": "bool", "shape": ["batch", "length"],
                        "meaning": "True on real positions (words), False on padding"})
     task = experiment.task
-    output = {"name": graph.output_name, "dtype": "float32", "shape": ["batch", task.num_outputs],
-              "meaning": ("unnormalised scores, one per label in 'labels' order; softmax gives probabilities"
-                          if task.name == "classification" else "the predicted value")}
+    if graph.output_spec.kind == "tag_scores":
+        output = {"name": graph.output_name, "dtype": "int64", "shape": ["batch", "length"],
+                  "meaning": "the CRF's best tag path (Viterbi): one tag id per word in 'labels' order, 0 on padding"}
+    elif task.per_token:
+        output = {"name": graph.output_name, "dtype": "float32", "shape": ["batch", "length", task.num_outputs],
+                  "meaning": "unnormalised scores per word, one per tag in 'labels' order; the arg-max is the tag"}
+    else:
+        output = {"name": graph.output_name, "dtype": "float32", "shape": ["batch", task.num_outputs],
+                  "meaning": ("unnormalised scores, one per label in 'labels' order; softmax gives probabilities"
+                              if task.name == "classification" else "the predicted value")}
     return {"format": fmt, "file": path.name, "model": model, "parameters": graph.parameter_count(),
-            "task": task.name, "labels": task.labels if task.name == "classification" else None,
+            "task": task.name, "labels": task.labels if task.name in ("classification", "tagging") else None,
+            "tag_scheme": getattr(task, "model_scheme", None),
             "inputs": inputs, "outputs": [output],
             "vocab_format": "UTF-8, one token per line; line i (counting from 0) holds the token of id i; a "
                             "backslash, newline, carriage return or tab inside a token is written as "

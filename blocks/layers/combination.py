@@ -18,7 +18,9 @@ PARTS = typing.get_args(Part)
 
 
 def _check_lengths(values: list[Sequence]) -> None:
-    lengths = [v.values.shape[1] for v in values]
+    if torch.jit.is_tracing():  # shapes are tensors while tracing (export); the inputs were checked in training
+        return
+    lengths = [int(v.values.shape[1]) for v in values]
     if len(set(lengths)) > 1:
         raise ValueError(f"sequences of different lengths cannot be combined position by position:"
                          f" {lengths}")

@@ -222,6 +222,15 @@ def test_crf_teacher_and_distilled_student_train_from_json(tagging_project, caps
     assert main(["predict", "run", "--input", "input.txt"]) == 0
     assert capsys.readouterr().out.splitlines()[:3] == ["Anna\tB-PER", "met\tO", "Bruno\tB-PER"]
 
+    # export: the CRF tagger's Viterbi path, checked against PyTorch on other batch shapes
+    from blocks.export import export_model
+
+    for fmt in ("torchscript", "onnx"):
+        result = export_model(tagging_project / "run", fmt, model="teacher", log=lambda *a: None)
+        assert result["check"]["max_abs_diff"] == 0.0, result["check"]
+    sidecar = json.loads((tagging_project / "run" / "export" / "teacher.pt.json").read_text())
+    assert sidecar["outputs"][0]["dtype"] == "int64" and sidecar["labels"] == ["O", "B-LOC", "I-LOC", "B-PER"]
+
     # bench reports words per second for a tagger
     assert main(["bench", "run", "--examples", "20", "--repeats", "1"]) == 0
     assert "words/s at batch 64" in capsys.readouterr().out
