@@ -19,6 +19,7 @@ the new event file tells TensorBoard to drop the old ones from that step on (``p
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,8 @@ class TensorBoardLog:
         if not scalars:
             return
         writer = self._writer(stage)
+        if writer is None:
+            return
         for tag, value in scalars.items():
             writer.add_scalar(tag, value, global_step=int(record["step"]), walltime=record.get("time"))
         if record.get("event") == "eval":
@@ -104,10 +107,16 @@ class TensorBoardLog:
                 writer.close()
 
     def _writer(self, stage: str) -> Any:
+        """The stage's writer, opened on first use; None (and no more tries) when TensorBoard is
+        installed but cannot be imported, e.g. a version torch does not support."""
         writer = self._writers.get(stage)
         if writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as error:
+                warnings.warn(f"TensorBoard events are not written: {error}", stacklevel=2)
+                self.enabled = False
+                return None
             writer = SummaryWriter(log_dir=str(self.folder / stage), purge_step=self._purge.pop(stage, None),
                                    flush_secs=30)
             self._writers[stage] = writer

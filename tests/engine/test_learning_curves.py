@@ -59,6 +59,25 @@ def test_without_tensorboard_nothing_is_written_and_nothing_fails(tmp_path, monk
     assert not (tmp_path / "tb").exists()
 
 
+def test_a_tensorboard_that_cannot_be_imported_warns_once_and_does_not_fail(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def failing(name, *args, **kwargs):
+        if name == "torch.utils.tensorboard":
+            raise ImportError("TensorBoard logging requires TensorBoard version 1.15 or above")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(tensorboard_module, "tensorboard_installed", lambda: True)
+    monkeypatch.setattr(builtins, "__import__", failing)
+    log = TensorBoardLog(tmp_path / "tb")
+    with pytest.warns(UserWarning, match="TensorBoard events are not written"):
+        log.write(TRAIN)
+    log.write(EVAL)  # no second warning, no error
+    assert not log.enabled and not (tmp_path / "tb").exists()
+
+
 def test_panels_and_plots_from_a_metrics_file(tmp_path):
     metrics = tmp_path / "metrics.jsonl"
     records = [{**TRAIN, "step": s, "loss": 1.0 / s} for s in (10, 20)] + [EVAL, {**EVAL, "step": 40}]
