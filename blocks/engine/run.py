@@ -149,10 +149,10 @@ def check_stages(experiment: Experiment) -> None:
                 raise
             raise ConfigError(error.message, config.file, error.path) from None
         if stage.get("transfer"):
-            for source in file_sources(config["data"], stage["transfer"]):
+            for k, source in enumerate(file_sources(config["data"], stage["transfer"])):
                 if not Path(source.path).is_file():
-                    raise DataError("file not found (a transfer-set file of stage "
-                                    f"'{stage['name']}', {where}/transfer/files)", source.path)
+                    raise DataError(f"file not found (a transfer-set file: {config.file}: {where}/transfer/files/{k})",
+                                    source.path)
 
 
 def _differences(a, b, path: str = ""):

@@ -336,7 +336,8 @@ def test_validate_describes_the_transfer_set(project, capsys):
 def test_missing_transfer_file(project, capsys):
     values = transfer_config(project, files=["nowhere.tsv"])
     err = refused(project, capsys, values)
-    assert err == f"error: {project.data / 'nowhere.tsv'}: file not found"
+    assert err == (f"error: {project.data / 'nowhere.tsv'}: file not found (a transfer-set file: "
+                   f"{project.root / 'bad.json'}: /stages/1/transfer/files/0)")
 
 
 def test_transfer_file_rows_without_a_field_the_models_read(project, capsys):
