@@ -428,3 +428,17 @@ def test_the_guarantees_page_names_only_tests_that_exist():
     assert len(named) >= 20
     for file, test in named:
         assert re.search(rf"^def {test}\(", (root / file).read_text(encoding="utf-8"), re.M), f"{file}::{test}"
+
+
+def test_a_fixed_unfinished_model_may_read_a_new_vocabulary(project, capsys):
+    values = tiny(project)
+    values["stages"][1]["optimizer"]["lr"] = 1e30
+    with pytest.raises(Exception, match="the loss became NaN"):
+        run(project, values, "b")
+    fixed = ["models.student.inputs.tokens.vocab=student_words", "models.student.graph.0.dim=6"]
+    run(project, tiny(project), "b", resume=True, overrides=fixed)
+    root = project.root / "b"
+    assert (root / "vocab" / "student_words.txt").is_file()
+    assert "vocab/student_words.txt" in json.loads((root / "setup.json").read_text())["files"]
+    assert main(["test", str(root)]) == 0
+    assert '"student"' in capsys.readouterr().out

@@ -121,6 +121,8 @@ def _write_error(error: OSError, directory: RunDir) -> DistilBlocksError:
     if error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
         return CheckpointError(f"the disk is full{where}: free some space, then continue the run with "
                                f"`blocks train CONFIG --resume` (its last checkpoint is intact)", str(directory.root))
+    if error.filename and directory.root.resolve() not in Path(error.filename).resolve().parents:
+        return CheckpointError(f"cannot be used: {error.strerror or error}", str(error.filename))
     return CheckpointError(f"cannot write the run: {error.strerror or error}{where}", str(directory.root))
 
 
@@ -167,9 +169,10 @@ def _differences(a, b, path: str = ""):
         yield path or "/"
 
 
-def _continue_with(config: Config, directory: RunDir, log) -> None:
+def _continue_with(config: Config, directory: RunDir, log) -> bool:
     """Check that ``config`` may continue the run; when it changed only what no finished stage
-    used, adopt it: the changed unfinished stages start over, and config.json is rewritten.
+    used, adopt it: the changed unfinished stages start over (True: the caller rewrites the
+    set-up files, config.json among them).
 
     A finished stage, a model one trained, and everything outside ``models`` and ``stages`` (data,
     task, seed, vocabularies) must be unchanged; any other change refuses the resume."""
@@ -213,14 +216,14 @@ def _continue_with(config: Config, directory: RunDir, log) -> None:
         if name not in names:
             raise refuse(f"/stages (finished stage '{name}' is missing)")
     if not restart and not changed_models and [s.get("name") for s in saved["stages"]] == names:
-        return
+        return False
     for name in restart:
         if directory.stage_dir(name).exists():
             shutil.rmtree(directory.stage_dir(name))
     directory.cut_metrics(lambda record: record.get("stage") not in restart)
-    atomic_write_json(directory.config, {**config.values, "run_dir": str(directory.root)})
     log(f"the config changed where no finished stage depends on it: continuing after "
         f"{', '.join(completed) or 'no finished stage'}" + (f"; starting over: {', '.join(restart)}" if restart else ""))
+    return True
 
 
 def _check_vocabularies(experiment: Experiment, directory: RunDir) -> None:
@@ -300,16 +303,20 @@ def _train_locked(experiment: Experiment, directory: RunDir, resume: bool, log, 
         if removed:
             log(f"removed {len(removed)} unfinished file(s) of an interrupted write: "
                 + ", ".join(str(p.relative_to(root)) if root in p.parents else str(p) for p in removed))
+        changed = False
         if resume:
             directory.check_setup()
-            _continue_with(config, directory, log)
+            changed = _continue_with(config, directory, log)
             _check_vocabularies(experiment, directory)
-        if not directory.setup_finished():  # a new run, or one interrupted during its set-up
+        # a new run, one interrupted during its set-up, or a changed config (a changed model may
+        # read a new vocabulary): the set-up files are written, setup.json last
+        if changed or not directory.setup_finished():
             root.mkdir(parents=True, exist_ok=True)
             atomic_write_json(directory.config, {**config.values, "run_dir": str(root)})
             atomic_write_json(directory.task, experiment.task.to_json())
             experiment.save_vocabularies(directory.vocab)
-            atomic_write_json(directory.environment, environment_record(device, dist))
+            if not directory.environment.is_file():
+                atomic_write_json(directory.environment, environment_record(device, dist))
             directory.write_setup_record()
         if resume:
             _cut_metrics_to_checkpoints(config, directory)
