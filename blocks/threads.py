@@ -1,10 +1,11 @@
 """How many CPU threads PyTorch computes with: the ``threads`` config key and ``--threads``.
 
 PyTorch's default is one thread per core. On a machine other processes also use, every thread
-waits at each operation for the slowest one, and a step can take several times longer than on
-one thread (the demo: 12:56 instead of 2:04 on two busy cores). So the default here is half the
-usable cores, at least one: on two cores, one thread. An explicit ``threads`` (or
-``--threads``) is used as given; ``OMP_NUM_THREADS`` in the environment counts as explicit too.
+waits at each operation for the slowest one, and a step can take many times longer than on one
+thread (the demo on a busy 2-core machine: 2:21 on one thread, while two threads had done a third
+of it after 11 minutes). So the default here is half the usable cores, at least one: on two
+cores, one thread. An explicit ``threads`` (or ``--threads``) is used as given;
+``OMP_NUM_THREADS`` in the environment counts as explicit too.
 """
 from __future__ import annotations
 
