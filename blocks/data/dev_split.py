@@ -33,7 +33,7 @@ class DevCarve:
     label: str
 
     def describe(self) -> str:
-        return f"{self.fraction:.0%} of the train file's rows, stratified by '{self.label}', seed {self.seed}"
+        return f"{self.fraction * 100:g}% of the train file's rows, stratified by '{self.label}', seed {self.seed}"
 
     def split(self, rows: list[Row], mapping: dict, file: str) -> tuple[Rows, Rows]:
         """(train rows, dev rows), both in file order; ``mapping`` maps fields to columns."""

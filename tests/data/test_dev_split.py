@@ -40,6 +40,7 @@ def test_unique_labels_give_a_random_sample_of_the_exact_size():
     rows = rows_with_labels([f"{i / 7:.4f}" for i in range(35)])  # regression scores: one row per value
     train, dev = DevCarve(0.2, 0, "label").split(rows, {}, "f")
     assert len(dev) == 7 and len(train) == 28
+    assert DevCarve(0.125, 0, "label").describe().startswith("12.5% of the train file's rows")
 
 
 def test_carving_reads_the_label_through_the_field_mapping_and_needs_two_rows():
