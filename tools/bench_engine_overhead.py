@@ -77,7 +77,7 @@ def check_stage(experiment: Experiment, stage_index: int) -> dict:
     losses = stage["losses"]
     if len(losses) != 1 or losses[0]["block"] != "CrossEntropy":
         problems.append("its losses are not a single CrossEntropy")
-    if experiment.task.type != "classification":
+    if experiment.task.name != "classification":
         problems.append("the task is not classification")
     if problems:
         raise SystemExit(f"error: stage {stage_index} ('{stage['name']}') cannot be reproduced by the hand loop: "
