@@ -522,10 +522,10 @@ class StageTrainer:
         self._append_metrics({"event": "eval", "stage": stage["name"], "model": self.model_name,
                               "split": "dev", "step": self.state.step, "epoch": epoch,
                               "metrics": metrics, **loss_values})
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        shown = "dev " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) if metrics else "checkpoint (no dev split)"
         if "teacher_weights" in loss_values:
             shown += "; teacher weights " + ", ".join(f"{k} {v:.3f}" for k, v in loss_values["teacher_weights"].items())
-        self._write(bar, f"  {stage['name']} step {self.state.step:,} (epoch {epoch:g}): dev {shown}"
+        self._write(bar, f"  {stage['name']} step {self.state.step:,} (epoch {epoch:g}): {shown}"
                     + (" *" if improved and metrics else ""))
         bar.set_postfix(**self._best_postfix())
         patience = stage["early_stopping"]

@@ -88,7 +88,7 @@ def test_settings_that_need_dev_scores_are_refused_without_dev(project, key, val
     assert "no dev split" in caught.value.message and '"dev": {"from_train": 0.1}' in caught.value.message
 
 
-def test_training_without_dev_says_the_last_weights_are_kept(project):
+def test_training_without_dev_says_the_last_weights_are_kept(project, capsys):
     from blocks.engine.run import train
 
     values = project.single_stage()
@@ -99,3 +99,4 @@ def test_training_without_dev_says_the_last_weights_are_kept(project):
     assert any("stage 'teacher': no dev split, so the weights after the last step are kept" in line
                for line in lines)
     assert "stage 'teacher' done: no dev split, the weights after step 8 kept" in lines
+    assert "  teacher step 8 (epoch 1): checkpoint (no dev split)" in capsys.readouterr().out
