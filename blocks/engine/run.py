@@ -448,7 +448,7 @@ def summarize(experiment: Experiment, directory: RunDir, device: torch.device, s
             for split in labelled:
                 bar.set_description(f"final evaluation: {name} on {split}")
                 entry[split] = evaluate(experiment, name, experiment.splits[split], batch_size, device,
-                                        config["precision"])
+                                        config["precision"], progress=progress)
                 bar.update(1)
         bar.set_description(f"final evaluation: {name}'s speed")
         entry["examples_per_second_batch64"] = round(throughput(experiment, name, speed_split, 64, device), 1)
