@@ -11,7 +11,8 @@ PAGES = [ROOT / "README.md", ROOT / "DEVELOPERS.md", *sorted((ROOT / "docs").glo
          ROOT / "benchmarks" / "README.md", *sorted((ROOT / "model_zoo").glob("**/README.md"))]
 # What a user reads to use the tool; the research log keeps the dated history on purpose.
 USER_PAGES = [ROOT / "README.md"] + [ROOT / "docs" / name for name in
-                                     ("guide.md", "config.md", "engine.md", "methods.md", "results.md")]
+                                     ("guide.md", "config.md", "tasks.md", "engine.md",
+                                                  "guarantees.md", "methods.md", "results.md")]
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
 
 
