@@ -121,6 +121,23 @@ def check_init_from(values: dict, model_name: str, index: int, first_stage: dict
                           f"stage, or taken from a run)", file, path)
 
 
+def field_place(values: dict, name: str) -> str | None:
+    """The JSON path of the config that makes a run read field ``name``: its column mapping, the
+    label or group key, else the first model input reading it."""
+    data = values.get("data", {})
+    if name in (data.get("fields") or {}):
+        return f"/data/fields/{name}"
+    for key in ("label", "group"):
+        if data.get(key) == name:
+            return f"/data/{key}"
+    for model_name, model in values.get("models", {}).items():
+        for input_name, definition in (model.get("inputs") or {}).items():
+            for key in ("field", "pair_field"):
+                if definition.get(key) == name:
+                    return f"/models/{model_name}/inputs/{input_name}/{key}"
+    return None
+
+
 def load_vocabulary_file(file: str, config: Config, path: str) -> Vocabulary:
     from blocks.errors import CheckpointError
 
@@ -179,7 +196,20 @@ class Experiment:
     # -- construction -------------------------------------------------------------------------
     @classmethod
     def prepare(cls, config: Config, splits: tuple[str, ...] = SPLITS, log=print) -> "Experiment":
-        """Check the config, read the data, build vocabularies from train, build the graphs."""
+        """Check the config, read the data, build vocabularies from train, build the graphs.
+
+        A DataError about a field also names the config file and JSON path that asked for it."""
+        try:
+            return cls._prepare(config, splits, log)
+        except DataError as error:
+            place = field_place(config.values, error.field) if error.field else None
+            if place is None:
+                raise
+            raise DataError(f"{error.message} (the field is asked for at {config.file}: {place})", error.file,
+                            error.line, error.field) from None
+
+    @classmethod
+    def _prepare(cls, config: Config, splits: tuple[str, ...], log) -> "Experiment":
         load_builtin_entries()
         import_user_modules(config)
         check_references(config)
@@ -221,6 +251,9 @@ class Experiment:
                                          sources[split].fields, sources[split].path)
             log(f"{split}: {len(rows):,} examples from {sources[split].path}"
                 + "".join(f"; {note}" for note in getattr(rows, "notes", ())))
+            for field, (cut, limit) in encoded[split].truncated.items():
+                log(f"  {split}: {cut:,} example(s) of field '{field}' cut to their first {limit:,} tokens "
+                    f"(the input's max_length; {limit:,} when it is not set)")
         return cls(config, task, fields, model_inputs, vocabularies, encoded)
 
     @classmethod

@@ -133,7 +133,8 @@ INPUT_SCHEMA = {
                        "description": "pretrained inputs: a second field, encoded with the first as a sentence pair"},
         "lowercase": {"type": "boolean", "default": False},
         "max_length": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}], "default": None,
-                       "description": "truncate to this many tokens"},
+                       "description": "keep this many tokens of each example (null: 512; a pretrained input: "
+                                      "128 word pieces); how many examples were cut is logged"},
         "vocab": {"type": "string", "default": "words",
                   "description": "named vocabulary (inputs naming the same one share it)"},
         "max_word_length": {"type": "integer", "minimum": 1, "default": 20,

@@ -31,6 +31,9 @@ PRETRAINED = "pretrained"
 # A pretrained input over words (a tagging task): each example's ids are [pieces, 2] (piece id,
 # word index); a batch is a WordPieces value.
 PRETRAINED_WORDS = "pretrained-words"
+#: The tokens an input keeps of one example when its ``max_length`` is not set: one 2-million
+#: character line would otherwise pad every batch it is in to 400,000 positions.
+DEFAULT_MAX_TOKENS = 512
 
 
 @dataclass
@@ -52,16 +55,24 @@ class InputField:
     pair_field: str | None = None
     words: bool = False  # the field holds words (a tagging task): split on whitespace, never re-tokenized
 
-    def tokens(self, text: str | list[str]) -> list[str]:
-        """The tokens of a field's value: a list of words as is (a tagging file's words), a
-        string through the tokenizer (or split on whitespace for a word-level task)."""
+    @property
+    def token_limit(self) -> int:
+        """The tokens kept per example: ``max_length``, else :data:`DEFAULT_MAX_TOKENS`."""
+        return self.max_length or DEFAULT_MAX_TOKENS
+
+    def all_tokens(self, text: str | list[str]) -> list[str]:
+        """The tokens of a field's value before truncation: a list of words as is (a tagging
+        file's words), a string through the tokenizer (or split on whitespace for a word-level task)."""
         if isinstance(text, list) or self.words:
             tokens = text if isinstance(text, list) else text.split()
             if self.lowercase:
                 tokens = [token.lower() for token in tokens]
-        else:
-            tokens = self.tokenizer(text.lower() if self.lowercase else text)
-        return tokens[: self.max_length] if self.max_length else tokens
+            return tokens
+        return self.tokenizer(text.lower() if self.lowercase else text)
+
+    def tokens(self, text: str | list[str]) -> list[str]:
+        """The tokens of a field's value, truncated to :attr:`token_limit`."""
+        return self.all_tokens(text)[: self.token_limit]
 
     @property
     def storage_type(self) -> str:
@@ -257,6 +268,7 @@ class EncodedSplit:
         self.ids, self.labels, self.groups = ids, labels, groups
         self.pad_index, self.input_types = pad_index, input_types
         self.labelled: torch.Tensor | None = None  # a transfer set with unlabelled examples: which have labels
+        self.truncated: dict[str, tuple[int, int]] = {}  # field -> (examples cut, limit); see encode_rows
         self.size = len(next(iter(ids.values()))) if ids else 0
         lengths = [torch.tensor([len(t) for t in seqs]) for seqs in ids.values()]
         self.lengths = torch.stack(lengths).max(dim=0).values if lengths else torch.zeros(0, dtype=torch.long)
@@ -287,8 +299,12 @@ class EncodedSplit:
 def encode_rows(name: str, rows: list[Row], fields: dict[str, InputField], vocabularies: dict[str, Vocabulary],
                 task: TaskType, label_field: str | None, group_field: str | None, mapping: dict,
                 file: str) -> EncodedSplit:
-    """Tokenize and index every input; parse labels (None when ``label_field`` is None)."""
+    """Tokenize and index every input; parse labels (None when ``label_field`` is None).
+
+    The split's ``truncated`` maps a field to (examples cut, the limit) where an input kept only
+    the first tokens of some examples."""
     ids: dict[str, list[torch.Tensor]] = {}
+    truncated: dict[str, tuple[int, int]] = {}
     for key, input_field in fields.items():
         if input_field.type == PRETRAINED and input_field.words:
             ids[key] = input_field.tokenizer.encode_words(
@@ -302,8 +318,13 @@ def encode_rows(name: str, rows: list[Row], fields: dict[str, InputField], vocab
             continue
         vocab = vocabularies[input_field.vocab]
         encoded = []
+        cut = 0
         for row in rows:
-            tokens = input_field.tokens(field_value(row, input_field.field, mapping)) or [vocab.tokens[vocab.unk_index]]
+            tokens = input_field.all_tokens(field_value(row, input_field.field, mapping))
+            if len(tokens) > input_field.token_limit:
+                tokens = tokens[: input_field.token_limit]
+                cut += 1
+            tokens = tokens or [vocab.tokens[vocab.unk_index]]
             if input_field.type == CHARS:
                 words = [vocab.encode(list(token[: input_field.max_word_length])) or [vocab.unk_index]
                          for token in tokens]
@@ -315,6 +336,8 @@ def encode_rows(name: str, rows: list[Row], fields: dict[str, InputField], vocab
             else:
                 encoded.append(torch.tensor(vocab.encode(tokens), dtype=torch.long))
         ids[key] = encoded
+        if cut:
+            truncated[input_field.field] = (cut, input_field.token_limit)
     labels = None
     if label_field is not None:
         labels = task.parse_labels(rows, label_field, mapping)
@@ -323,7 +346,9 @@ def encode_rows(name: str, rows: list[Row], fields: dict[str, InputField], vocab
     groups = [field_value(row, group_field, mapping) for row in rows] if group_field else None
     pad_index = {key: vocabularies[f.vocab].pad_index for key, f in fields.items()}
     types = {key: f.storage_type for key, f in fields.items()}
-    return EncodedSplit(name, file, ids, labels, groups, pad_index, types, task)
+    split = EncodedSplit(name, file, ids, labels, groups, pad_index, types, task)
+    split.truncated = truncated
+    return split
 
 
 def check_word_counts(rows: list[Row], fields: dict[str, InputField], ids: dict[str, list[torch.Tensor]],
@@ -333,7 +358,7 @@ def check_word_counts(rows: list[Row], fields: dict[str, InputField], ids: dict[
         if input_field.type == PRETRAINED:
             continue
         for row, sequence, tags in zip(rows, ids[key], labels):
-            if len(sequence) == len(tags) or (input_field.max_length and len(sequence) == input_field.max_length):
+            if len(sequence) == len(tags) or (len(sequence) == input_field.token_limit < len(tags)):
                 continue
             words = len(input_field.tokens(field_value(row, input_field.field, mapping)))
             raise DataError(f"the sentence has {words} word(s) in field '{input_field.field}' but {len(tags)} "

@@ -361,3 +361,4 @@ def test_a_word_piece_teacher_meets_the_student_at_words(tagging_project):
     path = write_config(tagging_project, values)
     train(load_config(path, environ={}), run_dir=tagging_project / "run", progress=False, log=lambda *a: None)
     assert (tagging_project / "run" / "summary.json").is_file()
+
