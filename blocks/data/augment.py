@@ -41,8 +41,11 @@ import torch.nn.functional as F
 _WORD = re.compile(r"\w+(?:[-'’.]\w+)*|'\w+|[^\w\s]+")
 
 
-def split_words(text: str) -> list[str]:
-    """The words of ``text`` (the simple tokenizer augmentation works with)."""
+def split_words(text: str | list[str]) -> list[str]:
+    """The words of ``text`` (the simple tokenizer augmentation works with); a field that is
+    already a list of words (a tagging file's sentence) is taken as it is."""
+    if isinstance(text, list):
+        return list(text)
     return _WORD.findall(text)
 
 

@@ -362,3 +362,19 @@ def test_a_word_piece_teacher_meets_the_student_at_words(tagging_project):
     train(load_config(path, environ={}), run_dir=tagging_project / "run", progress=False, log=lambda *a: None)
     assert (tagging_project / "run" / "summary.json").is_file()
 
+
+
+def test_an_augmented_transfer_set_for_a_tagger(tagging_project):
+    """Perturbed copies of the training sentences, tagged by the teacher (token-level KD)."""
+    from blocks.engine.run import train
+
+    values = tagging_config()
+    values["stages"][1]["transfer"] = {"augment": {"copies": 2, "mask": 0.2, "swap": 0.0, "ngram": 0.0}}
+    values["stages"][1]["epochs"] = 2
+    lines = []
+    train(load_config(write_config(tagging_project, values), environ={}), run_dir=tagging_project / "run",
+          progress=False, log=lines.append)
+    described = " ".join(lines)
+    assert "augmented" in described, lines
+    summary = json.loads((tagging_project / "run" / "summary.json").read_text())
+    assert summary["models"]["student"]["test"]["entity_f1"] > 0.8
