@@ -516,11 +516,10 @@ def open_run(run_dir: str | Path) -> tuple[RunDir, Config]:
 def check_trusted_imports(config: Config, trust_imports: bool) -> None:
     """A run directory may come from someone else: the code its config imports runs only when the
     user says so (``--trust-imports``)."""
-    if config["imports"] if "imports" in config.values else []:
-        if not trust_imports:
-            modules = ", ".join(config["imports"])
-            raise CheckpointError(f"the run's config imports code that would run on this machine ({modules}); "
-                                  f"if you trust where the run comes from, pass --trust-imports", config.file)
+    modules = config.values.get("imports") or []
+    if modules and not trust_imports:
+        raise CheckpointError(f"the run's config imports code that would run on this machine ({', '.join(modules)}); "
+                              f"if you trust where the run comes from, pass --trust-imports", config.file)
 
 
 def load_run(run_dir: str | Path, log=print, trust_imports: bool = False) -> tuple[RunDir, Experiment, dict]:
