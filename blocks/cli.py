@@ -121,8 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "completed stages (stages/<stage>/last.safetensors, best.safetensors; the engine does "
                     "this itself unless the config says \"keep_checkpoints\": true), and turn copies of "
                     "models taken from other runs into hard links to the source when the weights are equal. "
-                    "models/, vocabularies, metrics and summaries stay: test, predict, export and --resume "
-                    "work as before.")
+                    "Temporary files of interrupted writes are deleted too. models/, vocabularies, metrics and "
+                    "summaries stay: test, predict, export and --resume work as before. A run another process "
+                    "is training is skipped.")
     clean.add_argument("paths", nargs="+", help="run directories, or folders holding them")
     clean.add_argument("--cache", action="store_true", help="also delete each run's teacher cache (RUN/cache)")
     clean.add_argument("--dry-run", action="store_true", help="list what would be done, change nothing")
