@@ -32,10 +32,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from blocks.data.dataset import UNLABELLED  # the label index of examples without a gold label
-from blocks.distill.losses import Loss, LossContext, _logits, _node_spec
+from blocks.distill.losses import Loss, LossContext, _logits, _node_spec, word_labels
 from blocks.errors import did_you_mean
 from blocks.registry import register_loss
-from blocks.values import VECTOR
+from blocks.values import SEQUENCE, VECTOR, Sequence
 
 WEIGHTINGS = ("equal", "fixed", "entropy", "gold_ce")
 
@@ -113,7 +113,7 @@ class _MultiTeacherBase(Loss):
         for model, node in ([(self.model, n) for n in (self.heads or [self.output])]
                             + list(zip(self.teachers, self.teacher_outputs))):
             spec = _node_spec(stage, model, node)
-            if spec.kind != VECTOR:
+            if spec.kind not in (self.output_kinds or (VECTOR,)):
                 raise ValueError(f"{block} compares logits; '{node}' of model '{model}' is a {spec.describe()}")
             if first is not None and spec.width != first[2]:
                 raise ValueError(f"{block}: '{first[1]}' of model '{first[0]}' has width {first[2]} but '{node}' of "
@@ -161,6 +161,8 @@ class MultiTeacherKD(_MultiTeacherBase):
         teacher_outputs: one node per teacher (default: each teacher's output).
     """
 
+    output_kinds = (VECTOR, SEQUENCE)  # per-word logits on a tagging task: every word is an instance
+
     def __init__(self, stage: LossContext, teachers: list[str] | None = None,
                  weighting: Literal["equal", "fixed", "entropy", "gold_ce"] = "equal",
                  weights: list[float] | None = None, sharpness: float = 1.0,
@@ -187,8 +189,8 @@ class MultiTeacherKD(_MultiTeacherBase):
                 raise ValueError("fixed weights must be >= 0 with a positive sum")
         elif weights is not None:
             raise ValueError(f"'weights' is only read with weighting \"fixed\" (weighting is \"{weighting}\")")
-        if weighting == "gold_ce" and stage.task != "classification":
-            raise ValueError("weighting \"gold_ce\" needs a classification task")
+        if weighting == "gold_ce" and stage.task not in ("classification", "tagging"):
+            raise ValueError("weighting \"gold_ce\" needs gold classes (a classification or tagging task)")
         if temperature <= 0 or sharpness <= 0:
             raise ValueError("temperature and sharpness must be > 0")
         self.weighting, self.distance, self.combine = weighting, distance, combine
@@ -213,10 +215,33 @@ class MultiTeacherKD(_MultiTeacherBase):
         ce = -log_p.gather(-1, gold).squeeze(-1)  # [batch, K]
         return torch.where(labelled.unsqueeze(1), F.softmax(-ce / self.sharpness, dim=-1), equal)
 
+    def _per_word(self, outputs: dict, labels: torch.Tensor | None
+                  ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
+        """Teachers ``[words, K, classes]``, the student(s) ``[words, classes]`` and the words' gold
+        tags, over the words real in the student and every teacher: each word is an instance."""
+        students = [outputs[self.model][head] for head in (self.heads or [self.output])]
+        teachers = [outputs[t][node] for t, node in zip(self.teachers, self.teacher_outputs)]
+        if not all(isinstance(value, Sequence) for value in students + teachers):
+            raise ValueError(f"{type(self).__name__}: the student and every teacher must give per-word logits")
+        length = min(value.values.shape[1] for value in students + teachers)
+        mask = students[0].mask[:, :length]
+        for value in students[1:] + teachers:
+            mask = mask & value.mask[:, :length]
+        pick = [value.values[:, :length][mask].float() for value in students + teachers]
+        tags = word_labels(labels, length)[mask] if labels is not None else None
+        student_values = pick[:len(students)] if self.heads else pick[:1] * len(self.teachers)
+        return torch.stack(pick[len(students):], dim=1), student_values, tags
+
     def forward(self, outputs: dict, batch) -> torch.Tensor:
-        teachers = self.teacher_logits(outputs)
-        students = self.student_logits(outputs)
-        weights = self.teacher_weights(teachers, getattr(batch, "labels", None))
+        labels = getattr(batch, "labels", None)
+        if self.output_kind == SEQUENCE or isinstance(outputs[self.model][(self.heads or [self.output])[0]], Sequence):
+            teachers, students, labels = self._per_word(outputs, labels)
+            if teachers.shape[0] == 0:
+                return students[0].sum() * 0.0
+        else:
+            teachers = self.teacher_logits(outputs)
+            students = self.student_logits(outputs)
+        weights = self.teacher_weights(teachers, labels)
         self.weight_log.add(weights)
         if self.combine == "targets":
             student = students[0]

@@ -125,3 +125,18 @@ def test_kd_on_regression_is_a_validate_error(project, capsys):
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err
     assert "/stages/1/losses/0" in err and "LogitMSE" in err
+
+
+@pytest.mark.parametrize("weighting", ["equal", "entropy", "gold_ce"])
+def test_multi_teacher_kd_weights_every_word_of_a_tagger(weighting):
+    """Per word, MultiTeacherKD with two copies of one teacher is KD on the words real in both."""
+    stage = context("tagging", SEQUENCE)
+    multi = LOSSES.build("MultiTeacherKD", stage, params={"weighting": weighting, "temperature": 2.0})
+    single = LOSSES.build("KD", stage, params={"teacher": "t1", "temperature": 2.0})
+    width = TASKS["tagging"].num_outputs
+    teacher = value_of(SEQUENCE, width, False)
+    outputs = {"student": {"out": value_of(SEQUENCE, width, True)}, "t1": {"out": teacher}, "t2": {"out": teacher}}
+    batch = SimpleNamespace(labels=labels_for("tagging"), labelled=None, index=torch.arange(BATCH))
+    assert torch.allclose(multi(outputs, batch), single(outputs, batch), atol=1e-6)
+    weights = multi.log_values()["teacher_weights"]
+    assert weights == pytest.approx({"t1": 0.5, "t2": 0.5})
