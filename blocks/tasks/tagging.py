@@ -72,7 +72,12 @@ class Tagging(TaskType):
             seen: set[str] = set()
             for row in train_rows:
                 seen.update(task.read_tags(row, label_field, mapping))
-            labels = sorted(seen, key=lambda tag: (tag != "O", tag[2:], tag))
+            if scheme == "none":
+                labels = sorted(seen)
+            else:  # every tag of the scheme for each entity type seen (an I-PRT may appear only in dev)
+                from blocks.data.tag_schemes import scheme_labels
+
+                labels = scheme_labels(sorted({tag[2:] for tag in seen if tag != "O"}), model_scheme)
         if len(labels) < 2:
             raise DataError(f"tagging needs at least two tags; found {labels}", train_rows[0].file)
         task.labels = list(labels)

@@ -107,7 +107,7 @@ def prepare(root, values: dict) -> Experiment:
 def test_per_word_labels_are_read_collated_and_padded(tagging_project):
     experiment = prepare(tagging_project, tagging_config())
     task, train = experiment.task, experiment.splits["train"]
-    assert task.labels == ["O", "B-LOC", "I-LOC", "B-PER"]
+    assert task.labels == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
     assert isinstance(train.labels, list) and len(train.labels) == 80
     assert all(len(tags) == len(ids) for tags, ids in zip(train.labels, train.ids[experiment.model_inputs["teacher"]["words"]]))
     batch = train.collate(torch.tensor([0, 1, 2]))
@@ -127,7 +127,8 @@ def test_a_tag_breaking_the_scheme_names_file_and_line_or_is_repaired(tagging_pr
     values["task"]["repair"] = True
     values["data"]["dev"] = values["data"]["test"] = "train.txt"
     experiment = prepare(tagging_project, values)
-    assert experiment.task.labels == ["O", "B-PER"]  # the I-PER that starts an entity became B-PER
+    assert experiment.task.labels == ["O", "B-PER", "I-PER"]  # the scheme's tags of the one type seen
+    assert all(tags.tolist() == [0, 1, 0] for tags in experiment.splits["train"].labels)  # I-PER became B-PER
 
 
 def test_word_and_tag_counts_must_agree_in_a_table(tagging_project):
@@ -229,7 +230,7 @@ def test_crf_teacher_and_distilled_student_train_from_json(tagging_project, caps
         result = export_model(tagging_project / "run", fmt, model="teacher", log=lambda *a: None)
         assert result["check"]["max_abs_diff"] == 0.0, result["check"]
     sidecar = json.loads((tagging_project / "run" / "export" / "teacher.pt.json").read_text())
-    assert sidecar["outputs"][0]["dtype"] == "int64" and sidecar["labels"] == ["O", "B-LOC", "I-LOC", "B-PER"]
+    assert sidecar["outputs"][0]["dtype"] == "int64" and sidecar["labels"] == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
 
     # bench reports words per second for a tagger
     assert main(["bench", "run", "--examples", "20", "--repeats", "1"]) == 0
