@@ -46,7 +46,7 @@ import re
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -64,6 +64,35 @@ _CRF_CONSTANTS = ("transitions", "start", "end")
 
 FORMAT = 2  # 2: one cache per teacher, keyed without the teacher's name
 _CHUNK = 1 << 24  # bytes per write / hash read
+
+
+@dataclass
+class CacheRequest:
+    """What a stage asks of the teacher cache: the teachers' ``nodes`` on ``split``, computed on
+    ``device`` at ``precision`` and stored as ``cache_dtype`` in ``RUN/cache`` (``run_root``) or in a
+    folder runs share (``shared_root``, the config's ``cache_dir``)."""
+
+    experiment: object
+    split: object
+    nodes: dict[str, list[str]]  # teacher -> node names (see requested_nodes)
+    run_root: Path
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    precision: str = "fp32"
+    cache_dtype: str = "float16"
+    batch_size: int = 64  # examples per teacher forward while building
+    shared_root: Path | None = None
+    progress: bool = True
+    log: object = print
+    dist: Distributed = field(default_factory=lambda: SINGLE)
+
+    @property
+    def root(self) -> Path:
+        """The caches' folder: the config's ``cache_dir``, else ``RUN/cache``."""
+        return Path(self.shared_root) if self.shared_root is not None else Path(self.run_root) / "cache"
+
+    def components(self, teacher: str) -> dict:
+        return cache_components(self.experiment, self.split, teacher, self.nodes[teacher], self.cache_dtype,
+                                self.precision, self.device)
 
 
 # -- what the losses read ---------------------------------------------------------------------
@@ -531,8 +560,8 @@ def _mention_old_formats(root: Path, log) -> None:
             f"read ({_size(size)}); delete them to free the space")
 
 
-def _build(root: Path, key: str, components: dict, experiment, split, teacher: str, device, precision,
-           cache_dtype, batch_size, progress) -> Path:
+def _build(request: CacheRequest, key: str, components: dict, teacher: str) -> Path:
+    root, split, batch_size = request.root, request.split, request.batch_size
     root.mkdir(parents=True, exist_ok=True)
     staging = root / f".building-{key}-{os.getpid()}"
     if staging.exists():
@@ -540,9 +569,9 @@ def _build(root: Path, key: str, components: dict, experiment, split, teacher: s
     staging.mkdir()
     try:
         started = time.perf_counter()
-        collectors = compute(experiment, split, {teacher: components["nodes"]}, device, precision, batch_size,
-                             progress)
-        entries = [c.write(staging, number, cache_dtype) for number, c in enumerate(collectors)]
+        collectors = compute(request.experiment, split, {teacher: components["nodes"]}, request.device,
+                             request.precision, batch_size, request.progress)
+        entries = [c.write(staging, number, request.cache_dtype) for number, c in enumerate(collectors)]
         meta = {"format": FORMAT, "key": key, "teacher": teacher, "components": components, "examples": len(split),
                 "entries": entries, "build_batch_size": batch_size,
                 "build_seconds": round(time.perf_counter() - started, 3),
@@ -585,9 +614,9 @@ def _build_lock(root: Path, key: str, log):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _validate_or_build(root: Path, key: str, components: dict, experiment, split, teacher: str, device,
-                       precision: str, cache_dtype: str, batch_size: int, progress: bool, log, shared: bool) -> dict:
+def _validate_or_build(request: CacheRequest, key: str, components: dict, teacher: str) -> dict:
     """Under the build lock: the cache another process finished while this one waited, or a new build."""
+    root, log, shared = request.root, request.log, request.shared_root is not None
     folder = root / key
     try:
         meta = _validate(folder, key, components, checksums=True)
@@ -606,18 +635,13 @@ def _validate_or_build(root: Path, key: str, components: dict, experiment, split
                 log(f"rebuilding teacher cache: {stale[0][1]}")
             else:
                 described = ", ".join(f"{teacher}.{node}" for node in components["nodes"])
-                log(f"building teacher cache of {described} for {len(split):,} examples in {folder}")
+                log(f"building teacher cache of {described} for {len(request.split):,} examples in {folder}")
     started = time.perf_counter()
-    _build(root, key, components, experiment, split, teacher, device, precision, cache_dtype, batch_size, progress)
+    _build(request, key, components, teacher)
     meta = _validate(folder, key, components, checksums=False)
     log(f"teacher cache built in {time.perf_counter() - started:.1f} s "
         f"({_size(TeacherCache(folder, meta, teacher).size_bytes)})")
     return meta
-
-
-def _root(run_root: Path, shared_root: Path | None) -> Path:
-    """The caches' folder: the config's ``cache_dir``, else ``RUN/cache``."""
-    return Path(shared_root) if shared_root is not None else Path(run_root) / "cache"
 
 
 def _reuse(root: Path, key: str, components: dict, log) -> dict:
@@ -627,41 +651,38 @@ def _reuse(root: Path, key: str, components: dict, log) -> dict:
     return meta
 
 
-def open_existing(run_root: Path, experiment, split, nodes: dict[str, list[str]], device: torch.device,
-                  precision: str, cache_dtype: str, log=print, shared_root: Path | None = None) -> TeacherCaches | None:
-    """The valid caches of these teacher nodes on ``split`` if every teacher has one on disk, else None.
+def open_existing(request: CacheRequest) -> TeacherCaches | None:
+    """The valid caches of the requested teacher nodes if every teacher has one on disk, else None.
 
     Nothing is built: a stage too short to pay for a cache still reads the ones an earlier stage
     or run (in a shared ``cache_dir``) left behind.
     """
-    root = _root(run_root, shared_root)
+    root = request.root
     caches = []
-    for teacher, names in nodes.items():
-        components = cache_components(experiment, split, teacher, names, cache_dtype, precision, device)
+    for teacher in request.nodes:
+        components = request.components(teacher)
         key = key_of(components)
         try:
             caches.append(TeacherCache(root / key, _validate(root / key, key, components, checksums=True), teacher))
         except InvalidCache:
             return None
     for cache in caches:
-        log(f"teacher cache: reusing {cache.folder} ({cache.meta['examples']:,} examples)")
+        request.log(f"teacher cache: reusing {cache.folder} ({cache.meta['examples']:,} examples)")
     return TeacherCaches(caches)
 
 
-def open_or_build(run_root: Path, experiment, split, nodes: dict[str, list[str]], device: torch.device,
-                  precision: str, cache_dtype: str, batch_size: int, progress: bool = True, log=print,
-                  dist: Distributed = SINGLE, shared_root: Path | None = None) -> TeacherCaches:
-    """The valid cache of each teacher's nodes on ``split``, built first where needed.
+def open_or_build(request: CacheRequest) -> TeacherCaches:
+    """The valid cache of each requested teacher's nodes, built first where needed.
 
     With several processes, rank 0 checks (and if needed builds) each cache while the others wait
-    at a barrier; then every rank opens it. ``shared_root`` replaces ``RUN/cache`` by a folder
+    at a barrier; then every rank opens it. A ``shared_root`` replaces ``RUN/cache`` by a folder
     shared between runs (the config's ``cache_dir``): a cache with the same key is reused from
     there, and caches of other runs in it are never removed as stale.
     """
-    root = _root(run_root, shared_root)
+    root, dist, log = request.root, request.dist, request.log
     caches = []
-    for teacher, names in nodes.items():
-        components = cache_components(experiment, split, teacher, names, cache_dtype, precision, device)
+    for teacher in request.nodes:
+        components = request.components(teacher)
         key = key_of(components)
         folder = root / key
         if dist.is_main:
@@ -669,8 +690,7 @@ def open_or_build(run_root: Path, experiment, split, nodes: dict[str, list[str]]
                 meta = _reuse(root, key, components, log)
             except InvalidCache:
                 with _build_lock(root, key, log):
-                    meta = _validate_or_build(root, key, components, experiment, split, teacher, device, precision,
-                                              cache_dtype, batch_size, progress, log, shared_root is not None)
+                    meta = _validate_or_build(request, key, components, teacher)
         dist.barrier()
         if not dist.is_main:
             try:

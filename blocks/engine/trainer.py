@@ -39,7 +39,7 @@ from blocks.engine.evaluation import autocast, evaluate
 from blocks.engine.optim import build_optimizer, build_schedule, clip_grad_norm, sparse_parameters
 from blocks.engine.plots import write_stage_plots
 from blocks.engine.run_dir import RunDir
-from blocks.engine.teacher_cache import CachedOutputs, open_existing, open_or_build, requested_nodes
+from blocks.engine.teacher_cache import CacheRequest, CachedOutputs, open_existing, open_or_build, requested_nodes
 from blocks.errors import CheckpointError, TrainingError
 from blocks.distill.losses import Loss
 from blocks.metrics import higher_is_better
@@ -364,24 +364,22 @@ class StageTrainer:
         shared_root = Path(self.config["cache_dir"]) if self.config.get("cache_dir") else None
         examples_seen = self.total_steps * self.stage["batch_size"] * self.stage["accumulate"]
         cache_dtype = self.stage.get("cache_dtype", "float16")
+        request = CacheRequest(self.experiment, self.train_split, nodes, self.run_dir.root, self.device, self.precision,
+                               cache_dtype, self.stage["eval_batch_size"], shared_root, self.show_progress, self.log,
+                               self.dist)
         started = time.perf_counter()
         if policy == "auto" and examples_seen < len(self.train_split):
             # too short to pay for building a cache; one already on disk is read all the same (a
             # single process decides alone; several would have to agree, so they keep the teachers)
             if not self.dist.enabled:
-                self.teacher_cache = open_existing(self.run_dir.root, self.experiment, self.train_split, nodes,
-                                                   self.device, self.precision, cache_dtype, log=self.log,
-                                                   shared_root=shared_root)
+                self.teacher_cache = open_existing(request)
             if self.teacher_cache is None:
                 self.log(f"stage '{self.stage['name']}': teachers run every step (the stage sees {examples_seen:,} "
                          f"examples, fewer than the {len(self.train_split):,} a cache would compute)")
         else:
             devices = [self.device.index or 0] if self.device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices):  # teachers in eval mode draw nothing; make sure of it
-                self.teacher_cache = open_or_build(
-                    self.run_dir.root, self.experiment, self.train_split, nodes, self.device, self.precision,
-                    cache_dtype, self.stage["eval_batch_size"], progress=self.show_progress, log=self.log,
-                    dist=self.dist, shared_root=shared_root)
+                self.teacher_cache = open_or_build(request)
         self.cache_seconds = time.perf_counter() - started
 
     def _student_values(self, batch) -> dict:

@@ -18,7 +18,7 @@ from blocks.engine.checkpoint import load_checkpoint
 from blocks.engine.teacher_cache import cache_folders
 from blocks.engine.run import load_model_weights, train
 from blocks.engine.run_dir import RunDir
-from blocks.engine.teacher_cache import CachedOutputs, open_or_build, requested_nodes
+from blocks.engine.teacher_cache import CacheRequest, CachedOutputs, open_or_build, requested_nodes
 from blocks.engine.trainer import StageTrainer
 from blocks.errors import TrainingError
 from blocks.experiment import Experiment
@@ -163,8 +163,9 @@ def test_stale_or_damaged_caches_are_rebuilt_never_used(prepared, monkeypatch, c
 
     def open_cache(progress=False):
         messages.clear()
-        cache = open_or_build(root, experiment, split, {"teacher": ["logits"]}, torch.device("cpu"), "fp32",
-                              "float16", 64, progress=progress, log=messages.append)
+        cache = open_or_build(CacheRequest(
+            experiment, split, {"teacher": ["logits"]}, root, torch.device("cpu"), "fp32", "float16", 64,
+            progress=progress, log=messages.append))
         index = torch.tensor([3, 0, 77, 119])
         cached = cache.outputs(index, torch.device("cpu"))["teacher"]["logits"]
         assert torch.allclose(cached, teacher_logits(experiment, split, index), rtol=0, atol=1e-6)
@@ -220,8 +221,9 @@ def test_old_format_caches_are_removed_from_the_run_folder_and_reported_in_a_sha
     old.mkdir()
     (old / "meta.json").write_text(json.dumps({"format": 1, "key": old.name, "components": {}}))
     messages = []
-    open_or_build(root, experiment, split, {"teacher": ["logits"]}, torch.device("cpu"), "fp32", "float16", 64,
-                  progress=False, log=messages.append)
+    open_or_build(CacheRequest(
+        experiment, split, {"teacher": ["logits"]}, root, torch.device("cpu"), "fp32", "float16", 64,
+        progress=False, log=messages.append))
     assert messages[0] == "rebuilding teacher cache: it was written in an older cache format (1)"
     assert not old.exists() and len(cache_folders(root / "cache")) == 1
 
@@ -230,8 +232,9 @@ def test_old_format_caches_are_removed_from_the_run_folder_and_reported_in_a_sha
     (shared / old.name).mkdir(parents=True)
     (shared / old.name / "meta.json").write_text(json.dumps({"format": 1, "key": old.name, "components": {}}))
     messages.clear()
-    open_or_build(root, experiment, split, {"teacher": ["logits"]}, torch.device("cpu"), "fp32", "float16", 64,
-                  progress=False, log=messages.append, shared_root=shared)
+    open_or_build(CacheRequest(
+        experiment, split, {"teacher": ["logits"]}, root, torch.device("cpu"), "fp32", "float16", 64,
+        progress=False, log=messages.append, shared_root=shared))
     assert messages[0] == (f"teacher cache: 1 cache(s) in {shared} were written in an older format and are no "
                            f"longer read (0.1 kB); delete them to free the space")
     assert (shared / old.name).exists() and len(cache_folders(shared)) == 2
@@ -319,8 +322,9 @@ def test_hidden_states_and_sequences_through_the_cache(project, monkeypatch):
     experiment = Experiment.prepare(config, log=quiet)
     load_model_weights(experiment, RunDir(project.root / "fp16"), "teacher")
     split = experiment.splits["train"]
-    cache = open_or_build(project.root / "fp16", experiment, split, {"teacher": ["encoder", "pool"]},
-                          torch.device("cpu"), "fp32", "float16", 256, progress=False, log=quiet)
+    cache = open_or_build(CacheRequest(
+        experiment, split, {"teacher": ["encoder", "pool"]}, project.root / "fp16", torch.device("cpu"),
+        "fp32", "float16", 256, progress=False, log=quiet))
     experiment.models["teacher"].eval()
     index = torch.tensor([5, 1, 99, 42, 7])
     with torch.no_grad():
@@ -409,15 +413,16 @@ def test_a_run_waits_for_another_process_building_the_same_cache_then_reuses_it(
     with open(cache_root / f".lock-{key}", "w") as other:  # another process is building this cache
         fcntl.flock(other, fcntl.LOCK_EX)
         messages, opened = [], {}
-        waiter = threading.Thread(target=lambda: opened.update(cache=open_or_build(
-            root, experiment, split, nodes, cpu, "fp32", "float16", 64, progress=False, log=messages.append)))
+        waiter = threading.Thread(target=lambda: opened.update(cache=open_or_build(CacheRequest(
+            experiment, split, nodes, root, cpu, "fp32", "float16", 64, progress=False,
+            log=messages.append))))
         waiter.start()
         deadline = time.monotonic() + 30
         while not messages and time.monotonic() < deadline:
             time.sleep(0.01)
         assert messages == [f"teacher cache: waiting for another process that is building {cache_root / key}"]
         assert waiter.is_alive()
-        real_build(cache_root, key, components, experiment, split, "teacher", cpu, "fp32", "float16", 64, False)
+        real_build(CacheRequest(experiment, split, nodes, root, cpu, progress=False), key, components, "teacher")
         fcntl.flock(other, fcntl.LOCK_UN)
     waiter.join(30)
     assert not waiter.is_alive()

@@ -257,13 +257,14 @@ def test_crf_posterior_and_viterbi_kd_from_a_cached_crf_teacher(tagging_project)
 
 
 def test_cached_crf_values_equal_the_teacher_forward(tagging_project):
-    from blocks.engine.teacher_cache import open_or_build
+    from blocks.engine.teacher_cache import CacheRequest, open_or_build
 
     values = tagging_config()
     experiment = prepare(tagging_project, values)
     train = experiment.splits["train"]
-    cache = open_or_build(tagging_project / "run", experiment, train, {"teacher": ["crf"]}, torch.device("cpu"),
-                          "fp32", "float16", 16, progress=False, log=lambda *a: None)
+    cache = open_or_build(CacheRequest(
+        experiment, train, {"teacher": ["crf"]}, tagging_project / "run", torch.device("cpu"), "fp32",
+        "float16", 16, progress=False, log=lambda *a: None))
     index = torch.tensor([5, 0, 17])
     batch = train.collate(index)
     experiment.models["teacher"].eval()
