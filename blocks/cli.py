@@ -159,7 +159,7 @@ def cmd_train(args) -> int:
 
 def cmd_validate(args) -> int:
     from blocks.config.loader import load_config
-    from blocks.data.transfer import describe_transfer
+    from blocks.transfer_set import describe_transfer
     from blocks.engine.run import check_stages
     from blocks.experiment import Experiment, resolve_device
 

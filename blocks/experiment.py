@@ -19,7 +19,7 @@ from blocks.data.pretrained_tokenizer import slug
 from blocks.data.dataset import (PRETRAINED, SPLITS, EncodedSplit, build_input_fields, count_tokens, encode_rows,
                                  input_specs, read_split, split_sources)
 from blocks.data.dev_split import check_stages_without_dev
-from blocks.data.transfer import check_transfer_config
+from blocks.transfer_set import check_transfer_config
 from blocks.data.vocabulary import Vocabulary
 from blocks.distill.losses import LossContext
 from blocks.distill.schedules import make_schedule

@@ -2,7 +2,7 @@
 """Transfer sets: how long a stage's transfer set takes to make, step by step.
 
 Builds the transfer set of one stage exactly as the trainer does when the stage starts
-(:func:`blocks.data.transfer.make_transfer_set`) and times its parts: re-reading the train split,
+(:func:`blocks.transfer_set.make_transfer_set`) and times its parts: re-reading the train split,
 the teacher's word vectors and the nearest-neighbour table (swaps), generating the augmented
 copies, and encoding every new example for each input of the stage's models. Prints what the set
 holds, the log lines the stage would print, and the nearest words of a few words.
@@ -31,7 +31,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY))
 
 from blocks.config.loader import load_config  # noqa: E402
-from blocks.data import transfer  # noqa: E402
+from blocks import transfer_set as transfer  # noqa: E402
 from blocks.errors import DistilBlocksError  # noqa: E402
 from blocks.experiment import Experiment  # noqa: E402
 

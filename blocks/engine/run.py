@@ -130,7 +130,7 @@ def check_stages(experiment: Experiment) -> None:
     """What each stage needs, checked before the first one trains (``blocks validate`` does the
     same): its losses against the models, its optimizer and schedule, a dev split for losses that
     learn from it, and its transfer-set files. A ConfigError names the config file and the path."""
-    from blocks.data.transfer import file_sources
+    from blocks.transfer_set import file_sources
 
     config = experiment.config
     for index, stage in enumerate(config["stages"]):

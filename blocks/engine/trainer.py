@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from blocks.data.batching import bucket_batches
 from blocks.data.dev_split import NO_DEV_HINT
-from blocks.data.transfer import build_transfer_set
+from blocks.transfer_set import build_transfer_set
 from blocks.engine.checkpoint import (atomic_write_json, load_checkpoint, optimizer_from_tensors,
                                       optimizer_to_tensors, rng_from_tensors, rng_to_tensors, save_checkpoint)
 from blocks.engine.distributed import SINGLE, Distributed, batches_per_epoch, epoch_slices

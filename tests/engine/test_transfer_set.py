@@ -1,5 +1,5 @@
 """Transfer sets: a distillation stage trains on the train split, unlabelled files and augmented
-copies labelled by its teachers (blocks/data/transfer.py), through the teacher cache and resume;
+copies labelled by its teachers (blocks/transfer_set.py), through the teacher cache and resume;
 the gold-label losses ignore unlabelled examples; bad transfer configs and files are refused."""
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import torch.nn.functional as F
 
 from blocks.cli import main
 from blocks.config.loader import load_config
-from blocks.data.augment import teacher_word_vectors
+from blocks.augmentation import teacher_word_vectors
 from blocks.data.dataset import UNLABELLED
-from blocks.data.transfer import WORD_MASK, build_transfer_set, make_transfer_set
+from blocks.transfer_set import WORD_MASK, build_transfer_set, make_transfer_set
 from blocks.distill.losses import LossContext
 from blocks.engine.checkpoint import load_checkpoint
 from blocks.engine.run import train

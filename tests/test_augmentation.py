@@ -1,4 +1,4 @@
-"""Augmentation for transfer sets (blocks/data/augment.py): the three operations, their
+"""Augmentation for transfer sets (blocks/augmentation.py): the three operations, their
 probabilities, determinism, and nearest neighbours in a teacher's embedding space."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from blocks.data.augment import (AugmentOptions, Augmenter, embedding_source, join_words, mean_rows,
+from blocks.augmentation import (AugmentOptions, Augmenter, embedding_source, join_words, mean_rows,
                                  nearest_neighbours, neighbour_table, split_words, teacher_word_vectors, word_shape)
 
 WORDS = "the movie was really quite good and the plot was fine".split()

@@ -4,7 +4,7 @@ By default a stage trains on the task's train split. A stage's ``transfer`` key 
 on the train split (``"train": true``, the default; the only examples with gold labels), plus
 unlabelled ``files`` (e.g. question/sentence pairs of another corpus mapped onto the task's field
 names), plus ``augment.copies`` perturbed copies of each train example
-(:mod:`blocks.data.augment`), at most ``max_examples`` of them. Unlabelled and augmented
+(:mod:`blocks.augmentation`), at most ``max_examples`` of them. Unlabelled and augmented
 examples carry no gold label (:data:`blocks.data.dataset.UNLABELLED`, NaN for regression): the
 stage's teachers label them, and the gold-label losses (``CrossEntropy``, ``MSE``) average over
 the labelled examples only.
@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from blocks.data.augment import AugmentOptions, Augmenter, neighbour_table, split_words, teacher_word_vectors
+from blocks.augmentation import AugmentOptions, Augmenter, neighbour_table, split_words, teacher_word_vectors
 from blocks.data.dataset import (PRETRAINED, UNLABELLED, EncodedSplit, SplitSource, encode_rows, field_value,
                                  read_split, split_sources)
 from blocks.data.readers import Row, read_rows
