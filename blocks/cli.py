@@ -234,7 +234,8 @@ def cmd_predict(args) -> int:
     source = "<standard input>" if args.input == "-" else args.input
     text = _read_standard_input(source) if args.input == "-" else None
     mapping = predictor.experiment.config["data"].get("fields", {})
-    if args.lines:
+    # a model trained on parallel files reads the source side: one sentence per line
+    if args.lines or predictor.experiment.config["data"].get("reader", {}).get("format") == "parallel":
         if text is None:
             try:
                 text = Path(args.input).read_text(encoding="utf-8-sig")

@@ -16,7 +16,7 @@ from blocks.catalog import import_user_module, load_builtin_entries
 from blocks.config.loader import Config
 from blocks.config.run_models import INIT_SEPARATOR, init_source
 from blocks.data.pretrained_tokenizer import slug
-from blocks.data.dataset import (PRETRAINED, SPLITS, EncodedSplit, build_input_fields, count_tokens, encode_rows,
+from blocks.data.dataset import (PRETRAINED, SPLITS, TASK_INPUT_TYPES, EncodedSplit, build_input_fields, count_tokens, encode_rows,
                                  input_specs, read_split, split_sources)
 from blocks.data.dev_split import check_stages_without_dev
 from blocks.transfer_set import check_transfer_config
@@ -48,7 +48,8 @@ def check_references(config: Config) -> None:
     provisional = task_class(task_config["type"], file).from_values({**task_config,
                                                                      "labels": task_config.get("labels") or []})
     for i, name in enumerate(task_config["metrics"]):
-        METRICS.get(name, file, f"/task/metrics/{i}")
+        if name not in provisional.own_metrics:
+            METRICS.get(name, file, f"/task/metrics/{i}")
         problem = provisional.metric_problem(name)
         if problem:
             raise ConfigError(problem, file, f"/task/metrics/{i}")
@@ -81,7 +82,8 @@ def check_references(config: Config) -> None:
                 check(stage[key], f"{path}/{key}")
             except ConfigError as error:
                 raise ConfigError(error.message, file, error.path) from None
-        METRICS.get(stage["select"] or task_config["metrics"][0], file, f"{path}/select")
+        if (stage["select"] or task_config["metrics"][0]) not in provisional.own_metrics:
+            METRICS.get(stage["select"] or task_config["metrics"][0], file, f"{path}/select")
         if stage["select"] and provisional.metric_problem(stage["select"]) and stage["select"] != "loss":
             raise ConfigError(provisional.metric_problem(stage["select"]), file, f"{path}/select")
         check_transfer_config(values, i, file)
@@ -138,6 +140,14 @@ def field_place(values: dict, name: str) -> str | None:
     return None
 
 
+def task_vocabulary(task: TaskType, input_field, file: str | None):
+    """The vocabulary of an input the task encodes itself (seq2seq's source and target)."""
+    if input_field.type not in task.input_types:
+        raise ConfigError(f"inputs of type '{input_field.type}' belong to a task that encodes them "
+                          f"(seq2seq); this is a {task.name} task", file, "/models")
+    return task.input_vocabulary(input_field.type)
+
+
 def load_vocabulary_file(file: str, config: Config, path: str) -> Vocabulary:
     from blocks.errors import CheckpointError
 
@@ -183,7 +193,11 @@ class Experiment:
                           f"{task.name} task needs a {wanted} output{hint}", self.config.file, path)
 
     def _bind_task(self, graph: Graph) -> None:
-        """Blocks that depend on the label set: a CRF takes the tag scheme's allowed transitions."""
+        """Blocks that depend on the label set: a CRF takes the tag scheme's allowed transitions;
+        a task that checks its models' shape (seq2seq: a decoder at the end) does so."""
+        check_model = getattr(self.task, "check_model", None)
+        if check_model is not None:
+            check_model(graph, self.config.file)
         constraints = getattr(self.task, "transition_constraints", None)
         if constraints is None:
             return
@@ -236,6 +250,8 @@ class Experiment:
         for input_field in fields.values():
             if input_field.type == PRETRAINED:
                 vocabularies[input_field.vocab] = input_field.tokenizer.vocabulary
+            elif input_field.type in TASK_INPUT_TYPES:
+                vocabularies[input_field.vocab] = task_vocabulary(task, input_field, config.file)
         for name in vocab_options:
             if name not in vocabularies:
                 raise ConfigError(f"vocabulary '{name}' is not used by any input{did_you_mean(name, vocabularies)}",
@@ -266,12 +282,15 @@ class Experiment:
                       for written, folder in json.loads(index_file.read_text()).items()}
                      if index_file.is_file() else {})
         task = task_from_json(json.loads((run_dir / "task.json").read_text()))
+        task.load_files(run_dir / "vocab")
         fields, model_inputs = build_input_fields(config["models"], config.file, config.base_dir, locations,
                                                   words=task.per_token)
         vocabularies = {}
         for key, input_field in fields.items():
             if input_field.type == PRETRAINED:
                 vocabularies[input_field.vocab] = input_field.tokenizer.vocabulary
+            elif input_field.type in TASK_INPUT_TYPES:
+                vocabularies[input_field.vocab] = task_vocabulary(task, input_field, config.file)
             elif input_field.vocab not in vocabularies:
                 vocabularies[input_field.vocab] = Vocabulary.load(run_dir / "vocab" / f"{input_field.vocab}.txt")
         return cls(config, task, fields, model_inputs, vocabularies, {})
@@ -346,6 +365,7 @@ class Experiment:
         """Word vocabularies into ``folder``; pretrained tokenizers (with their model configs) into
         ``pretrained/`` beside it, so that the run directory alone can rebuild every input."""
         folder.mkdir(parents=True, exist_ok=True)
+        self.task.save_files(folder)
         for name, vocab in self.vocabularies.items():
             if isinstance(vocab, Vocabulary):
                 vocab.save(folder / f"{name}.txt")

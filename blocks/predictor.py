@@ -56,7 +56,9 @@ class Predictor:
         self.device = resolve_device(config["device"])
         self.batch_size = batch_size
         used = set(self.experiment.model_inputs[self.model].values())
-        self._inputs = {key: field for key, field in self.experiment.fields.items() if key in used}
+        # a seq2seq decoder's target prefix is generated, not read
+        self._inputs = {key: field for key, field in self.experiment.fields.items()
+                        if key in used and field.type != "target"}
         #: the data fields the model reads, in the order a tuple example gives them
         self.fields: list[str] = list(dict.fromkeys(
             name for field in self._inputs.values() for name in (field.field, field.pair_field) if name))

@@ -34,9 +34,15 @@ READER_SCHEMA = {
     "additionalProperties": False,
     "description": "How to read the data files (each split may override any key).",
     "properties": {
-        "format": {"enum": ["auto", "tsv", "csv", "jsonl", "json", "columns"], "default": "auto",
+        "format": {"enum": ["auto", "tsv", "csv", "jsonl", "json", "columns", "parallel"], "default": "auto",
                    "description": "file format; auto = from the extension; columns = CoNLL-style "
-                                  "(one token per line, a blank line between sentences)"},
+                                  "(one token per line, a blank line between sentences); parallel = two "
+                                  "line-aligned files <path>.<language>, one field per language"},
+        "languages": {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 2, "maxItems": 2,
+                      "description": "parallel format: the two file suffixes (and field names), e.g. [\"en\", \"de\"]"},
+        "empty": {"enum": ["skip", "error"], "default": "skip",
+                  "description": "parallel format: a sentence pair with an empty side is skipped (counted in the "
+                                 "log) or an error"},
         "header": {"type": "boolean", "default": True, "description": "first line names the columns"},
         "columns": {"anyOf": [{"type": "array", "items": {"type": "string"}}, {"type": "null"}],
                     "default": None, "description": "column names (for files without a header, or to rename)"},
@@ -91,9 +97,10 @@ TASK_SCHEMA = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
-        "type": {"enum": ["classification", "regression", "tagging"], "default": "classification",
+        "type": {"enum": ["classification", "regression", "tagging", "seq2seq"], "default": "classification",
                  "description": "classification: a class per example; regression: a score per example; "
-                                "tagging: a tag per word (see docs/tasks.md)"},
+                                "tagging: a tag per word; seq2seq: a target sentence per source sentence "
+                                "(see docs/tasks.md)"},
         "labels": {"anyOf": [{"type": "array", "items": {"type": "string"}, "minItems": 1}, {"type": "null"}],
                    "default": None, "description": "label set in order; default: discovered from train"},
         "positive_label": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None,
@@ -109,6 +116,24 @@ TASK_SCHEMA = {
         "model_scheme": {"anyOf": [{"enum": ["IOB1", "IOB2", "BIOES", "none"]}, {"type": "null"}],
                          "description": "tagging: the scheme the model predicts in (tags are converted on read); "
                                         "default: the file's"},
+        "source": {"type": "string",
+                   "description": "seq2seq: the source-sentence field (data.label is the target field)"},
+        "subword": {"type": "object", "additionalProperties": False,
+                    "description": "seq2seq: the subword vocabularies trained on the train split",
+                    "properties": {"model": {"enum": ["bpe", "unigram"]},
+                                   "vocab_size": {"type": "integer", "minimum": 8, "maximum": 1000000},
+                                   "shared": {"type": "boolean"},
+                                   "min_frequency": {"type": "integer", "minimum": 1}}},
+        "generation": {"type": "object", "additionalProperties": False,
+                       "description": "seq2seq: decoding for test, predict and the final evaluation (dev "
+                                      "evaluations during training decode greedily)",
+                       "properties": {"beam": {"type": "integer", "minimum": 1, "maximum": 1000},
+                                      "max_length_a": {"type": "number", "minimum": 0},
+                                      "max_length_b": {"type": "number", "minimum": 0},
+                                      "length_penalty": {"type": "number"}}},
+        "max_target_length": {"type": "integer", "minimum": 2,
+                              "description": "seq2seq: subword tokens kept of a target (with <eos>), default 256; "
+                                             "longer targets are cut and counted in the log"},
         "repair": {"type": "boolean",
                    "description": "tagging (default false): repair tags that break the scheme (I-X after O starts an entity) "
                                   "instead of reporting them"},
@@ -121,9 +146,11 @@ INPUT_SCHEMA = {
     "required": ["field"],
     "properties": {
         "field": {"type": "string", "description": "logical data field to read"},
-        "type": {"enum": ["tokens", "chars", "pretrained"], "default": "tokens",
+        "type": {"enum": ["tokens", "chars", "pretrained", "source", "target"], "default": "tokens",
                  "description": "tokens: [batch, length] ids; chars: [batch, length, characters] ids; "
-                                "pretrained: the word-piece ids of a pretrained model's own tokenizer"},
+                                "pretrained: the word-piece ids of a pretrained model's own tokenizer; "
+                                "source / target (seq2seq): the task's subword ids of the source sentence "
+                                "(with <eos>), of the target prefix (<bos> + target: the decoder's input)"},
         "tokenizer": {"anyOf": [{"type": "string"},
                                 {"type": "object", "required": ["type"], "properties": {"type": {"type": "string"}}}],
                       "default": "treebank",

@@ -31,6 +31,9 @@ PRETRAINED = "pretrained"
 # A pretrained input over words (a tagging task): each example's ids are [pieces, 2] (piece id,
 # word index); a batch is a WordPieces value.
 PRETRAINED_WORDS = "pretrained-words"
+#: Input types the task encodes itself (seq2seq: the source sentence, the target prefix); their
+#: vocabulary is the task's (see :meth:`blocks.tasks.base.TaskType.encode_input`).
+TASK_INPUT_TYPES = ("source", "target")
 #: The tokens an input keeps of one example when its ``max_length`` is not set: one 2-million
 #: character line would otherwise pad every batch it is in to 400,000 positions.
 DEFAULT_MAX_TOKENS = 512
@@ -137,8 +140,8 @@ def build_input_fields(models: dict, file: str | None, base_dir=None, locations:
                 fields[key] = make_input_field(key, definition, file, path, base_dir, locations or {})
                 fields[key].words = words
             model_inputs[model_name][input_name] = by_definition[canonical]
-            if definition["type"] == PRETRAINED:
-                continue  # a pretrained tokenizer brings its own vocabulary
+            if definition["type"] == PRETRAINED or definition["type"] in TASK_INPUT_TYPES:
+                continue  # a pretrained tokenizer, or the task, brings its own vocabulary
             kind = vocab_kinds.setdefault(definition["vocab"], (definition["type"], path))
             if kind[0] != definition["type"]:
                 raise ConfigError(f"vocabulary '{definition['vocab']}' is used for {kind[0]} at {kind[1]} and for "
@@ -156,6 +159,10 @@ def make_input_field(key: str, definition: dict, file: str | None, path: str, ba
         return InputField(key=key, field=definition["field"], type=PRETRAINED, tokenizer=tokenizer,
                           lowercase=False, max_length=tokenizer.max_length, vocab=f"pretrained:{written}",
                           max_word_length=definition["max_word_length"], pair_field=definition["pair_field"])
+    if definition["type"] in TASK_INPUT_TYPES:
+        return InputField(key=key, field=definition["field"], type=definition["type"], tokenizer=None,
+                          lowercase=False, max_length=definition["max_length"], vocab=f"task:{definition['type']}",
+                          max_word_length=definition["max_word_length"])
     return InputField(key=key, field=definition["field"], type=definition["type"],
                       tokenizer=build_tokenizer(definition["tokenizer"], file, f"{path}/tokenizer"),
                       lowercase=definition["lowercase"], max_length=definition["max_length"],
@@ -231,8 +238,8 @@ def count_tokens(fields: dict[str, InputField], rows: list[Row], mapping: dict) 
     """Token (or character) counts per vocabulary over the given rows."""
     counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for input_field in fields.values():
-        if input_field.type == PRETRAINED:
-            continue  # a pretrained tokenizer brings its vocabulary
+        if input_field.type == PRETRAINED or input_field.type in TASK_INPUT_TYPES:
+            continue  # a pretrained tokenizer, or the task, brings its vocabulary
         counter = counts[input_field.vocab]
         for row in rows:
             tokens = input_field.tokens(field_value(row, input_field.field, mapping))
@@ -306,6 +313,13 @@ def encode_rows(name: str, rows: list[Row], fields: dict[str, InputField], vocab
     ids: dict[str, list[torch.Tensor]] = {}
     truncated: dict[str, tuple[int, int]] = {}
     for key, input_field in fields.items():
+        if input_field.type in TASK_INPUT_TYPES:
+            ids[key], cut, limit = task.encode_input(input_field.type,
+                                                     [field_value(row, input_field.field, mapping) for row in rows],
+                                                     input_field.max_length)
+            if cut:
+                truncated[input_field.field] = (cut, limit)
+            continue
         if input_field.type == PRETRAINED and input_field.words:
             ids[key] = input_field.tokenizer.encode_words(
                 [input_field.tokens(field_value(row, input_field.field, mapping)) for row in rows])
@@ -355,7 +369,7 @@ def check_word_counts(rows: list[Row], fields: dict[str, InputField], ids: dict[
                       labels: list[torch.Tensor], mapping: dict) -> None:
     """Word-level inputs must have one word per tag (unless ``max_length`` cut the words short)."""
     for key, input_field in fields.items():
-        if input_field.type == PRETRAINED:
+        if input_field.type == PRETRAINED or input_field.type in TASK_INPUT_TYPES:
             continue
         for row, sequence, tags in zip(rows, ids[key], labels):
             if len(sequence) == len(tags) or (len(sequence) == input_field.token_limit < len(tags)):

@@ -33,10 +33,10 @@ from typing import Any, Iterator, Literal
 
 from blocks.errors import DataError
 
-Format = Literal["auto", "tsv", "csv", "jsonl", "json", "columns"]
+Format = Literal["auto", "tsv", "csv", "jsonl", "json", "columns", "parallel"]
 
 EXTENSIONS = {".tsv": "tsv", ".txt": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "json"}
-FORMATS = ("tsv", "csv", "jsonl", "json", "columns")
+FORMATS = ("tsv", "csv", "jsonl", "json", "columns", "parallel")
 
 
 class Rows(list):
@@ -90,12 +90,32 @@ def format_of(path: str | os.PathLike, format: Format = "auto") -> str:
                         str(path)) from None
 
 
+def _read_parallel_rows(file: str, languages: list[str] | None, encoding: str, empty: str,
+                        text: str | None) -> Rows:
+    """Rows of two line-aligned files ``<file>.<language>`` (the ``parallel`` format)."""
+    from blocks.data.parallel_reader import read_parallel_files
+
+    if not languages or len(languages) != 2 or languages[0] == languages[1]:
+        raise DataError(f"the parallel format needs two different languages (file suffixes), got {languages}", file)
+    if text is not None:
+        raise DataError("the parallel format is read from files only", file)
+    source, target = languages
+    corpus = read_parallel_files(f"{file}.{source}", f"{file}.{target}", encoding=encoding, empty=empty)
+    notes = []
+    if corpus.skipped_empty:
+        lines = ", ".join(str(n) for n in corpus.skipped_lines[:5]) + (", ..." if corpus.skipped_empty > 5 else "")
+        notes.append(f"{corpus.skipped_empty} sentence pair(s) with an empty side skipped (lines {lines})")
+    return Rows([Row({source: s, target: t}, corpus.source_file, line)
+                 for s, t, line in zip(corpus.sources, corpus.targets, corpus.lines)], notes)
+
+
 def read_rows(path: str | os.PathLike, *, format: Format = "auto", header: bool = True,
               columns: list[str] | None = None, quoting: Literal["none", "csv"] = "none",
               encoding: str = "utf-8-sig", delimiter: str | None = None, skip_blank: bool = True,
               comment: str | None = None, document_separator: str | None = "-DOCSTART-",
               maxsplit: int | None = None, extra_columns: Literal["error", "ignore"] = "error",
-              text: str | None = None) -> Rows:
+              text: str | None = None, languages: list[str] | None = None,
+              empty: Literal["skip", "error"] = "skip") -> Rows:
     """Read a data file into rows of raw strings.
 
     Args:
@@ -130,6 +150,11 @@ def read_rows(path: str | os.PathLike, *, format: Format = "auto", header: bool 
             skipped (see :mod:`blocks.data.column_reader`; ``format="columns"`` reads one row per
             sentence, each field a list of strings, and ignores ``header``, ``quoting`` and
             ``skip_blank``).
+        languages: parallel: the suffixes of two line-aligned files ``<path>.<language>``
+            (``train`` with ``["en", "de"]`` reads ``train.en`` and ``train.de``); each row has one
+            field per language, its file the first file and its line the line number in both
+            (:mod:`blocks.data.parallel_reader`: files of different lengths are an error).
+        empty: parallel: a pair with an empty side is skipped (counted in ``notes``) or an error.
 
     Returns:
         The rows in file order (a :class:`Rows`, empty for a file without rows: the caller
@@ -140,7 +165,7 @@ def read_rows(path: str | os.PathLike, *, format: Format = "auto", header: bool 
             undecodable bytes, a row with the wrong number of fields, malformed JSON.
     """
     file = str(path)
-    if text is None:
+    if text is None and format != "parallel":  # the parallel format names two files by suffix
         _check_readable(file)
     fmt = format_of(path, format)
     if quoting not in ("none", "csv"):
@@ -159,6 +184,8 @@ def read_rows(path: str | os.PathLike, *, format: Format = "auto", header: bool 
         codecs.lookup(encoding)
     except LookupError:
         raise DataError(f"unknown encoding '{encoding}'", file) from None
+    if fmt == "parallel":
+        return _read_parallel_rows(file, languages, encoding, empty, text)
     if fmt == "columns":
         from blocks.data.column_reader import read_column_rows
 

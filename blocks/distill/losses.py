@@ -231,7 +231,9 @@ def _kind_hint(kind: str, wanted: tuple[str, ...]) -> str:
 
 @register_loss("CrossEntropy")
 class CrossEntropy(Loss):
-    """Cross-entropy between the model's logits and the gold labels.
+    """Cross-entropy between the model's logits and the gold labels: one vector of logits per
+    example, or per position (a tagger's words, a seq2seq decoder's target tokens), padded
+    positions left out.
 
     Args:
         output: node holding the logits (default: the model's output).
@@ -241,7 +243,7 @@ class CrossEntropy(Loss):
     """
 
     label_only = True
-    task_types = ("classification", "tagging")
+    task_types = ("classification", "tagging", "seq2seq")
     output_kinds = (VECTOR, SEQUENCE)
 
     def __init__(self, stage: LossContext, output: str | None = None, label_smoothing: float = 0.0):

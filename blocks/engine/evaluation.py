@@ -20,10 +20,11 @@ def autocast(device: torch.device, precision: str):
 
 @torch.no_grad()
 def predict(experiment, model_name: str, split: EncodedSplit, batch_size: int, device: torch.device,
-            precision: str = "fp32", progress: bool = False):
+            precision: str = "fp32", progress: bool = False, final: bool = True):
     """The predictions of every example of ``split``, in the split's order, as the task decodes
     them: probabilities ``[N, C]`` (classification), scores ``[N]`` (regression), a list of tag-id
-    tensors (tagging)."""
+    tensors (tagging), generated token ids (seq2seq: the config's search when ``final``, greedy
+    for a dev evaluation during training)."""
     from tqdm import tqdm
 
     task = experiment.task
@@ -39,8 +40,11 @@ def predict(experiment, model_name: str, split: EncodedSplit, batch_size: int, d
         for index in batches:
             batch = split.collate(index).to(device)
             with autocast(device, precision):
-                values = experiment.model_values(model_name, batch)
-            chunks.append(task.decode_batch(values[output_name], batch))
+                if task.generates:
+                    chunks.append(task.predict_batch(experiment, model_name, batch, final))
+                else:
+                    values = experiment.model_values(model_name, batch)
+                    chunks.append(task.decode_batch(values[output_name], batch))
             order.append(index)
             bar.update(len(index))
     finally:
@@ -50,8 +54,9 @@ def predict(experiment, model_name: str, split: EncodedSplit, batch_size: int, d
 
 
 def evaluate(experiment, model_name: str, split: EncodedSplit, batch_size: int, device: torch.device,
-             precision: str = "fp32", metrics: list[str] | None = None, progress: bool = False) -> dict[str, float]:
-    predictions = predict(experiment, model_name, split, batch_size, device, precision, progress)
+             precision: str = "fp32", metrics: list[str] | None = None, progress: bool = False,
+             final: bool = True) -> dict[str, float]:
+    predictions = predict(experiment, model_name, split, batch_size, device, precision, progress, final)
     return experiment.task.metrics(predictions, split, metrics or experiment.config["task"]["metrics"])
 
 
@@ -77,6 +82,9 @@ def throughput(experiment, model_name: str, split: EncodedSplit, batch_size: int
             torch.cuda.synchronize(device)
         start = time.perf_counter()
         for batch in batches:
+            if experiment.task.generates:  # a generating task's inference is its decoding
+                experiment.task.predict_batch(experiment, model_name, batch, True)
+                continue
             values = experiment.model_values(model_name, batch)
             if decode:
                 experiment.task.decode_batch(values[model.output_name], batch)

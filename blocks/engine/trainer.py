@@ -500,7 +500,8 @@ class StageTrainer:
             if self.main:
                 names = list(dict.fromkeys(self.config["task"]["metrics"] + [self.select]))
                 metrics = evaluate(self.experiment, self.model_name, self.dev_split, stage["eval_batch_size"],
-                                   self.device, self.precision, metrics=names, progress=self.show_progress)
+                                   self.device, self.precision, metrics=names, progress=self.show_progress,
+                                   final=False)  # a generating task decodes greedily here
             metrics = self.dist.broadcast(metrics)
             value = metrics[self.select]
             best = self.state.best

@@ -17,7 +17,8 @@ Both decoders follow one protocol (:class:`Decoder`), which generation
   of them), so one implementation serves both decoders.
 
 Special token ids are not the decoder's business: generation is told which ids are ``<bos>``,
-``<eos>`` and ``<pad>``. The target vocabulary size is a parameter (``vocab_size``); the node's
+``<eos>`` and ``<pad>``. The target vocabulary size is a parameter (``vocab_size``; in a seq2seq
+config its default ``"labels"`` is the task's target vocabulary size); the node's
 optional second input, the target tokens edge, is checked against it when it carries a
 vocabulary.
 
@@ -175,7 +176,7 @@ class TransformerDecoder(Decoder):
         tie_embeddings: the output projection is the target embedding matrix (no separate weights).
     """
 
-    def __init__(self, inputs: list[Spec], vocab_size: int, layers: int = 2, heads: int = 4,
+    def __init__(self, inputs: list[Spec], vocab_size: int | Literal["labels"] = "labels", layers: int = 2, heads: int = 4,
                  width: int | None = None, ffn: int | None = None, dropout: float = 0.1,
                  positions: Literal["learned", "sinusoidal"] = "learned", max_length: int = 256,
                  pre_ln: bool = True, tie_embeddings: bool = True):
@@ -289,7 +290,8 @@ class RNNDecoder(Decoder):
             then has embedding_dim features).
     """
 
-    def __init__(self, inputs: list[Spec], vocab_size: int, cell: Literal["gru", "lstm"] = "gru",
+    def __init__(self, inputs: list[Spec], vocab_size: int | Literal["labels"] = "labels",
+                 cell: Literal["gru", "lstm"] = "gru",
                  hidden: int = 256, embedding_dim: int | None = None, layers: int = 1,
                  attention: Literal["bahdanau", "luong"] = "bahdanau", dropout: float = 0.1,
                  tie_embeddings: bool = False):

@@ -15,7 +15,14 @@ metrics and the CLI never branch on that name; they ask the task type:
 * **metrics** — which metrics make sense (:meth:`TaskType.metric_problem`), the default list,
   and computing them over a split (:meth:`TaskType.metrics`);
 * **prediction output** — the lines ``blocks predict`` writes (:meth:`TaskType.format_prediction`);
-* **persistence** — ``task.json`` in a run directory (:meth:`TaskType.to_json`).
+* **persistence** — ``task.json`` in a run directory (:meth:`TaskType.to_json`), and files the
+  task trains on the train split (:meth:`TaskType.save_files`, :meth:`TaskType.load_files`: the
+  seq2seq subword vocabularies);
+* **generation** (optional) — a task whose predictions come from running a model step by step
+  (:attr:`TaskType.generates`, seq2seq) labels a batch with :meth:`TaskType.predict_batch`
+  instead of decoding one forward pass; it may also encode input types of its own
+  (:attr:`TaskType.input_types`) and compute metrics outside the ``METRICS`` registry
+  (:attr:`TaskType.own_metrics`).
 
 Each task type registers itself in :data:`TASK_TYPES` with :func:`register_task_type`.
 """
@@ -47,6 +54,13 @@ class TaskType:
     output_kinds: ClassVar[tuple[str, ...]]
     #: Whether each example has one label (classification, regression) or one per word.
     per_token: ClassVar[bool] = False
+
+    #: Model input types (``inputs.<name>.type``) this task encodes itself (:meth:`encode_input`).
+    input_types: ClassVar[tuple[str, ...]] = ()
+    #: Metric names this task computes itself, not registered in ``METRICS`` for other tasks.
+    own_metrics: ClassVar[tuple[str, ...]] = ()
+    #: Predictions come from :meth:`predict_batch` (generation), not :meth:`decode_batch`.
+    generates: ClassVar[bool] = False
 
     labels: list[str]
     positive: int = 1
@@ -131,6 +145,28 @@ class TaskType:
         """A header line for ``blocks predict``'s TSV output, if any."""
         return None
 
+    # -- optional: inputs, files and generation of their own (seq2seq) ------------------------------
+    def input_vocabulary(self, input_type: str) -> Any:
+        """The vocabulary (its length and ``pad_index``) of one of :attr:`input_types`."""
+        raise NotImplementedError
+
+    def encode_input(self, input_type: str, texts: list[str], max_length: int | None
+                     ) -> tuple[list[torch.Tensor], int, int]:
+        """Id tensors of ``texts`` for one of :attr:`input_types` (``max_length``: the input's,
+        None when not set), the number of texts cut and the limit they were cut to."""
+        raise NotImplementedError
+
+    def save_files(self, run_dir) -> None:
+        """Write what the task learned from the train split into the run directory."""
+
+    def load_files(self, run_dir) -> None:
+        """Read what :meth:`save_files` wrote (``test`` and ``predict`` from a run directory)."""
+
+    def predict_batch(self, experiment, model_name: str, batch, final: bool) -> Any:
+        """Per-example predictions of a batch by running the model (:attr:`generates` tasks).
+        ``final``: the final evaluation, test or predict (else a dev evaluation during training)."""
+        raise NotImplementedError
+
 
 def task_from_config(task_config: dict, train_rows: list, label_field: str, mapping: dict,
                      file: str | None = None) -> TaskType:
@@ -153,3 +189,4 @@ def load_task_types() -> None:
     import blocks.tasks.classification  # noqa: F401
     import blocks.tasks.regression  # noqa: F401
     import blocks.tasks.tagging  # noqa: F401
+    import blocks.tasks.seq2seq  # noqa: F401

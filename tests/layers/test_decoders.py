@@ -133,7 +133,9 @@ def test_registered_with_inferred_widths():
     for name in ("TransformerDecoder", "RNNDecoder"):
         jsonschema.Draft202012Validator.check_schema(BLOCKS.schema(name))
         assert all(parameter.doc for parameter in BLOCKS.parameters(name))
-        assert [p.name for p in BLOCKS.parameters(name) if p.required] == ["vocab_size"]
+        # vocab_size defaults to "labels": the task's target vocabulary size
+        assert [p.name for p in BLOCKS.parameters(name) if p.required] == []
+        assert BLOCKS.parameters(name)[0].default == "labels"
         BLOCKS.validate_params(name, {"vocab_size": 100}, None, "/graph/3")
     with pytest.raises(ConfigError, match="/graph/3/attention"):
         BLOCKS.validate_params("RNNDecoder", {"vocab_size": 100, "attention": "dot"}, None, "/graph/3")
