@@ -81,6 +81,9 @@ class Entry:
         task = self.experiment.task
         output = self.experiment.models[self.model].output_name
         for batch in batches:
+            if task.generates:  # a translation model's inference is its decoding (the task's final search)
+                task.predict_batch(self.experiment, self.model, batch, True)
+                continue
             values = self.experiment.model_values(self.model, batch)
             if task.per_token:  # a tagger's inference includes its decoding (Viterbi for a CRF)
                 task.decode_batch(values[output], batch)
@@ -307,7 +310,8 @@ def bench_run(run_dir: str | Path, examples: int = 1000, repeats: int = 3, threa
         used_threads = torch.get_num_threads()
     finally:
         torch.set_num_threads(previous)
-    out(f"forward passes only (and a tagger's decoding), inference mode, batches pre-collated and sorted by "
+    out(f"forward passes only (and a tagger's decoding; a seq2seq model's generation), inference mode, "
+        f"batches pre-collated and sorted by "
         f"length; best of {repeats} "
         f"interleaved repeat(s); speedup = vs the slowest model")
     headers, rows, left = speed_table(entries, BENCH_SIZES, with_run=False)
@@ -331,8 +335,8 @@ def bench_run(run_dir: str | Path, examples: int = 1000, repeats: int = 3, threa
 def words_per_example(entry: "Entry", batch_size: int) -> float | None:
     """The mean word count of the examples timed at ``batch_size``, for a word-level task (from the
     batches' per-word labels); None otherwise."""
-    if not entry.experiment.task.per_token:
-        return None
+    if not entry.experiment.task.per_token or entry.experiment.task.generates:
+        return None  # a translation model: sentences per second are the measure
     batches = entry.batches[batch_size]
     if not batches:
         return None

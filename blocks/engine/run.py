@@ -470,7 +470,7 @@ def summarize(experiment: Experiment, directory: RunDir, device: torch.device, s
 def words_per_example(experiment, split, max_examples: int = 2048) -> float | None:
     """The mean word count of the examples a speed measurement uses (its first ``max_examples``),
     for a word-level task; None otherwise."""
-    if not experiment.task.per_token or split.labels is None or not len(split):
+    if not experiment.task.per_token or experiment.task.generates or split.labels is None or not len(split):
         return None
     count = min(len(split), max_examples)
     return sum(len(split.labels[i]) for i in range(count)) / count
