@@ -228,6 +228,7 @@ def _continue_with(config: Config, directory: RunDir, log) -> bool:
 
 def _check_vocabularies(experiment: Experiment, directory: RunDir) -> None:
     """The vocabularies a resumed run built again from its data are those the run wrote."""
+    experiment.task.check_files(directory.vocab)
     for name, vocab in experiment.vocabularies.items():
         path = directory.vocab / f"{name}.txt"
         if isinstance(vocab, Vocabulary) and path.is_file() and Vocabulary.load(path) != vocab:

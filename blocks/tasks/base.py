@@ -162,6 +162,10 @@ class TaskType:
     def load_files(self, run_dir) -> None:
         """Read what :meth:`save_files` wrote (``test`` and ``predict`` from a run directory)."""
 
+    def check_files(self, run_dir) -> None:
+        """A resumed run: what the task learned again from the train split is what it saved
+        (a CheckpointError naming the file otherwise)."""
+
     def predict_batch(self, experiment, model_name: str, batch, final: bool) -> Any:
         """Per-example predictions of a batch by running the model (:attr:`generates` tasks).
         ``final``: the final evaluation, test or predict (else a dev evaluation during training)."""

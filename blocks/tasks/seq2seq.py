@@ -138,6 +138,18 @@ class Seq2Seq(TaskType):
 
         self.vocabularies = SubwordVocabularies.load(Path(run_dir) / SUBWORD_FOLDER)
 
+    def check_files(self, run_dir) -> None:
+        from blocks.data.subword import META_FILE, SubwordVocabularies
+        from blocks.errors import CheckpointError
+
+        folder = Path(run_dir) / SUBWORD_FOLDER
+        if not (folder / META_FILE).is_file():
+            return  # not written yet: the set-up writes it
+        saved, trained = SubwordVocabularies.load(folder), self.vocabularies
+        if (saved.source.to_json(), saved.target.to_json()) != (trained.source.to_json(), trained.target.to_json()):
+            raise CheckpointError("the training data or task.subword changed since the run started (the subword "
+                                  "vocabularies trained again differ from the run's)", str(folder / META_FILE))
+
     def check_model(self, graph, file: str | None) -> None:
         """The output node must be a decoder reading the target prefix (a ConfigError otherwise)."""
         self.decoder_node(graph, file)

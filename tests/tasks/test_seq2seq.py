@@ -213,3 +213,20 @@ def test_translator_trains_from_json_then_tests_and_translates_from_its_run(proj
     capsys.readouterr()
     assert main(["predict", "run", "--input", "input.en"]) == 0
     assert capsys.readouterr().out.splitlines() == ["GNU FOX EEL", "KIWI JAY IBIS HEN"]
+
+
+def test_a_resumed_run_checks_its_subword_vocabularies(project):
+    from blocks.cli import main
+    from blocks.engine.run import train
+    from blocks.errors import CheckpointError
+
+    values = seq2seq_config()
+    values["stages"][0]["epochs"] = 1
+    path = write_config(project, values)
+    quiet = lambda *a, **k: None  # noqa: E731
+    assert main(["train", str(path), "--run-dir", "run", "--no-progress"]) == 0
+    config = load_config(path, environ={})
+    train(config, run_dir="run", resume=True, log=quiet, progress=False)  # same data: the same vocabularies
+    write_pairs(project / "data", "train", 400, 7)  # other sentences: other subword merges
+    with pytest.raises(CheckpointError, match="subword vocabularies"):
+        train(load_config(path, environ={}), run_dir="run", resume=True, log=quiet, progress=False)
