@@ -414,6 +414,10 @@ def export_model(run_dir: str | Path, fmt: str, model: str | None = None, output
         raise DistilBlocksError(f"{directory.progress_file}: model '{model}' has not finished training in this run "
                                 f"(finished: {finished}); finish it with `blocks train CONFIG --resume`")
     directory, experiment, state = load_run(directory.root, log=lambda *a: None, trust_imports=trust_imports)
+    if experiment.task.generates:
+        raise DistilBlocksError(f"{directory.task}: a {experiment.task.name} model generates its output step by "
+                                f"step (encoder, then the decoder once per token); exporting it is not supported "
+                                f"yet: use the run directory with `blocks predict` or the Predictor")
     graph = experiment.models[model].cpu()
     graph.eval()
     wrapper = ExportWrapper(graph).eval()

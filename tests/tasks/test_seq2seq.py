@@ -214,6 +214,10 @@ def test_translator_trains_from_json_then_tests_and_translates_from_its_run(proj
     assert main(["predict", "run", "--input", "input.en"]) == 0
     assert capsys.readouterr().out.splitlines() == ["GNU FOX EEL", "KIWI JAY IBIS HEN"]
 
+    capsys.readouterr()
+    assert main(["export", "run", "--format", "torchscript"]) == 2  # a stated limitation, not a traceback
+    assert "exporting it is not supported yet" in capsys.readouterr().err
+
 
 def test_a_resumed_run_checks_its_subword_vocabularies(project):
     from blocks.cli import main
