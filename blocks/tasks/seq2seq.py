@@ -13,7 +13,7 @@ saved into the run directory (``vocab/subword/``), so ``test`` and ``predict`` w
 alone.
 
 **Inputs and labels.** A model reads the source through an input of type ``source`` (subword ids
-and ``<eos>``, cut to the input's ``max_length``, default 256, with a count in the log) and the
+and ``<eos>``, cut to the input's ``max_length``, default 512, with a count in the log) and the
 decoder's teacher-forcing prefix through an input of type ``target`` (``<bos>`` and the target's
 ids). The labels are the target's ids and ``<eos>``, position by position: the prefix shifted by
 one. Targets longer than ``task.max_target_length`` (default 256 tokens with ``<eos>``) are cut,
@@ -175,7 +175,9 @@ class Seq2Seq(TaskType):
         from blocks.data.subword import BOS_ID, EOS_ID
 
         if input_type == "source":
-            limit = max_length or DEFAULT_MAX_LENGTH
+            from blocks.data.dataset import DEFAULT_MAX_TOKENS
+
+            limit = max_length or DEFAULT_MAX_TOKENS
             pieces = self.vocabularies.source.encode_batch(texts)
             cut = sum(len(ids) + 1 > limit for ids in pieces)
             return [torch.tensor(ids[:limit - 1] + [EOS_ID], dtype=torch.long) for ids in pieces], cut, limit
