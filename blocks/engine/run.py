@@ -465,7 +465,8 @@ def summarize(experiment: Experiment, directory: RunDir, device: torch.device, s
         models[student]["compression_vs_" + teachers[0]] = round(
             models[teachers[0]]["parameters"] / models[student]["parameters"], 2)
     return {"run_dir": str(directory.root), "device": str(device), "models": models,
-            "stages": state.get("stage_results", {}), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "stages": state.get("stage_results", {}), **experiment.task.summary_extras(),
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
 def words_per_example(experiment, split, max_examples: int = 2048) -> float | None:

@@ -166,6 +166,10 @@ class TaskType:
         """A resumed run: what the task learned again from the train split is what it saved
         (a CheckpointError naming the file otherwise)."""
 
+    def summary_extras(self) -> dict:
+        """What a run's summary records beside the scores (seq2seq: the metric signatures)."""
+        return {}
+
     def predict_batch(self, experiment, model_name: str, batch, final: bool) -> Any:
         """Per-example predictions of a batch by running the model (:attr:`generates` tasks).
         ``final``: the final evaluation, test or predict (else a dev evaluation during training)."""

@@ -91,6 +91,7 @@ class Seq2Seq(TaskType):
         self.labels = []
         self.positive = 0
         self.vocabularies = None  # SubwordVocabularies: trained (from_config) or loaded (load_files)
+        self.signatures: dict[str, str] = {}  # metric -> sacreBLEU signature, of the metrics computed
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -274,7 +275,13 @@ class Seq2Seq(TaskType):
         from blocks.generation_metrics import TextPredictions, compute_text_metrics
 
         scores = compute_text_metrics(names, TextPredictions(self.translations(predictions), split.labels.texts))
+        self.signatures.update({name: score.signature for name, score in scores.items()})
         return {name: score.value for name, score in scores.items()}
+
+    def summary_extras(self):
+        """sacreBLEU's signature of each metric computed (to compare like with like) and the final
+        evaluation's decoding settings."""
+        return {"metric_signatures": dict(self.signatures), "generation": dict(self.generation)}
 
     def format_prediction(self, prediction, example, output_format):
         """The translation (detokenized), or a JSON object with the source and the translation."""

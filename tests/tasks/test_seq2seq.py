@@ -201,6 +201,8 @@ def test_translator_trains_from_json_then_tests_and_translates_from_its_run(proj
     assert set(results["dev"]) == {"bleu", "chrf", "bleu_lc"}
     assert results["test"]["bleu"] > 60, results
     assert (project / "run" / "vocab" / "subword" / "subword.json").is_file()
+    assert summary["metric_signatures"]["bleu"].startswith("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp")
+    assert "case:lc" in summary["metric_signatures"]["bleu_lc"] and summary["generation"]["beam"] == 3
 
     capsys.readouterr()
     assert main(["test", "run"]) == 0
