@@ -140,11 +140,14 @@ def field_place(values: dict, name: str) -> str | None:
     return None
 
 
-def task_vocabulary(task: TaskType, input_field, file: str | None):
+def task_vocabulary(task: TaskType, input_field, config: Config):
     """The vocabulary of an input the task encodes itself (seq2seq's source and target)."""
     if input_field.type not in task.input_types:
+        path = next((f"/models/{name}/inputs/{input_name}/type" for name, model in config["models"].items()
+                     for input_name, definition in model["inputs"].items()
+                     if definition.get("type") == input_field.type), "/models")
         raise ConfigError(f"inputs of type '{input_field.type}' belong to a task that encodes them "
-                          f"(seq2seq); this is a {task.name} task", file, "/models")
+                          f"(seq2seq); this is a {task.name} task", config.file, path)
     return task.input_vocabulary(input_field.type)
 
 
@@ -251,7 +254,7 @@ class Experiment:
             if input_field.type == PRETRAINED:
                 vocabularies[input_field.vocab] = input_field.tokenizer.vocabulary
             elif input_field.type in TASK_INPUT_TYPES:
-                vocabularies[input_field.vocab] = task_vocabulary(task, input_field, config.file)
+                vocabularies[input_field.vocab] = task_vocabulary(task, input_field, config)
         for name in vocab_options:
             if name not in vocabularies:
                 raise ConfigError(f"vocabulary '{name}' is not used by any input{did_you_mean(name, vocabularies)}",
@@ -290,7 +293,7 @@ class Experiment:
             if input_field.type == PRETRAINED:
                 vocabularies[input_field.vocab] = input_field.tokenizer.vocabulary
             elif input_field.type in TASK_INPUT_TYPES:
-                vocabularies[input_field.vocab] = task_vocabulary(task, input_field, config.file)
+                vocabularies[input_field.vocab] = task_vocabulary(task, input_field, config)
             elif input_field.vocab not in vocabularies:
                 vocabularies[input_field.vocab] = Vocabulary.load(run_dir / "vocab" / f"{input_field.vocab}.txt")
         return cls(config, task, fields, model_inputs, vocabularies, {})

@@ -236,3 +236,27 @@ def test_a_resumed_run_checks_its_subword_vocabularies(project):
     write_pairs(project / "data", "train", 400, 7)  # other sentences: other subword merges
     with pytest.raises(CheckpointError, match="subword vocabularies"):
         train(load_config(path, environ={}), run_dir="run", resume=True, log=quiet, progress=False)
+
+
+def test_two_columns_of_one_file_and_their_empty_target(project):
+    (project / "data" / "pairs.tsv").write_text("en\tde\nant bee\tBEE ANT\ncat dog eel\tEEL DOG CAT\n")
+    values = seq2seq_config()
+    values["data"].update({"train": "pairs.tsv", "dev": "pairs.tsv", "test": None, "reader": {}})
+    experiment = prepare(project, values)
+    assert experiment.splits["train"].labels.texts == ["BEE ANT", "EEL DOG CAT"]
+    (project / "data" / "pairs.tsv").write_text("en\tde\nant bee\tBEE ANT\ncat dog eel\t \n")
+    with pytest.raises(DataError) as caught:
+        prepare(project, values)
+    assert "pairs.tsv, line 3: an empty target sentence" in str(caught.value)
+
+
+def test_a_source_input_outside_a_seq2seq_task_is_a_config_error(project):
+    (project / "data" / "train.tsv").write_text("text\tlabel\na b\tx\nc d\ty\n")
+    values = {"data": {"root": "data", "train": "train.tsv", "label": "label"},
+              "models": {"m": {"inputs": {"text": {"field": "text", "type": "source"}},
+                               "graph": [{"name": "e", "block": "Embedding", "dim": 4},
+                                         {"name": "p", "block": "Pooling"}, {"name": "o", "block": "Linear"}]}},
+              "stages": [{"name": "s", "train": "m", "epochs": 1}]}
+    with pytest.raises(ConfigError, match="inputs of type 'source' belong to a task that encodes them") as caught:
+        prepare(project, values)
+    assert "/models/m/inputs/text/type" in str(caught.value)
