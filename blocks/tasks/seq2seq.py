@@ -152,8 +152,14 @@ class Seq2Seq(TaskType):
                                   "vocabularies trained again differ from the run's)", str(folder / META_FILE))
 
     def check_model(self, graph, file: str | None) -> None:
-        """The output node must be a decoder reading the target prefix (a ConfigError otherwise)."""
-        self.decoder_node(graph, file)
+        """The output node must be a decoder reading the target prefix, and cover the longest
+        target prefix (a ConfigError otherwise)."""
+        node, decoder = self.decoder_node(graph, file)
+        limit = getattr(decoder, "max_length", None)
+        if limit is not None and limit < self.max_target_length:
+            raise ConfigError(f"the decoder's max_length {limit} is shorter than the task's max_target_length "
+                              f"{self.max_target_length} (target tokens kept, with <eos>): raise max_length or set "
+                              f"task.max_target_length to at most {limit}", file, f"{node.path}/max_length")
 
     def decoder_node(self, graph, file: str | None = None):
         """The decoder node of a model: its output node, a decoder with the target input."""

@@ -171,6 +171,13 @@ def test_metrics_and_models_that_do_not_fit_are_config_errors(project):
         prepare(project, values)
     assert "/models/model/graph/2" in str(caught.value) and "decoder" in str(caught.value)
     values = seq2seq_config()
+    values["models"]["model"]["graph"][2]["max_length"] = 64
+    with pytest.raises(ConfigError) as caught:
+        prepare(project, values)
+    assert "/models/model/graph/2/max_length" in str(caught.value) and "max_target_length 256" in str(caught.value)
+    values["task"]["max_target_length"] = 64
+    prepare(project, values)
+    values = seq2seq_config()
     del values["task"]["source"]
     with pytest.raises(ConfigError, match="source field"):
         prepare(project, values)
