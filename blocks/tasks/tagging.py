@@ -254,31 +254,31 @@ def _check(predictions) -> TagPredictions:
     return predictions
 
 
+def _seqeval(score: str, predictions) -> float:
+    """A micro-averaged seqeval score (``f1_score``, ``precision_score``, ``recall_score``) in its
+    default, conlleval-compatible mode; 0.0 without sentences or entities."""
+    import seqeval.metrics
+
+    p = _check(predictions)
+    return float(getattr(seqeval.metrics, score)(p.gold, p.predicted, zero_division=0)) if p.gold else 0.0
+
+
 @register_metric("entity_f1")
 def entity_f1(predictions) -> float:
     """Micro-averaged entity F1 (seqeval, conlleval-compatible); 0.0 without entities."""
-    from seqeval.metrics import f1_score
-
-    p = _check(predictions)
-    return float(f1_score(p.gold, p.predicted, zero_division=0)) if p.gold else 0.0
+    return _seqeval("f1_score", predictions)
 
 
 @register_metric("entity_precision")
 def entity_precision(predictions) -> float:
     """Micro-averaged entity precision (seqeval, conlleval-compatible)."""
-    from seqeval.metrics import precision_score
-
-    p = _check(predictions)
-    return float(precision_score(p.gold, p.predicted, zero_division=0)) if p.gold else 0.0
+    return _seqeval("precision_score", predictions)
 
 
 @register_metric("entity_recall")
 def entity_recall(predictions) -> float:
     """Micro-averaged entity recall (seqeval, conlleval-compatible)."""
-    from seqeval.metrics import recall_score
-
-    p = _check(predictions)
-    return float(recall_score(p.gold, p.predicted, zero_division=0)) if p.gold else 0.0
+    return _seqeval("recall_score", predictions)
 
 
 @register_metric("token_accuracy")
