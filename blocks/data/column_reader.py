@@ -52,7 +52,7 @@ def read_column_rows(path: str | os.PathLike, *, columns: list[str] | None = Non
             than ``max_sentence_tokens``, undecodable bytes; or naming the file: missing, a
             directory, no sentence at all.
     """
-    from blocks.data.readers import Row, _check_readable, _decode_error
+    from blocks.data.readers import Row, _check_readable, reading_errors
 
     file = str(path)
     _check_readable(file)
@@ -73,16 +73,9 @@ def read_column_rows(path: str | os.PathLike, *, columns: list[str] | None = Non
         raise DataError(f"unknown encoding '{encoding}'", file) from None
     document_separator = document_separator or None
     comment = comment or None
-    try:
-        with open(file, "r", encoding=encoding) as handle:
-            sentences = _read_sentences(handle, file, delimiter, document_separator, comment,
-                                        max_sentence_tokens, None if columns is None else len(columns))
-    except UnicodeDecodeError as error:
-        raise _decode_error(file, encoding, error) from None
-    except UnicodeError as error:  # e.g. UTF-16 without a byte-order mark
-        raise DataError(f"cannot decode the file as {encoding}: {error}", file) from None
-    except OSError as error:
-        raise DataError(f"cannot read file: {error.strerror or error}", file) from None
+    with reading_errors(file, encoding), open(file, "r", encoding=encoding) as handle:
+        sentences = _read_sentences(handle, file, delimiter, document_separator, comment,
+                                    max_sentence_tokens, None if columns is None else len(columns))
     if not sentences:
         raise DataError("no sentences found (expected one token per line, with columns separated "
                         "by whitespace, and a blank line between sentences)", file)

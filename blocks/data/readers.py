@@ -200,20 +200,13 @@ def read_rows(path: str | os.PathLike, *, format: Format = "auto", header: bool 
         if len(delimiter) != 1 or delimiter in "\r\n":
             raise DataError(f"the delimiter must be one character other than a line break, "
                             f"got {delimiter!r}", file)
-    try:
-        with _gc_paused():
-            if fmt in ("tsv", "csv"):
-                return _read_delimited(file, header, columns, quoting, encoding, delimiter,
-                                       skip_blank, comment, maxsplit, extra_columns, text)
-            if fmt == "jsonl":
-                return Rows(_read_jsonl(file, columns, encoding, skip_blank, comment, text))
-            return Rows(_read_json(file, columns, encoding, text))
-    except UnicodeDecodeError as error:
-        raise _decode_error(file, encoding, error) from None
-    except UnicodeError as error:  # e.g. UTF-16 without a byte-order mark
-        raise DataError(f"cannot decode the file as {encoding}: {error}", file) from None
-    except OSError as error:
-        raise DataError(f"cannot read file: {error.strerror or error}", file) from None
+    with reading_errors(file, encoding), _gc_paused():
+        if fmt in ("tsv", "csv"):
+            return _read_delimited(file, header, columns, quoting, encoding, delimiter,
+                                   skip_blank, comment, maxsplit, extra_columns, text)
+        if fmt == "jsonl":
+            return Rows(_read_jsonl(file, columns, encoding, skip_blank, comment, text))
+        return Rows(_read_json(file, columns, encoding, text))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -253,6 +246,20 @@ def _check_unique(names: list[str], file: str, line: int | None, what: str) -> N
         if name in seen:
             raise DataError(f"duplicate column name '{name}' in {what}", file, line)
         seen.add(name)
+
+
+@contextlib.contextmanager
+def reading_errors(file: str, encoding: str):
+    """Turn the errors of reading ``file`` (undecodable bytes, an unreadable file) into one
+    DataError naming the file (and, for bad bytes, the line)."""
+    try:
+        yield
+    except UnicodeDecodeError as error:
+        raise _decode_error(file, encoding, error) from None
+    except UnicodeError as error:  # e.g. UTF-16 without a byte-order mark
+        raise DataError(f"cannot decode the file as {encoding}: {error}", file) from None
+    except OSError as error:
+        raise DataError(f"cannot read file: {error.strerror or error}", file) from None
 
 
 def _decode_error(file: str, encoding: str, error: UnicodeDecodeError) -> DataError:

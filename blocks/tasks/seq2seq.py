@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from blocks.data.batching import pad_ids
 from blocks.errors import ConfigError, DataError
 from blocks.generation_metrics import TEXT_METRICS
 from blocks.tasks.base import UNLABELLED, TaskType, register_task_type
@@ -218,12 +219,7 @@ class Seq2Seq(TaskType):
         return TargetLabels([labels[i] for i in positions], [labels.texts[i] for i in positions])
 
     def collate_labels(self, labels, index):
-        chosen = [labels[i] for i in index.tolist()]
-        width = max((len(t) for t in chosen), default=0)
-        result = torch.full((len(chosen), width), UNLABELLED, dtype=torch.long)
-        for row, ids in enumerate(chosen):
-            result[row, :len(ids)] = ids
-        return result
+        return pad_ids([labels[i] for i in index.tolist()], UNLABELLED)[0]
 
     # -- predictions and metrics ---------------------------------------------------------------
     def decode_batch(self, output, batch):

@@ -20,6 +20,7 @@ import json
 
 import torch
 
+from blocks.data.batching import pad_ids
 from blocks.errors import ConfigError, DataError
 from blocks.registry import register_metric
 from blocks.tasks.base import UNLABELLED, TaskType, register_task_type
@@ -153,12 +154,7 @@ class Tagging(TaskType):
         return [labels[i] for i in index.tolist()]
 
     def collate_labels(self, labels, index):
-        chosen = [labels[i] for i in index.tolist()]
-        width = max((len(t) for t in chosen), default=0)
-        result = torch.full((len(chosen), width), UNLABELLED, dtype=torch.long)
-        for row, tags in enumerate(chosen):
-            result[row, :len(tags)] = tags
-        return result
+        return pad_ids([labels[i] for i in index.tolist()], UNLABELLED)[0]
 
     # -- predictions and metrics ---------------------------------------------------------------
     def decode_batch(self, output, batch):
