@@ -98,16 +98,7 @@ def check_schedule(config: Any, where: str = "/schedule") -> tuple[str, dict]:
         ConfigError: not an object, an unknown type or option (with a suggestion), or a bad value,
             at ``where/<key>``.
     """
-    if config is None:
-        config = {}
-    if not isinstance(config, dict):
-        raise ConfigError(f"the schedule must be an object, not {config!r}", None, where)
-    options = dict(config)
-    kind = options.pop("type", DEFAULT_SCHEDULE)
-    if not isinstance(kind, str) or kind not in SCHEDULES:
-        known = SCHEDULES.names()
-        hint = did_you_mean(kind, known) if isinstance(kind, str) else ""
-        raise ConfigError(f"unknown schedule type {kind!r}{hint} (known: {', '.join(known)})", None, f"{where}/type")
+    kind, options = SCHEDULES.typed_options(config, DEFAULT_SCHEDULE, where)
     if "warmup" in options:
         warmup_steps(options["warmup"], 1, where)  # the friendlier message before the schema's
     known = ["type"] + [p.name for p in SCHEDULES.parameters(kind)]

@@ -117,16 +117,7 @@ def check_optimizer(config: Any, where: str = "/optimizer") -> tuple[str, dict]:
         ConfigError: not an object, an unknown type or option (with a suggestion), or a value of
             the wrong type or out of range, at ``where/<key>``.
     """
-    if config is None:
-        config = {}
-    if not isinstance(config, dict):
-        raise ConfigError(f"the optimizer must be an object, not {config!r}", None, where)
-    options = dict(config)
-    kind = options.pop("type", DEFAULT_OPTIMIZER)
-    if not isinstance(kind, str) or kind not in OPTIMIZERS:
-        known = OPTIMIZERS.names()
-        hint = did_you_mean(kind, known) if isinstance(kind, str) else ""
-        raise ConfigError(f"unknown optimizer type {kind!r}{hint} (known: {', '.join(known)})", None, f"{where}/type")
+    kind, options = OPTIMIZERS.typed_options(config, DEFAULT_OPTIMIZER, where)
     known = ["type"] + [p.name for p in OPTIMIZERS.parameters(kind)]
     for key in options:
         if key not in known:

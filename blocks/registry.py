@@ -185,6 +185,23 @@ class Registry:
             _load_builtins()
         return name in self._entries
 
+    def typed_options(self, config: Any, default: str, where: str) -> tuple[str, dict]:
+        """A config object ``{"type": name, ...options}`` (None: ``{}``) as the registered name
+        (``default`` when ``type`` is left out) and the options; a ConfigError at ``where`` when it
+        is not an object or names no entry of this registry (with a suggestion)."""
+        if config is None:
+            config = {}
+        if not isinstance(config, dict):
+            raise ConfigError(f"the {self.kind} must be an object, not {config!r}", None, where)
+        options = dict(config)
+        kind = options.pop("type", default)
+        if not isinstance(kind, str) or kind not in self:
+            known = self.names()
+            hint = did_you_mean(kind, known) if isinstance(kind, str) else ""
+            raise ConfigError(f"unknown {self.kind} type {kind!r}{hint} (known: {', '.join(known)})", None,
+                              f"{where}/type")
+        return kind, options
+
     def names(self) -> list[str]:
         _load_builtins()
         return sorted(self._entries)
