@@ -74,6 +74,22 @@ class WordPieces(NamedTuple):
         return self.mask.sum(dim=1)
 
 
+class TopKLogProbs(NamedTuple):
+    """A truncated next-token distribution per position, as the teacher cache stores a
+    generating teacher's output (a full distribution over the target vocabulary per position
+    does not fit on disk): ``indices`` ``[batch, length, k]`` of the k most likely tokens,
+    ``log_probs`` ``[batch, length, k]`` their log-probabilities under the *full* softmax (at
+    temperature 1; a loss renormalises over the k kept: see
+    :func:`blocks.distill.generation_losses`), and the ``[batch, length]`` ``mask``."""
+
+    indices: torch.Tensor
+    log_probs: torch.Tensor
+    mask: torch.Tensor
+
+    def lengths(self) -> torch.Tensor:
+        return self.mask.sum(dim=1)
+
+
 class TagScores(NamedTuple):
     """A linear-chain CRF's scores for a batch of sequences.
 
