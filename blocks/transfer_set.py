@@ -7,7 +7,8 @@ names), plus ``augment.copies`` perturbed copies of each train example
 (:mod:`blocks.augmentation`), at most ``max_examples`` of them. Unlabelled and augmented
 examples carry no gold label (:data:`blocks.data.dataset.UNLABELLED`, NaN for regression): the
 stage's teachers label them, and the gold-label losses (``CrossEntropy``, ``MSE``) average over
-the labelled examples only.
+the labelled examples only. ``generate`` makes a seq2seq stage train on a teacher's
+translations of the train split instead (sequence-level KD: :mod:`blocks.generated_transfer`).
 
 The set is built once, when the stage starts (with the teachers' current weights, which the
 nearest-word swaps read), deterministically from the seed: the teacher cache, keyed by a hash of
@@ -19,6 +20,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from pathlib import Path
 
 import torch
 
@@ -26,7 +28,9 @@ from blocks.augmentation import AugmentOptions, Augmenter, neighbour_table, spli
 from blocks.data.dataset import (PRETRAINED, UNLABELLED, EncodedSplit, SplitSource, encode_rows, field_value,
                                  read_split, split_sources)
 from blocks.data.readers import Row, read_rows
-from blocks.errors import ConfigError, DataError, did_you_mean
+from blocks.engine.teacher_cache import check_cache_top_k
+from blocks.errors import ConfigError, DataError, TrainingError, did_you_mean
+from blocks.generated_transfer import check_generate_config, describe_generate, generated_split
 from blocks.registry import LOSSES
 
 # Stands for the mask token in augmented text until each input gets its own: the pretrained
@@ -62,9 +66,11 @@ def stage_fields(values: dict, stage: dict) -> list[str]:
 def check_transfer_config(values: dict, index: int, file: str | None) -> None:
     """What the schema cannot say about ``stages[index].transfer`` (teachers, fields, losses)."""
     stage = values["stages"][index]
+    check_cache_top_k(values, index, file)  # a stage setting of the teacher cache, checked with the stage
     transfer = stage.get("transfer")
     if not transfer:
         return
+    check_generate_config(values, index, file)
     path = f"/stages/{index}/transfer"
     augment = transfer.get("augment")
     copies = augment_copies(transfer)
@@ -134,6 +140,8 @@ def describe_transfer(experiment, index: int) -> str | None:
     transfer = stage.get("transfer")
     if not transfer:
         return None
+    if transfer.get("generate"):
+        return describe_generate(experiment, index)
     fields = stage_fields(values, stage)
     parts = []
     if transfer["train"]:
@@ -190,12 +198,21 @@ class TransferSet:
         self.split, self.counts, self.shown, self.seconds, self.dropped = split, counts, shown, seconds, dropped
 
 
-def build_transfer_set(experiment, index: int, log=print) -> EncodedSplit:
-    """The split stage ``index`` trains on: the train split itself, or its transfer set."""
+def build_transfer_set(experiment, index: int, log=print, cache_root: Path | None = None, shared: bool = False,
+                       device: torch.device | None = None, progress: bool = True) -> EncodedSplit:
+    """The split stage ``index`` trains on: the train split itself, or its transfer set.
+
+    A generated transfer set (:mod:`blocks.generated_transfer`) is stored in ``cache_root`` (the
+    teacher cache's folder; ``shared``: the config's ``cache_dir``) and decoded on ``device``."""
     values = experiment.config.values
     stage = values["stages"][index]
     transfer = stage.get("transfer")
     train = experiment.splits["train"]
+    if transfer and transfer.get("generate"):
+        if cache_root is None:
+            raise TrainingError(f"stage '{stage['name']}': a generated transfer set needs a folder to be stored in")
+        return generated_split(experiment, index, stage_input_keys(experiment, stage), Path(cache_root), shared,
+                               device or torch.device("cpu"), progress, log)
     if not transfer or (transfer["train"] and not has_unlabelled(transfer)
                         and not (transfer.get("max_examples") and transfer["max_examples"] < len(train))):
         return train

@@ -294,6 +294,28 @@ TRANSFER_SCHEMA = {
         "max_examples": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}], "default": None,
                          "description": "keep at most this many examples: the train split's first, then a seeded "
                                         "random sample of the others"},
+        "generate": {
+            "type": "object", "additionalProperties": False,
+            "description": "seq2seq, sequence-level KD: train on a teacher's translations of the train split's "
+                           "sources instead of the gold targets (decoded once, kept as text in the teacher "
+                           "cache's folder and reused while sources, teacher, vocabularies and settings stay "
+                           "the same); decoding options default to task.generation",
+            "properties": {
+                "teacher": {"type": "string",
+                            "description": "the model that decodes (trained by an earlier stage or taken from a "
+                                           "run); default: the stage's only teacher"},
+                "beam": {"type": "integer", "minimum": 1, "maximum": 1000,
+                         "description": "beam size; 1 = greedy search"},
+                "length_penalty": {"type": "number", "description": "beam search: alpha of the length penalty"},
+                "max_length_a": {"type": "number", "minimum": 0,
+                                 "description": "outputs have at most a + b x source length tokens"},
+                "max_length_b": {"type": "number", "minimum": 0},
+                "batch_size": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}], "default": None,
+                               "description": "sentences per decoding batch; default: the stage's eval_batch_size"},
+                "include_gold": {"type": "boolean", "default": False,
+                                 "description": "train on the gold pairs too (twice as many examples)"},
+            },
+        },
     },
 }
 
@@ -344,6 +366,10 @@ STAGE_SCHEMA = {
         "cache_dtype": {"enum": ["float16", "float32"], "default": "float16",
                         "description": "storage type of cached teacher hidden states (the teachers' output "
                                        "nodes, the logits, are always stored as float32)"},
+        "cache_top_k": {"type": "integer", "minimum": 0, "maximum": 1000, "default": 8,
+                        "description": "seq2seq: a generating teacher's decoder logits are cached as the k most "
+                                       "likely tokens per target position (ids and log-probabilities; a loss "
+                                       "renormalises over them); 0, the full distribution, is refused"},
         "find_unused_parameters": {"type": "boolean", "default": False,
                                    "description": "multi-process training (torchrun): let DistributedDataParallel "
                                                   "allow parameters that get no gradient in a step"},

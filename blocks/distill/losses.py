@@ -19,7 +19,7 @@ from blocks.distill.schedules import make_schedule
 from blocks.errors import did_you_mean
 from blocks.graph import OUTPUT_SEPARATOR, missing_output_message
 from blocks.registry import register_loss
-from blocks.values import SEQUENCE, TAG_SCORES, VECTOR, Sequence, Spec
+from blocks.values import SEQUENCE, TAG_SCORES, VECTOR, Sequence, Spec, TopKLogProbs
 
 
 @dataclass
@@ -294,9 +294,16 @@ class MeanSquaredError(Loss):
 class KnowledgeDistillation(TeacherLoss):
     """Soft-label distillation (Hinton et al. 2015): T² · KL(softmax(z_t/T) ‖ softmax(z_s/T)).
 
-    Averaged over the batch — or, for per-word logits (a tagging task), over the words real in
-    both student and teacher (token-level KD). The T² factor keeps the gradient scale independent
-    of T. A regression output (one score) has nothing to distil this way: use LogitMSE.
+    Averaged over the batch — or, for per-word logits (a tagging task, a seq2seq decoder's target
+    positions), over the positions real in both student and teacher (token-level KD). The T²
+    factor keeps the gradient scale independent of T. A regression output (one score) has nothing
+    to distil this way: use LogitMSE.
+
+    A seq2seq teacher read from the teacher cache gives its top-k next-token log-probabilities
+    per position (:class:`blocks.values.TopKLogProbs`), not its logits: the teacher's target is
+    then renormalised over the k kept tokens, ``log_softmax(log_probs / T)``, and compared with
+    the student's full-softmax log-probabilities at those tokens (see
+    :mod:`blocks.engine.teacher_cache`).
 
     Args:
         teacher: teacher model (default: the stage's only teacher).
@@ -308,7 +315,7 @@ class KnowledgeDistillation(TeacherLoss):
             {"type": "linear", "start": 4.0, "end": 1.0, "steps": 1000}.
     """
 
-    task_types = ("classification", "tagging")
+    task_types = ("classification", "tagging", "seq2seq")
     output_kinds = (VECTOR, SEQUENCE)
 
     def __init__(self, stage: LossContext, teacher: str | None = None, temperature: float = 2.0,
@@ -333,12 +340,32 @@ class KnowledgeDistillation(TeacherLoss):
             self.temperature = self.schedule(step)
 
     def forward(self, outputs: dict, batch) -> torch.Tensor:
+        if isinstance(outputs[self.teacher][self.teacher_output], TopKLogProbs):
+            return self._top_k(outputs)
         student, teacher = self.pair(outputs)
         t = self.temperature
         if student.shape[0] == 0:  # no word real in both
             return student.sum() * 0.0
         loss = F.kl_div(F.log_softmax(student / t, dim=-1), F.log_softmax(teacher / t, dim=-1),
                         reduction="batchmean", log_target=True)
+        return loss * (t * t) if self.scale else loss
+
+    def _top_k(self, outputs: dict) -> torch.Tensor:
+        """KD against a cached teacher's top-k log-probabilities, renormalised over the k kept
+        tokens, per position real in both (the mean over those positions)."""
+        student, teacher = self.student_value(outputs), outputs[self.teacher][self.teacher_output]
+        if not isinstance(student, Sequence):
+            raise ValueError(f"student '{self.output}' must give per-position logits (a sequence) to match the "
+                             f"teacher's top-k log-probabilities at '{self.teacher_output}'")
+        length = min(student.values.shape[1], teacher.indices.shape[1])
+        mask = student.mask[:, :length] & teacher.mask[:, :length]
+        logits = student.values[:, :length][mask].float()  # [positions, V]
+        if logits.shape[0] == 0:
+            return logits.sum() * 0.0
+        t = self.temperature
+        target = F.log_softmax(teacher.log_probs[:, :length][mask].float() / t, dim=-1)  # [positions, k]
+        predicted = F.log_softmax(logits / t, dim=-1).gather(1, teacher.indices[:, :length][mask].long())
+        loss = (target.exp() * (target - predicted)).sum(dim=-1).mean()
         return loss * (t * t) if self.scale else loss
 
 

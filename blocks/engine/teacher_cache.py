@@ -35,6 +35,25 @@ Storage: a teacher's output node (its logits) is stored as float32 whatever ``ca
 says; other nodes (hidden states) as float16 under ``"cache_dtype": "float16"`` (the default; a
 value beyond float16's range keeps float32, bfloat16 values stay bfloat16). Sequence nodes are
 stored flattened: for each example its positions up to its last real one, with the mask.
+
+**A generating teacher's decoder (seq2seq).** Its output node holds per-position logits over the
+whole target vocabulary, ``[positions, V]``: for Multi30k's 29,000 training pairs (about 410,000
+target tokens with a vocabulary of 8,000) that is about 6.6 GB as float16, so it is never cached
+as such. The cache keeps, per target position, the ``k`` most likely tokens under the full
+softmax at temperature 1 (``"cache_top_k"`` of the stage, default 8, part of the key; 0 is
+refused): their ids as int32 (``<node>.values.bin``) and their log-probabilities as float16
+(``<node>.log_probs.bin``), 6 bytes per kept token, with the usual mask and offsets. Reading
+gives a :class:`blocks.values.TopKLogProbs` (``indices`` int64, ``log_probs`` float32, ``mask``)
+on the device instead of the :class:`Sequence` a teacher forward gives.
+
+A loss renormalises the truncated distribution over the k kept tokens: the teacher's target at
+temperature T is ``log_softmax(log_probs / T)`` over the k entries (the probability mass outside
+them, typically a few percent, is dropped and the k kept tokens share it in proportion), and the
+student's log-probabilities at those ids come from its full softmax, ``log_softmax(z_s / T)``
+gathered at ``indices``. ``KD`` then computes ``T² · Σ_k p_t,k (log p_t,k − log q_s,k)`` per
+position: the exact KL divergence when the teacher's mass lies in its top k, and otherwise the
+divergence to the renormalised top-k distribution (for a peaked translation model, top 8 keep
+nearly all of it).
 """
 from __future__ import annotations
 
@@ -56,14 +75,15 @@ from blocks.data.batching import sorted_batches
 from blocks.engine.checkpoint import atomic_write_json
 from blocks.engine.distributed import SINGLE, Distributed
 from blocks.engine.evaluation import autocast
-from blocks.errors import TrainingError
-from blocks.values import Sequence, TagScores
+from blocks.errors import ConfigError, TrainingError
+from blocks.values import Sequence, TagScores, TopKLogProbs
 
 #: The per-teacher constants of a CRF node's value, stored once (its emissions are a sequence).
 _CRF_CONSTANTS = ("transitions", "start", "end")
 
 FORMAT = 2  # 2: one cache per teacher, keyed without the teacher's name
 _CHUNK = 1 << 24  # bytes per write / hash read
+DEFAULT_TOP_K = 8  # next-token log-probabilities kept per position of a generating teacher's decoder
 
 
 @dataclass
@@ -84,6 +104,7 @@ class CacheRequest:
     progress: bool = True
     log: object = print
     dist: Distributed = field(default_factory=lambda: SINGLE)
+    top_k: int = DEFAULT_TOP_K  # the stage's cache_top_k: what a generating teacher's decoder keeps
 
     @property
     def root(self) -> Path:
@@ -92,7 +113,7 @@ class CacheRequest:
 
     def components(self, teacher: str) -> dict:
         return cache_components(self.experiment, self.split, teacher, self.nodes[teacher], self.cache_dtype,
-                                self.precision, self.device)
+                                self.precision, self.device, self.top_k)
 
 
 # -- what the losses read ---------------------------------------------------------------------
@@ -178,16 +199,56 @@ def config_digest(model_config: dict) -> str:
 
 
 def cache_components(experiment, split, teacher: str, nodes: list[str], cache_dtype: str, precision: str,
-                     device: torch.device) -> dict:
-    """Everything one teacher's cached values depend on (hashed into the key, kept in meta.json)."""
+                     device: torch.device, top_k: int = DEFAULT_TOP_K) -> dict:
+    """Everything one teacher's cached values depend on (hashed into the key, kept in meta.json);
+    ``top_k`` is part of it when a node is stored as top-k log-probabilities."""
+    policy = {"cache_dtype": cache_dtype, "precision": precision, "device": device.type}
+    if top_k_node(experiment, teacher) in nodes:
+        policy["top_k"] = checked_top_k(top_k)
     return {
         "format": FORMAT,
         "data": data_digest(split, experiment.model_inputs[teacher]),
         "teacher": {"weights": weights_digest(experiment.models[teacher]),
                     "config": config_digest(experiment.config["models"][teacher])},
         "nodes": sorted(nodes),
-        "policy": {"cache_dtype": cache_dtype, "precision": precision, "device": device.type},
+        "policy": policy,
     }
+
+
+# -- top-k log-probabilities of a generating teacher ------------------------------------------------
+_FULL_DISTRIBUTION = ("cache_top_k 0 would cache the full next-token distribution at every target position "
+                      "(vocabulary size values per target token: about 6.6 GB for Multi30k's training set even as "
+                      "float16), "
+                      "which the cache refuses; keep the k most likely tokens (cache_top_k >= 1, default 8), or "
+                      "set \"cache_teachers\": false to run the teacher every step")
+
+
+def top_k_node(experiment, teacher: str) -> str | None:
+    """The node of ``teacher`` whose cached values are top-k log-probabilities: the decoder's
+    per-position logits over the target vocabulary, in a task that generates; else None."""
+    if not getattr(experiment.task, "generates", False):
+        return None
+    return experiment.models[teacher].output_name
+
+
+def checked_top_k(top_k: int) -> int:
+    if not isinstance(top_k, int) or top_k < 1:
+        raise TrainingError(_FULL_DISTRIBUTION if top_k == 0 else f"cache_top_k must be a positive integer, got "
+                                                                  f"{top_k!r}")
+    return top_k
+
+
+def check_cache_top_k(values: dict, index: int, file: str | None) -> None:
+    """``stages[index].cache_top_k`` 0 is refused when the config is checked (see :data:`_FULL_DISTRIBUTION`)."""
+    if values["stages"][index].get("cache_top_k", DEFAULT_TOP_K) == 0:
+        raise ConfigError(_FULL_DISTRIBUTION, file, f"/stages/{index}/cache_top_k")
+
+
+def top_k_log_probs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(indices, log_probs)`` of the ``k`` most likely classes of each row of ``logits``
+    ``[..., V]``: int32 indices and float16 log-probabilities under the full softmax (at T = 1)."""
+    log_probs, indices = torch.log_softmax(logits.float(), dim=-1).topk(min(k, logits.shape[-1]), dim=-1)
+    return indices.to(torch.int32), log_probs.to(torch.float16)
 
 
 def key_of(components: dict) -> str:
@@ -265,15 +326,23 @@ class InvalidCache(Exception):
 class _Collector:
     """Gathers one (teacher, node)'s values for every example, in example order."""
 
-    def __init__(self, teacher: str, node: str, size: int, is_output: bool):
+    def __init__(self, teacher: str, node: str, size: int, is_output: bool, top_k: int | None = None):
         self.teacher, self.node, self.size, self.is_output = teacher, node, size, is_output
+        self.top_k = top_k  # keep the k most likely classes per position (a generating teacher's decoder)
         self.kind = None
         self.dtype = None
         self.vectors: torch.Tensor | None = None
         self.rows: list = [None] * size  # sequences: per example (values [n, ...], mask [n])
+        self.log_prob_rows: list = [None] * size  # top-k: per example, log-probabilities [n, k]
         self.constants: dict[str, torch.Tensor] = {}  # a CRF node: transitions, start, end
 
     def add(self, value, index: torch.Tensor) -> None:
+        if self.top_k is not None and isinstance(value, Sequence):
+            self.kind = "top_k"
+            self.dtype = self.dtype or value.values.dtype
+            indices, log_probs = top_k_log_probs(value.values, self.top_k)
+            self._add_rows(Sequence(indices, value.mask), index, log_probs)
+            return
         if isinstance(value, TagScores):
             if not self.constants:
                 self.constants = {name: getattr(value, name).detach().to("cpu", torch.float32).clone()
@@ -300,12 +369,16 @@ class _Collector:
             return
         self._add_rows(value, index)
 
-    def _add_rows(self, value: Sequence, index: torch.Tensor) -> None:
+    def _add_rows(self, value: Sequence, index: torch.Tensor, log_probs: torch.Tensor | None = None) -> None:
         values, mask = value.values.detach().to("cpu"), value.mask.detach().to("cpu")
         positions = torch.arange(1, mask.shape[1] + 1)
         kept = (mask.long() * positions).max(dim=1).values if mask.shape[1] else torch.zeros(len(index), dtype=torch.long)
+        if log_probs is not None:
+            log_probs = log_probs.detach().to("cpu")
         for row, (example, count) in enumerate(zip(index.tolist(), kept.tolist())):
             self.rows[example] = (values[row, :count].clone(), mask[row, :count].clone())
+            if log_probs is not None:
+                self.log_prob_rows[example] = log_probs[row, :count].clone()
 
     def storage_dtype(self, cache_dtype: str, values: torch.Tensor) -> torch.dtype:
         if not self.dtype.is_floating_point:
@@ -332,23 +405,30 @@ class _Collector:
         trailing = next((tuple(row[0].shape[1:]) for row in self.rows if row[0].dim() >= 1), ())
         values = torch.cat([row[0] for row in self.rows]) if self.rows else torch.zeros((0, *trailing))
         mask = torch.cat([row[1] for row in self.rows]).to(torch.uint8)
-        dtype = self.storage_dtype(cache_dtype, values)
+        dtype = torch.int32 if self.kind == "top_k" else self.storage_dtype(cache_dtype, values)
         entry["files"] = {"values": _write_tensor(folder / f"{stem}.values.bin", values.to(dtype)),
                           "mask": _write_tensor(folder / f"{stem}.mask.bin", mask),
                           "offsets": _write_tensor(folder / f"{stem}.offsets.bin", offsets)}
         for name, tensor in self.constants.items():
             entry["files"][name] = _write_tensor(folder / f"{stem}.{name}.bin", tensor)
+        if self.kind == "top_k":  # values: the indices of the k kept classes; here their log-probabilities
+            log_probs = torch.cat(self.log_prob_rows).to(torch.float16)
+            entry["files"]["log_probs"] = _write_tensor(folder / f"{stem}.log_probs.bin", log_probs)
+            entry["top_k"] = int(log_probs.shape[1])
         return entry
 
 
 @torch.no_grad()
 def compute(experiment, split, nodes: dict[str, list[str]], device: torch.device, precision: str,
-            batch_size: int, progress: bool = True) -> list[_Collector]:
-    """Run the teachers once over ``split`` (eval mode, no_grad); the requested values of every example."""
+            batch_size: int, progress: bool = True, top_k: int = DEFAULT_TOP_K) -> list[_Collector]:
+    """Run the teachers once over ``split`` (eval mode, no_grad); the requested values of every
+    example (a generating teacher's decoder logits as their ``top_k`` log-probabilities)."""
     collectors = []
     for teacher, names in nodes.items():
         output = experiment.models[teacher].output_name
-        collectors += [_Collector(teacher, node, len(split), node == output) for node in names]
+        kept = top_k_node(experiment, teacher)
+        collectors += [_Collector(teacher, node, len(split), node == output,
+                                  checked_top_k(top_k) if node == kept else None) for node in names]
     states = {}
     for teacher in nodes:
         model = experiment.models[teacher]
@@ -384,6 +464,7 @@ class _Entry:
     mask: torch.Tensor | None = None
     offsets: torch.Tensor | None = None
     constants: dict | None = None  # a CRF node: transitions, start, end
+    log_probs: torch.Tensor | None = None  # top-k: the log-probabilities of the kept classes (values: indices)
 
 
 class TeacherCache:
@@ -397,9 +478,11 @@ class TeacherCache:
             files = record["files"]
             entry = _Entry(record["node"], record["kind"], _DTYPES[record["value_dtype"]],
                            _map(folder, files["values"]))
-            if record["kind"] in ("sequence", "tag_scores"):
+            if record["kind"] in ("sequence", "tag_scores", "top_k"):
                 entry.mask = _map(folder, files["mask"])
                 entry.offsets = _map(folder, files["offsets"]).clone()  # small: keep in memory
+            if record["kind"] == "top_k":
+                entry.log_probs = _map(folder, files["log_probs"])
             if record["kind"] == "tag_scores":
                 entry.constants = {name: _map(folder, files[name]).clone() for name in _CRF_CONSTANTS}
             self.entries.append(entry)
@@ -419,18 +502,27 @@ class TeacherCache:
                 emissions = self._sequence(entry, index, device)
                 values[entry.node] = TagScores(emissions.values, emissions.mask,
                                                *(entry.constants[name].to(device) for name in _CRF_CONSTANTS))
+            elif entry.kind == "top_k":
+                indices = self._sequence(entry, index, device, torch.long)
+                log_probs = self._sequence(entry, index, device, torch.float32, entry.log_probs)
+                values[entry.node] = TopKLogProbs(indices.values, log_probs.values, indices.mask)
             else:
                 values[entry.node] = self._sequence(entry, index, device)
         return {self.teacher: CachedOutputs(self.teacher, values)}
 
     @staticmethod
-    def _sequence(entry: _Entry, index: torch.Tensor, device: torch.device) -> Sequence:
+    def _sequence(entry: _Entry, index: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None,
+                  stored: torch.Tensor | None = None) -> Sequence:
+        """The examples ``index`` of a sequence entry, padded: its values (or ``stored``, another
+        file of the entry with one row per position) as ``dtype`` (default: the teacher's)."""
+        stored = entry.values if stored is None else stored
+        dtype = dtype or entry.value_dtype
         starts = entry.offsets[index]
         counts = entry.offsets[index + 1] - starts
         batch = len(index)
         length = max(1, int(counts.max())) if batch else 1
-        trailing = tuple(entry.values.shape[1:])
-        values = torch.zeros((batch, length, *trailing), dtype=entry.value_dtype)
+        trailing = tuple(stored.shape[1:])
+        values = torch.zeros((batch, length, *trailing), dtype=dtype)
         mask = torch.zeros((batch, length), dtype=torch.bool)
         total = int(counts.sum())
         if total:
@@ -438,7 +530,7 @@ class TeacherCache:
             first = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
             columns = torch.arange(total) - first
             source = torch.repeat_interleave(starts, counts) + columns
-            values[rows, columns] = entry.values[source].to(entry.value_dtype)
+            values[rows, columns] = stored[source].to(dtype)
             mask[rows, columns] = entry.mask[source].bool()
         return Sequence(values.to(device, non_blocking=True), mask.to(device, non_blocking=True))
 
@@ -516,7 +608,7 @@ def _what_changed(old_meta: dict, new: dict, teacher: str) -> str | None:
     elif old.get("teacher", {}).get("weights") != new["teacher"]["weights"]:
         changes.append(f"the weights of teacher '{teacher}' changed")
     if old.get("policy") != new["policy"]:
-        changes.append("the cache dtype, precision or device changed")
+        changes.append("the cache dtype, precision, device or cache_top_k changed")
     return "; ".join(changes) or None
 
 
@@ -570,7 +662,7 @@ def _build(request: CacheRequest, key: str, components: dict, teacher: str) -> P
     try:
         started = time.perf_counter()
         collectors = compute(request.experiment, split, {teacher: components["nodes"]}, request.device,
-                             request.precision, batch_size, request.progress)
+                             request.precision, batch_size, request.progress, request.top_k)
         entries = [c.write(staging, number, request.cache_dtype) for number, c in enumerate(collectors)]
         meta = {"format": FORMAT, "key": key, "teacher": teacher, "components": components, "examples": len(split),
                 "entries": entries, "build_batch_size": batch_size,
@@ -588,7 +680,7 @@ def _build(request: CacheRequest, key: str, components: dict, teacher: str) -> P
 
 
 @contextmanager
-def _build_lock(root: Path, key: str, log):
+def build_lock(root: Path, key: str, log):
     """Hold an exclusive lock on building cache ``key`` in ``root``, across processes.
 
     Runs that share a ``cache_dir`` (the seeds of one experiment, started side by side) would
@@ -689,7 +781,7 @@ def open_or_build(request: CacheRequest) -> TeacherCaches:
             try:
                 meta = _reuse(root, key, components, log)
             except InvalidCache:
-                with _build_lock(root, key, log):
+                with build_lock(root, key, log):
                     meta = _validate_or_build(request, key, components, teacher)
         dist.barrier()
         if not dist.is_main:

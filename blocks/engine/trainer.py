@@ -39,7 +39,8 @@ from blocks.engine.evaluation import autocast, evaluate
 from blocks.engine.optim import build_optimizer, build_schedule, clip_grad_norm, sparse_parameters
 from blocks.engine.plots import write_stage_plots
 from blocks.engine.run_dir import RunDir
-from blocks.engine.teacher_cache import CacheRequest, CachedOutputs, open_existing, open_or_build, requested_nodes
+from blocks.engine.teacher_cache import (DEFAULT_TOP_K, CacheRequest, CachedOutputs, open_existing, open_or_build,
+                                         requested_nodes)
 from blocks.errors import CheckpointError, TrainingError
 from blocks.distill.losses import Loss
 from blocks.metrics import higher_is_better
@@ -102,7 +103,9 @@ class StageTrainer:
         self.select = self.stage["select"] or self.config["task"]["metrics"][0]
         self.maximize = higher_is_better(self.select)
         # the examples this stage trains on: the train split, or the stage's transfer set
-        train = build_transfer_set(experiment, stage_index, log=self.log)
+        shared_root = Path(self.config["cache_dir"]) if self.config.get("cache_dir") else None
+        train = build_transfer_set(experiment, stage_index, log=self.log, cache_root=shared_root or run_dir.cache,
+                                   shared=shared_root is not None, device=device, progress=self.show_progress)
         self.train_split = train
         self.dev_split = experiment.splits.get("dev")
         # losses that learn from each dev evaluation (the RL selector with reward "dev")
@@ -366,7 +369,7 @@ class StageTrainer:
         cache_dtype = self.stage.get("cache_dtype", "float16")
         request = CacheRequest(self.experiment, self.train_split, nodes, self.run_dir.root, self.device, self.precision,
                                cache_dtype, self.stage["eval_batch_size"], shared_root, self.show_progress, self.log,
-                               self.dist)
+                               self.dist, self.stage.get("cache_top_k", DEFAULT_TOP_K))
         started = time.perf_counter()
         if policy == "auto" and examples_seen < len(self.train_split):
             # too short to pay for building a cache; one already on disk is read all the same (a

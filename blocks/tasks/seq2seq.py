@@ -238,6 +238,11 @@ class Seq2Seq(TaskType):
 
     def predict_batch(self, experiment, model_name, batch, final):
         """Generated target ids (without ``<bos>`` and ``<eos>``) of each example of the batch."""
+        return self.generate_batch(experiment, model_name, batch, self.generation_settings(final)).tokens
+
+    def generate_batch(self, experiment, model_name, batch, settings):
+        """What the model generates from the batch's sources with ``settings`` (a
+        :class:`blocks.generation.GenerationSettings`): ids and scores (:class:`blocks.generation.Generated`)."""
         from blocks.data.subword import BOS_ID, EOS_ID, PAD_ID
         from blocks.generation import generate
 
@@ -250,9 +255,7 @@ class Seq2Seq(TaskType):
         bos = torch.full((len(batch), 1), BOS_ID, dtype=torch.long, device=reference.device)
         inputs[node.inputs[1]] = Sequence(bos, torch.ones_like(bos, dtype=torch.bool))
         memory = graph(inputs)[node.inputs[0]]  # the encoder's output (the decoder also ran one step)
-        result = generate(decoder, memory, self.generation_settings(final), bos_id=BOS_ID, eos_id=EOS_ID,
-                          pad_id=PAD_ID)
-        return result.tokens
+        return generate(decoder, memory, settings, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=PAD_ID)
 
     def join_predictions(self, chunks, order):
         flat = [ids for chunk in chunks for ids in chunk]

@@ -1,0 +1,306 @@
+"""Sequence-level KD (blocks.generated_transfer): a teacher's translations of the train split as the
+stage's transfer set, stored as readable text, keyed, reused, rebuilt when stale or corrupt; its
+config checks; and a short end-to-end run on Multi30k."""
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+
+import pytest
+import torch
+
+from blocks.config.loader import load_config
+from blocks.data.subword import BOS_ID, EOS_ID
+from blocks.engine.teacher_cache import key_of
+from blocks.errors import ConfigError
+from blocks.experiment import Experiment
+from blocks.generated_transfer import (OUTPUTS, decoding_settings, generated_split, generation_components,
+                                       open_or_generate)
+from blocks.generation import generate
+
+from tests.tasks.test_seq2seq import TRANSLATOR, write_pairs
+
+
+def seqkd_config(**generate_options) -> dict:
+    """A teacher stage, then a student trained on the teacher's translations (small and fast)."""
+    student = copy.deepcopy(TRANSLATOR)
+    student["graph"][0]["dim"] = 16
+    return {
+        "seed": 1, "device": "cpu",
+        "data": {"root": "data", "train": "train", "dev": "dev",
+                 "reader": {"format": "parallel", "languages": ["en", "de"]}, "label": "de"},
+        "task": {"type": "seq2seq", "source": "en",
+                 "subword": {"vocab_size": 80, "shared": False, "min_frequency": 1}, "generation": {"beam": 3}},
+        "models": {"teacher": copy.deepcopy(TRANSLATOR), "student": student},
+        "stages": [
+            {"name": "teacher", "train": "teacher", "epochs": 1, "batch_size": 8,
+             "optimizer": {"type": "adam", "lr": 0.003}},
+            {"name": "seqkd", "train": "student", "epochs": 1, "batch_size": 8,
+             "transfer": {"generate": {"teacher": "teacher", **generate_options}}},
+        ],
+    }
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    monkeypatch.delenv("DISTILBLOCKS_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    write_pairs(data, "train", 48, 1)
+    write_pairs(data, "dev", 8, 2)
+    return tmp_path
+
+
+def prepare(root, values: dict) -> Experiment:
+    path = root / "config.json"
+    path.write_text(json.dumps(values), encoding="utf-8")
+    return Experiment.prepare(load_config(path, environ={}), log=lambda *a, **k: None)
+
+
+class Log(list):
+    def __call__(self, message, *args, **kwargs):
+        self.append(str(message))
+
+    def has(self, text: str) -> bool:
+        return any(text in line for line in self)
+
+
+def generated(experiment, root, log=None):
+    return open_or_generate(experiment, 1, root / "cache", False, torch.device("cpu"), progress=False,
+                            log=log if log is not None else Log())
+
+
+# -- decoding and the files --------------------------------------------------------------------------
+
+
+def test_outputs_equal_a_direct_generate_call_and_are_stored_as_readable_text(project):
+    experiment = prepare(project, seqkd_config(beam=2, max_length_a=4, max_length_b=1.0))
+    log = Log()
+    result = generated(experiment, project, log)
+    assert result.built and log.has("teacher 'teacher' decodes the 48 train sources (beam 2")
+
+    # the same decoding, called directly on the whole split as one batch in file order
+    train, task = experiment.splits["train"], experiment.task
+    settings = decoding_settings(task, {"beam": 2, "max_length_a": 4, "max_length_b": 1.0})
+    assert (settings.strategy, settings.beam_size, settings.max_len_a) == ("beam", 2, 4)
+    assert settings.length_penalty == task.generation["length_penalty"]  # the task's, not given
+    graph = experiment.models["teacher"]
+    node, decoder = task.decoder_node(graph)
+    batch = train.collate(torch.arange(len(train)))
+    inputs = {"source": batch.inputs[experiment.model_inputs["teacher"]["source"]]}
+    bos = torch.full((len(train), 1), BOS_ID)
+    from blocks.values import Sequence
+    inputs["prefix"] = Sequence(bos, torch.ones_like(bos, dtype=torch.bool))
+    graph.eval()
+    with torch.inference_mode():
+        direct = generate(decoder, graph(inputs)[node.inputs[0]], settings, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=0)
+    assert result.decoded.outputs == task.translations(direct.tokens)
+    assert result.decoded.scores == pytest.approx(direct.scores.tolist(), abs=1e-3)
+
+    lines = (result.folder / OUTPUTS).read_text(encoding="utf-8").splitlines()
+    first = json.loads(lines[0])
+    assert len(lines) == 48 and set(first) == {"source", "output", "score"}
+    assert first["source"] == (project / "data" / "train.en").read_text().splitlines()[0]
+    meta = json.loads((result.folder / "meta.json").read_text())
+    assert meta["key"] == result.folder.name and meta["examples"] == 48 and meta["teacher"] == "teacher"
+
+    again = Log()
+    reused = generated(experiment, project, again)
+    assert not reused.built and again.has("reusing") and reused.decoded.outputs == result.decoded.outputs
+
+
+def test_the_key_changes_with_teacher_weights_decoding_data_and_vocabularies(project):
+    experiment = prepare(project, seqkd_config())
+    train, task = experiment.splits["train"], experiment.task
+    settings = decoding_settings(task, {})
+    base = key_of(generation_components(experiment, "teacher", train, settings))
+    assert key_of(generation_components(experiment, "teacher", train, settings)) == base
+    assert key_of(generation_components(experiment, "teacher", train, decoding_settings(task, {"beam": 2}))) != base
+    assert key_of(generation_components(experiment, "teacher", train,
+                                        decoding_settings(task, {"length_penalty": 0.6}))) != base
+    with torch.no_grad():
+        next(experiment.models["teacher"].parameters()).add_(0.01)
+    assert key_of(generation_components(experiment, "teacher", train, settings)) != base
+    write_pairs(project / "data", "train", 48, 9)  # other sentences: other sources and subword merges
+    other = prepare(project, seqkd_config())
+    components = generation_components(other, "teacher", other.splits["train"], settings)
+    base_components = generation_components(prepare(project, seqkd_config()), "teacher", other.splits["train"],
+                                            settings)
+    assert components == base_components  # deterministic given the data
+    assert components["data"] != generation_components(experiment, "teacher", train, settings)["data"]
+    assert components["tokenizer"] != generation_components(experiment, "teacher", train, settings)["tokenizer"]
+
+
+def test_truncated_and_edited_files_are_detected_and_decoded_again(project):
+    experiment = prepare(project, seqkd_config(beam=1, max_length_a=3, max_length_b=0.5))
+    first = generated(experiment, project)
+    path = first.folder / OUTPUTS
+    original = path.read_bytes()
+
+    path.write_bytes(original[: len(original) // 2])  # truncated
+    log = Log()
+    again = generated(experiment, project, log)
+    assert again.built and log.has("rebuilding generated transfer set:") and log.has("is truncated")
+    assert path.read_bytes() == original and again.decoded.outputs == first.decoded.outputs
+
+    record = json.loads(original.decode().splitlines()[0])
+    edited = original.replace(json.dumps(record["output"]).encode(), json.dumps("X" * len(record["output"])).encode(), 1)
+    assert len(edited) == len(original) and edited != original
+    path.write_bytes(edited)  # same size, other text: only the checksum tells
+    log = Log()
+    assert generated(experiment, project, log).built and log.has("does not match its checksum")
+    assert path.read_bytes() == original
+
+    (first.folder / "meta.json").write_text("{not json")
+    log = Log()
+    assert generated(experiment, project, log).built and log.has("meta.json is corrupt")
+
+
+def test_a_stale_set_is_replaced_and_the_log_says_what_changed(project):
+    experiment = prepare(project, seqkd_config(beam=1, max_length_a=3, max_length_b=0.5))
+    old = generated(experiment, project).folder
+    with torch.no_grad():
+        next(experiment.models["teacher"].parameters()).add_(0.05)
+    log = Log()
+    new = generated(experiment, project, log)
+    assert new.built and new.folder != old and not old.exists()
+    assert log.has("rebuilding generated transfer set: the weights of teacher 'teacher' changed")
+
+
+def test_the_split_trains_on_the_teacher_outputs_and_optionally_the_gold_pairs(project):
+    from blocks.transfer_set import stage_input_keys
+
+    for include_gold in (False, True):
+        experiment = prepare(project, seqkd_config(beam=1, include_gold=include_gold))
+        stage = experiment.config["stages"][1]
+        log = Log()
+        split = generated_split(experiment, 1, stage_input_keys(experiment, stage), project / "cache", False,
+                                torch.device("cpu"), progress=False, log=log)
+        train, task = experiment.splits["train"], experiment.task
+        outputs = generated(experiment, project).decoded.outputs
+        kept = [text for text in outputs if text.strip()]
+        gold = len(train) if include_gold else 0
+        assert len(split) == gold + len(kept)
+        assert log.has(f"{len(kept):,} translations by 'teacher'") and log.has("target tokens per output vs")
+        prefix_key = experiment.model_inputs["student"]["prefix"]
+        source_key = experiment.model_inputs["student"]["source"]
+        for i, text in enumerate(kept[:5]):
+            ids = task.vocabularies.target.encode(text)
+            assert split.labels[gold + i].tolist() == ids + [EOS_ID]
+            assert split.ids[prefix_key][gold + i].tolist() == [BOS_ID] + ids
+        if include_gold:
+            assert split.labels.texts[: len(train)] == train.labels.texts
+            assert all(torch.equal(a, b) for a, b in zip(split.ids[source_key], train.ids[source_key]))
+
+
+def test_training_a_student_on_the_teacher_outputs(project):
+    from blocks.engine.run import train
+
+    values = seqkd_config(beam=2)
+    values["stages"][0]["epochs"] = 10  # enough to translate something: an untrained teacher says nothing
+    path = project / "config.json"
+    path.write_text(json.dumps(values))
+    log = Log()
+    train(load_config(path, environ={}), run_dir=project / "run", log=log, progress=False)
+    assert log.has("stage 'seqkd': transfer set of") and log.has(str(project / "run" / "cache" / "generated"))
+    summary = json.loads((project / "run" / "summary.json").read_text())
+    assert "bleu" in summary["models"]["student"]["dev"]
+    log = Log()  # a resumed run finds every stage done; a new stage decodes nothing again
+    train(load_config(path, environ={}), run_dir=project / "run", resume=True, log=log, progress=False)
+    assert not log.has("decodes the")
+
+
+# -- config checks -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("change, path, message", [
+    (lambda v: v["stages"].reverse(), "/stages/0/transfer/generate/teacher", "is not trained before this stage"),
+    (lambda v: v["stages"][1]["transfer"]["generate"].update(teacher="nobody"), "/stages/1/transfer/generate/teacher",
+     "model 'nobody' is not defined"),
+    (lambda v: v["stages"][1]["transfer"]["generate"].update(teacher="student"),
+     "/stages/1/transfer/generate/teacher", "is the model this stage trains"),
+    (lambda v: v["stages"][1]["transfer"]["generate"].pop("teacher"), "/stages/1/transfer/generate",
+     "name the model that decodes"),
+    (lambda v: v["stages"][1]["transfer"]["generate"].update(beam=0), "/stages/1/transfer/generate/beam",
+     "less than the minimum of 1"),
+    (lambda v: v["stages"][1]["transfer"].update(max_examples=10), "/stages/1/transfer/max_examples",
+     "does not combine"),
+    (lambda v: v["stages"][1].update(cache_top_k=0), "/stages/1/cache_top_k", "full next-token distribution"),
+])
+def test_bad_generate_options_are_config_errors_at_their_json_path(project, change, path, message):
+    values = seqkd_config()
+    change(values)
+    with pytest.raises(ConfigError) as caught:
+        prepare(project, values)
+    assert caught.value.path == path and message in str(caught.value)
+
+
+def test_generate_needs_a_generating_task(tmp_path):
+    from blocks.config.loader import load_config as load
+    from blocks.experiment import check_references
+
+    values = {"data": {"root": ".", "train": "t.tsv", "label": "label"}, "task": {"type": "classification"},
+              "models": {"a": {"inputs": {"tokens": {"field": "text"}}, "graph": [
+                  {"name": "embed", "block": "Embedding", "dim": 8}, {"name": "pool", "block": "Pooling"},
+                  {"name": "logits", "block": "Linear"}]}},
+              "stages": [{"name": "a", "train": "a"},
+                         {"name": "b", "train": "a", "transfer": {"generate": {"teacher": "a"}}}]}
+    values["models"]["b"] = copy.deepcopy(values["models"]["a"])
+    values["stages"][1]["train"] = "b"
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(values))
+    with pytest.raises(ConfigError) as caught:
+        check_references(load(path, environ={}))
+    assert caught.value.path == "/stages/1/transfer/generate" and "needs a task that generates" in str(caught.value)
+
+
+# -- Multi30k, end to end ------------------------------------------------------------------------------
+
+
+def test_blocks_train_with_seqkd_and_word_kd_on_a_few_dozen_multi30k_lines(multi30k_slice, capsys):
+    from blocks.cli import main
+
+    values = seqkd_config(beam=2)
+    values["data"].update({"root": str(multi30k_slice), "train": "train", "dev": "val"})
+    values["task"]["subword"] = {"vocab_size": 300, "shared": True, "min_frequency": 1}
+    for model in values["models"].values():
+        model["inputs"]["source"]["max_length"] = 64
+    values["stages"][1].update({"teachers": ["teacher"], "cache_teachers": True, "cache_top_k": 4,
+                                "losses": [{"block": "CrossEntropy", "weight": 0.5},
+                                           {"block": "KD", "temperature": 1.0, "weight": 0.5}]})
+    path = multi30k_slice.parent / "seqkd.json"
+    path.write_text(json.dumps(values))
+    assert main(["train", str(path), "--run-dir", str(multi30k_slice.parent / "run"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "teacher 'teacher' decodes the 40 train sources (beam 2" in out
+    assert "stage 'seqkd': transfer set of 40 examples" in out or "stage 'seqkd': transfer set of" in out
+    assert "teacher cache built" in out
+    [cache] = [f for f in (multi30k_slice.parent / "run" / "cache").iterdir() if (f / "meta.json").is_file()]
+    [entry] = json.loads((cache / "meta.json").read_text())["entries"]
+    assert entry["kind"] == "top_k" and entry["top_k"] == 4
+    summary = json.loads((multi30k_slice.parent / "run" / "summary.json").read_text())
+    assert set(summary["models"]["student"]["dev"]) == {"bleu", "chrf", "bleu_lc"}
+
+
+@pytest.fixture
+def multi30k_slice(tmp_path, monkeypatch):
+    """The first 40 training and 10 validation pairs of Multi30k, copied into tmp_path/data."""
+    import os
+    from pathlib import Path
+
+    env = os.environ.get("DISTILBLOCKS_DATA")
+    root = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+    folder = root / "multi30k"
+    if not (folder / "train.en").is_file():
+        pytest.skip(f"Multi30k not found at {folder} (set DISTILBLOCKS_DATA to the data folder)")
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    for split, count in (("train", 40), ("val", 10)):
+        for language in ("en", "de"):
+            with open(folder / f"{split}.{language}", encoding="utf-8") as handle:
+                lines = [next(handle) for _ in range(count)]
+            (data / f"{split}.{language}").write_text("".join(lines), encoding="utf-8")
+    return data
