@@ -19,6 +19,7 @@ def load_builtin_entries() -> None:
     import blocks.data.tokenizers  # noqa: F401
     import blocks.distill.annealing  # noqa: F401
     import blocks.distill.attention_losses  # noqa: F401
+    import blocks.distill.generation_losses  # noqa: F401
     import blocks.distill.losses  # noqa: F401
     import blocks.distill.multi_teacher  # noqa: F401
     import blocks.distill.tagging_losses  # noqa: F401

@@ -36,6 +36,17 @@ class LossContext:
     task_type: Any = None  # the blocks.tasks.TaskType (None in unit tests that build losses by hand)
 
 
+@dataclass
+class BatchContext:
+    """What :meth:`Loss.prepare_batch` may use: the experiment (models, task, input fields), the
+    name of the model the stage trains, the device and the optimizer step about to be taken."""
+
+    experiment: Any
+    model: str
+    device: torch.device
+    step: int
+
+
 class Loss(nn.Module):
     """Base of loss blocks: ``forward(outputs, batch)`` returns a scalar tensor.
 
@@ -54,6 +65,10 @@ class Loss(nn.Module):
     :meth:`start` when the stage starts, :meth:`after_step` after every optimizer step,
     :meth:`after_evaluation` after every dev evaluation, :meth:`log_values` for the evaluation
     log. ``student_parameters`` returns what the stage's optimizer trains of the loss block.
+    :meth:`check_experiment` runs before training (and in ``blocks validate``) for checks that
+    need more than the loss context. A loss with ``prepares_batch`` true changes the training
+    batch before the models see it (:meth:`prepare_batch`: student rollouts as decoder prefixes);
+    a stage may have one such loss.
     """
 
     label_only = False
@@ -64,6 +79,8 @@ class Loss(nn.Module):
     #: the student node holds logits (or a score), whose kind must fit the task: a vector per
     #: example, a sequence of one vector per word for a tagging task
     reads_logits = True
+    #: the trainer calls :meth:`prepare_batch` before the forward pass (one such loss per stage)
+    prepares_batch = False
 
     def __init__(self, stage: LossContext, output: str | None = None):
         super().__init__()
@@ -91,6 +108,17 @@ class Loss(nn.Module):
 
     def set_step(self, step: int) -> None:
         """Told the current optimizer step before each call; a scheduled loss updates itself here."""
+
+    def prepare_batch(self, batch, context: BatchContext):
+        """The batch the student and the teachers see at this training step (called before the
+        forward pass when ``prepares_batch`` is true; the batch unchanged here). Teachers then run
+        in the loop on the returned batch: a loss that changes it must not let the stage cache
+        its teachers (``teacher_nodes`` None, with an ``uncached_reason``)."""
+        return batch
+
+    def check_experiment(self, experiment) -> None:
+        """Checks before training that need the experiment (a teacher's files): a ValueError
+        becomes a config error at the loss's JSON path."""
 
     def start(self, total_steps: int) -> None:
         """Told the stage's number of optimizer steps when it starts (AnnealingKD spreads its

@@ -136,11 +136,23 @@ def check_stages(experiment: Experiment) -> None:
     for index, stage in enumerate(config["stages"]):
         where = f"/stages/{index}"
         losses = experiment.build_losses(index)
+        preparing = []
         for j, (_, loss) in enumerate(losses):
             if getattr(loss, "needs_dev", False) and "dev" not in experiment.splits:
                 raise ConfigError(f"{type(loss).__name__} with reward 'dev' learns from the dev metric at each "
                                   f"evaluation, but the config has no dev split (data.dev)", config.file,
                                   f"{where}/losses/{j}")
+            if hasattr(loss, "check_experiment"):
+                try:
+                    loss.check_experiment(experiment)
+                except ValueError as error:
+                    raise ConfigError(f"{type(loss).__name__}: {error}", config.file, f"{where}/losses/{j}") from None
+            if getattr(loss, "prepares_batch", False):
+                preparing.append(j)
+                if len(preparing) > 1:
+                    raise ConfigError(f"losses {preparing[0]} and {j} both change the training batch (decoder "
+                                      f"prefixes); a stage has at most one such loss", config.file,
+                                      f"{where}/losses/{j}")
         model = experiment.models[stage["train"]]
         try:
             optimizer = build_optimizer(list(model.parameters()), stage["optimizer"], where=f"{where}/optimizer",

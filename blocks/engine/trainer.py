@@ -42,7 +42,7 @@ from blocks.engine.run_dir import RunDir
 from blocks.engine.teacher_cache import (DEFAULT_TOP_K, CacheRequest, CachedOutputs, open_existing, open_or_build,
                                          requested_nodes)
 from blocks.errors import CheckpointError, TrainingError
-from blocks.distill.losses import Loss
+from blocks.distill.losses import BatchContext, Loss
 from blocks.metrics import higher_is_better
 
 
@@ -100,6 +100,9 @@ class StageTrainer:
         self.loss_modules = nn.ModuleList([loss for _, loss in self.losses])
         # losses that learn from the updated student after each optimizer step (the RL selector)
         self.after_step_losses = [loss for _, loss in self.losses if _overrides(loss, "after_step")]
+        # the loss that changes each training batch before the forward pass (student rollouts as
+        # decoder prefixes); check_stages refuses a stage with two
+        self.batch_preparer = next((loss for _, loss in self.losses if getattr(loss, "prepares_batch", False)), None)
         self.select = self.stage["select"] or self.config["task"]["metrics"][0]
         self.maximize = higher_is_better(self.select)
         # the examples this stage trains on: the train split, or the stage's transfer set
@@ -394,6 +397,9 @@ class StageTrainer:
     def _loss(self, batch) -> torch.Tensor:
         experiment = self.experiment
         with autocast(self.device, self.precision):
+            if self.batch_preparer is not None:  # the student and the teachers see the prepared batch
+                batch = self.batch_preparer.prepare_batch(
+                    batch, BatchContext(experiment, self.model_name, self.device, self.state.step))
             outputs = {self.model_name: self._student_values(batch)}
             if self.teacher_cache is not None:
                 cached = self.teacher_cache.outputs(batch.index, self.device)
