@@ -37,12 +37,13 @@ value beyond float16's range keeps float32, bfloat16 values stay bfloat16). Sequ
 stored flattened: for each example its positions up to its last real one, with the mask.
 
 **A generating teacher's decoder (seq2seq).** Its output node holds per-position logits over the
-whole target vocabulary, ``[positions, V]``: for Multi30k's 29,000 training pairs (about 410,000
-target tokens with a vocabulary of 8,000) that is about 6.6 GB as float16, so it is never cached
-as such. The cache keeps, per target position, the ``k`` most likely tokens under the full
+whole target vocabulary, ``[positions, V]``: for Multi30k's 29,000 training pairs (439,014 target
+positions with the recipes' 8,000-piece BPE) that is 7.0 GB as float16, so it is never cached as
+such. The cache keeps, per target position, the ``k`` most likely tokens under the full
 softmax at temperature 1 (``"cache_top_k"`` of the stage, default 8, part of the key; 0 is
 refused): their ids as int32 (``<node>.values.bin``) and their log-probabilities as float16
-(``<node>.log_probs.bin``), 6 bytes per kept token, with the usual mask and offsets. Reading
+(``<node>.log_probs.bin``), 6 bytes per kept token, with the usual mask and offsets: 49 bytes per
+target position at k = 8, 21.7 MB for Multi30k (``tools/measure_topk_cache.py``). Reading
 gives a :class:`blocks.values.TopKLogProbs` (``indices`` int64, ``log_probs`` float32, ``mask``)
 on the device instead of the :class:`Sequence` a teacher forward gives.
 
@@ -217,7 +218,7 @@ def cache_components(experiment, split, teacher: str, nodes: list[str], cache_dt
 
 # -- top-k log-probabilities of a generating teacher ------------------------------------------------
 _FULL_DISTRIBUTION = ("cache_top_k 0 would cache the full next-token distribution at every target position "
-                      "(vocabulary size values per target token: about 6.6 GB for Multi30k's training set even as "
+                      "(vocabulary size values per target token: about 7 GB for Multi30k's training set even as "
                       "float16), "
                       "which the cache refuses; keep the k most likely tokens (cache_top_k >= 1, default 8), or "
                       "set \"cache_teachers\": false to run the teacher every step")

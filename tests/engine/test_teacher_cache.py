@@ -23,7 +23,7 @@ from blocks.engine.trainer import StageTrainer
 from blocks.errors import TrainingError
 from blocks.experiment import Experiment
 from blocks.registry import LOSSES
-from blocks.values import Sequence
+from blocks.values import Sequence, TopKLogProbs
 
 from tests.conftest import FILLER, NEGATIVE, POSITIVE, interrupt_on_call
 
@@ -430,3 +430,110 @@ def test_a_run_waits_for_another_process_building_the_same_cache_then_reuses_it(
     assert messages[-1].endswith("built meanwhile by another process")
     assert [cache.folder for cache in opened["cache"].caches] == [cache_root / key]
     assert cache_folders(cache_root) == [cache_root / key]
+
+
+# -- a generating teacher's decoder: top-k log-probabilities -----------------------------------------
+
+
+def seq2seq_experiment(root, top_k=None, epochs=1):
+    """A seq2seq teacher and student (the tiny translators of tests/tasks/test_seq2seq.py) with a
+    word-level KD stage that reads the teacher's decoder."""
+    from tests.tasks.test_seq2seq import TRANSLATOR, seq2seq_config, write_pairs
+
+    data = root / "data"
+    data.mkdir(exist_ok=True)
+    for name, count, seed in (("train", 40, 1), ("dev", 8, 2), ("test", 8, 3)):
+        write_pairs(data, name, count, seed)
+    values = seq2seq_config()
+    values["models"] = {"teacher": TRANSLATOR, "student": TRANSLATOR}
+    values["stages"] = [
+        {"name": "teacher", "train": "teacher", "epochs": epochs, "batch_size": 8},
+        {"name": "word_kd", "train": "student", "teachers": ["teacher"], "epochs": 1, "batch_size": 8,
+         "cache_teachers": True, "losses": [{"block": "KD", "temperature": 2.0}]}]
+    if top_k is not None:
+        values["stages"][1]["cache_top_k"] = top_k
+    path = root / "seq2seq.json"
+    path.write_text(json.dumps(values))
+    return Experiment.prepare(load_config(path, environ={}), log=quiet)
+
+
+def test_a_generating_teachers_decoder_is_cached_as_its_top_k_log_probabilities(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    experiment = seq2seq_experiment(tmp_path)
+    split, cpu = experiment.splits["train"], torch.device("cpu")
+    request = CacheRequest(experiment, split, {"teacher": ["decoder"]}, tmp_path / "run", cpu, progress=False,
+                           log=quiet, top_k=5)
+    caches = open_or_build(request)
+    [record] = caches.caches[0].meta["entries"]
+    assert record["kind"] == "top_k" and record["top_k"] == 5
+    assert (record["files"]["values"]["dtype"], record["files"]["log_probs"]["dtype"]) == ("int32", "float16")
+    positions = sum(len(t) for t in split.labels)  # every target position, <eos> included
+    assert record["files"]["values"]["shape"] == [positions, 5]
+
+    index = torch.tensor([3, 0, 7, 12])
+    cached = caches.outputs(index, cpu)["teacher"]["decoder"]
+    assert isinstance(cached, TopKLogProbs)
+    teacher = experiment.models["teacher"].eval()
+    with torch.no_grad():
+        direct = experiment.model_values("teacher", split.collate(index))["decoder"]
+    expected_log_probs, expected_indices = torch.topk(F.log_softmax(direct.values.float(), dim=-1), 5, dim=-1)
+    mask = direct.mask
+    assert torch.equal(cached.mask, mask[:, :cached.mask.shape[1]])
+    assert torch.equal(cached.indices[mask], expected_indices[mask])
+    assert torch.allclose(cached.log_probs[mask], expected_log_probs[mask], atol=1e-2, rtol=1e-3)  # float16
+    assert cached.indices.dtype == torch.long and cached.log_probs.dtype == torch.float32
+
+    # k is part of the key: another k is another cache; the same k reuses this one
+    again = open_or_build(CacheRequest(experiment, split, {"teacher": ["decoder"]}, tmp_path / "run", cpu,
+                                       progress=False, log=quiet, top_k=5))
+    assert again.caches[0].folder == caches.caches[0].folder
+    other = open_or_build(CacheRequest(experiment, split, {"teacher": ["decoder"]}, tmp_path / "run", cpu,
+                                       progress=False, log=quiet, top_k=3))
+    assert other.caches[0].folder != caches.caches[0].folder
+    with pytest.raises(TrainingError, match="full next-token distribution"):
+        open_or_build(CacheRequest(experiment, split, {"teacher": ["decoder"]}, tmp_path / "run", cpu,
+                                   progress=False, log=quiet, top_k=0))
+
+
+def test_kd_on_top_k_renormalises_over_the_kept_tokens(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    experiment = seq2seq_experiment(tmp_path)
+    [(_, kd)] = experiment.build_losses(1)
+    batch = experiment.splits["train"].collate(torch.arange(6))
+    student = experiment.model_values("student", batch)
+    with torch.no_grad():
+        teacher = experiment.model_values("teacher", batch)["decoder"]
+    full = kd({"student": student, "teacher": {"decoder": teacher}}, batch)
+    log_probs = F.log_softmax(teacher.values.float(), dim=-1)
+    vocab = log_probs.shape[-1]
+    values, indices = log_probs.topk(vocab, dim=-1)  # every token kept: the exact KL divergence
+    exact = kd({"student": student, "teacher": {"decoder": TopKLogProbs(indices, values, teacher.mask)}}, batch)
+    assert torch.allclose(exact, full, rtol=1e-4, atol=1e-5)
+
+    values, indices = log_probs.topk(4, dim=-1)  # four kept: their probabilities renormalised at T
+    truncated = kd({"student": student, "teacher": {"decoder": TopKLogProbs(indices, values, teacher.mask)}}, batch)
+    t, mask = kd.temperature, teacher.mask
+    target = F.log_softmax(values[mask] / t, dim=-1)
+    predicted = F.log_softmax(student["decoder"].values[mask].float() / t, dim=-1).gather(1, indices[mask])
+    expected = (target.exp() * (target - predicted)).sum(dim=-1).mean() * t * t
+    assert torch.allclose(truncated, expected) and truncated.item() > 0
+    truncated.backward()  # the student learns through it
+    assert any(p.grad is not None for p in experiment.models["student"].parameters())
+
+
+def test_a_word_level_kd_stage_reads_the_top_k_cache(tmp_path, monkeypatch):
+    from blocks.distill.losses import KnowledgeDistillation
+
+    monkeypatch.chdir(tmp_path)
+    seq2seq_experiment(tmp_path, top_k=4)  # writes the data and the config
+    read = []
+    original = KnowledgeDistillation._top_k
+    monkeypatch.setattr(KnowledgeDistillation, "_top_k", lambda self, outputs: read.append(1) or original(self, outputs))
+    messages = []
+    train(load_config(tmp_path / "seq2seq.json", environ={}), run_dir=tmp_path / "run", progress=False,
+          log=lambda message, *a, **k: messages.append(str(message)))
+    assert any(m.startswith("building teacher cache of teacher.decoder") for m in messages)
+    [folder] = cache_folders(tmp_path / "run" / "cache")
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["components"]["policy"]["top_k"] == 4 and meta["entries"][0]["kind"] == "top_k"
+    assert len(read) == 5  # every step of the KD stage (40 examples, batch 8)
