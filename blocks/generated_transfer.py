@@ -20,8 +20,10 @@ counted in the log.
 
 **Vocabularies.** The outputs are stored as text, decoded with the teacher's target tokenizer,
 and encoded again with the student's target vocabulary when the stage starts. In a seq2seq task
-every model reads the task's subword vocabularies (a teacher taken from another run included),
-so today both are the same tokenizer; the text in between is what lets them differ.
+every model reads the task's subword vocabularies, so today both are the same tokenizer; a
+teacher taken from a run whose saved vocabularies differ is refused when the stage starts (it
+would read wrong ids). The text in between is what will let them differ once the task type gives
+such a teacher its own vocabularies.
 
 **Storage.** The decoded set is kept as readable text under the teacher cache's folder (the
 config's ``cache_dir``, else ``RUN/cache``) ::
@@ -171,6 +173,23 @@ def source_inputs(experiment, teacher: str, split) -> dict[str, str]:
     """The teacher's inputs that read the source (input name -> the split's key)."""
     return {name: key for name, key in experiment.model_inputs[teacher].items()
             if split.input_types[key] == "source"}
+
+
+def check_run_vocabularies(experiment, teacher: str) -> None:
+    """A teacher taken from a run must have been trained with this task's subword vocabularies:
+    a seq2seq model reads the task's, so one with its own would read wrong ids (not supported yet)."""
+    from blocks.data.subword import META_FILE, SubwordVocabularies
+    from blocks.tasks.seq2seq import SUBWORD_FOLDER
+
+    run = experiment.config["models"][teacher].get("run")
+    folder = Path(run) / "vocab" / SUBWORD_FOLDER if run else None
+    if folder is None or not (folder / META_FILE).is_file():
+        return
+    theirs, ours = SubwordVocabularies.load(folder), experiment.task.vocabularies
+    if (theirs.source.to_json(), theirs.target.to_json()) != (ours.source.to_json(), ours.target.to_json()):
+        raise TrainingError(f"teacher '{teacher}' comes from the run in {run}, whose subword vocabularies ({folder}) "
+                            f"differ from this task's; a seq2seq model reads the task's vocabularies, so a teacher "
+                            f"with its own is not supported yet: train with the teacher run's data and task.subword")
 
 
 def _what_changed(old: dict, new: dict, teacher: str) -> str:
@@ -343,6 +362,7 @@ def open_or_generate(experiment, index: int, cache_root: Path, shared: bool, dev
     stage = experiment.config["stages"][index]
     options = generate_options(stage)
     teacher = generating_teacher(stage)
+    check_run_vocabularies(experiment, teacher)
     split = experiment.splits["train"]
     settings = decoding_settings(experiment.task, options)
     components = generation_components(experiment, teacher, split, settings)

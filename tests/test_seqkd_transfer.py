@@ -212,6 +212,22 @@ def test_training_a_student_on_the_teacher_outputs(project):
     assert not log.has("decodes the")
 
 
+def test_a_teacher_from_a_run_with_other_subword_vocabularies_is_refused(project):
+    from blocks.data.subword import SubwordVocabularies
+    from blocks.errors import TrainingError
+    from blocks.generated_transfer import check_run_vocabularies
+
+    experiment = prepare(project, seqkd_config())
+    run = project / "teacher_run"
+    experiment.config["models"]["teacher"]["run"] = str(run)
+    experiment.task.vocabularies.save(run / "vocab" / "subword")  # the same vocabularies: fine
+    check_run_vocabularies(experiment, "teacher")
+    shutil.rmtree(run / "vocab" / "subword")
+    SubwordVocabularies.train(["x y z"] * 5, ["X Y Z"] * 5, "bpe", 40, False, 1).save(run / "vocab" / "subword")
+    with pytest.raises(TrainingError, match="whose subword vocabularies .* differ from this task's"):
+        check_run_vocabularies(experiment, "teacher")
+
+
 # -- config checks -----------------------------------------------------------------------------------
 
 
