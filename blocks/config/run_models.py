@@ -155,7 +155,7 @@ def expand_run_models(values: dict, base_dir: Path, file: str, recipes: dict[str
             if definition.get("type") == "pretrained":
                 if definition["tokenizer"] in copies:
                     definition["tokenizer"] = str(root / "pretrained" / copies[definition["tokenizer"]])
-            else:
+            elif definition.get("type") not in ("source", "target"):  # seq2seq inputs read the task's subwords
                 vocab = f"{name}.{definition['vocab']}"
                 values.setdefault("vocabularies", {})[vocab] = {
                     "file": str(root / "vocab" / f"{definition['vocab']}.txt")}

@@ -62,7 +62,7 @@ student's token).
 
 **Vocabularies.** A teacher target compares the teacher's and the student's per-token outputs,
 so both must be over one target vocabulary: different output widths are a config error, and so
-is a teacher taken from a run (``"run"``) whose saved target vocabulary differs from the task's.
+is a teacher taken from a run (``"run"``) whose saved subword vocabularies differ from the task's.
 """
 from __future__ import annotations
 
@@ -231,7 +231,7 @@ class GenerationKD(Loss):
         self.beta_schedule = make_schedule(self.beta_spec, total_steps=total_steps)
 
     def check_experiment(self, experiment) -> None:
-        """A teacher taken from a run must have been trained with this task's target vocabulary."""
+        """A teacher taken from a run must have been trained with this task's subword vocabularies."""
         if self.teacher is None:
             return
         run = experiment.config["models"].get(self.teacher, {}).get("run")
@@ -243,14 +243,13 @@ class GenerationKD(Loss):
         folder = Path(run) / "vocab" / SUBWORD_FOLDER
         if not (folder / META_FILE).is_file():
             return  # not a finished seq2seq run: loading its model says what is wrong
-        theirs = SubwordVocabularies.load(folder).target
-        ours = experiment.task.vocabularies.target
-        if theirs.to_json() != ours.to_json():
-            raise ValueError(f"teacher '{self.teacher}' comes from the run in {run}, whose target vocabulary "
-                             f"({theirs.vocab_size:,} pieces, {folder}) differs from this task's ({ours.vocab_size:,} "
-                             f"pieces, trained on this config's data with task.subword); per-token targets need one "
-                             f"vocabulary: train with the teacher run's data and task.subword (only sequence-level "
-                             f"KD, the teacher's translations as data, works across vocabularies)")
+        theirs, ours = SubwordVocabularies.load(folder), experiment.task.vocabularies
+        if (theirs.source.to_json(), theirs.target.to_json()) != (ours.source.to_json(), ours.target.to_json()):
+            raise ValueError(f"teacher '{self.teacher}' comes from the run in {run}, whose subword vocabularies "
+                             f"({theirs.target.vocab_size:,} target pieces, {folder}) differ from this task's "
+                             f"({ours.target.vocab_size:,}, trained on this config's data with task.subword); the "
+                             f"teacher reads and predicts the task's vocabularies, and per-token targets need the "
+                             f"student's: train with the teacher run's data and task.subword")
 
     # -- rollouts ------------------------------------------------------------------------------
     def prepare_batch(self, batch: Batch, context: BatchContext) -> Batch:

@@ -17,7 +17,7 @@ from torch.nn import functional as F
 
 from blocks.config.loader import load_config
 from blocks.data.dataset import Batch
-from blocks.data.subword import BOS_ID, EOS_ID, PAD_ID, SubwordVocabularies
+from blocks.data.subword import BOS_ID, EOS_ID, PAD_ID
 from blocks.distill.generation_losses import GenerationKD, RolloutBatch, top_k_log_probs
 from blocks.distill.losses import BatchContext, CrossEntropy, KnowledgeDistillation, LossContext
 from blocks.errors import ConfigError, TrainingError
@@ -436,21 +436,28 @@ def test_validate_refuses_two_losses_that_change_the_batch(project):
     check_stages(prepare(project, config(rollout, {"block": "GenerationKD", "target": "teacher_distribution"})))
 
 
-def test_a_teacher_from_a_run_with_another_target_vocabulary_is_refused_before_training(project):
-    from blocks.engine.run import check_stages
+def test_a_teacher_from_a_run_teaches_and_one_with_other_vocabularies_is_refused_before_training(project):
+    from blocks.cli import main
+    from blocks.engine.run import train
 
-    experiment = prepare(project, config({"block": "GenerationKD", "prefix": "mixture", "target": "teacher_argmax"}))
-    run = project / "teacher_run"
-    other = SubwordVocabularies.train(["a b c d e f g"] * 5, ["h i j k l m n"] * 5, "bpe", 40, True, 1)
-    other.save(run / "vocab" / "subword")
-    experiment.config["models"]["teacher"]["run"] = str(run)
+    values = config({"block": "GenerationKD", "prefix": "mixture", "target": "teacher_argmax"})
+    teacher_only = dict(copy.deepcopy(values), models={"teacher": values["models"]["teacher"]},
+                        stages=values["stages"][:1])
+    for run, vocab_size in (("teacher_run", 60), ("other_run", 50)):
+        teacher_only["task"]["subword"]["vocab_size"] = vocab_size
+        train(load_config(write_config(project, teacher_only, f"{run}.json"), environ={}), run_dir=project / run,
+              log=lambda *a: None, progress=False)
+    distill = dict(values, stages=[dict(values["stages"][1], max_steps=1)])
+    distill["models"] = {"student": values["models"]["student"], "teacher": {"run": "teacher_run"}}
+    assert main(["train", str(write_config(project, distill)), "--run-dir", "run", "--no-progress"]) == 0
+    assert (project / "run" / "models" / "student.safetensors").is_file()
+    distill["models"]["teacher"] = {"run": "other_run"}  # trained with task.subword.vocab_size 50
     with pytest.raises(ConfigError) as caught:
-        check_stages(experiment)
+        train(load_config(write_config(project, distill), environ={}), run_dir=project / "run2",
+              log=lambda *a: None, progress=False)
     message = str(caught.value)
-    assert "teacher 'teacher' comes from the run in" in message and "differs from this task's" in message
-    assert caught.value.path == "/stages/1/losses/0"
-    experiment.task.vocabularies.save(run / "vocab" / "subword")  # the same vocabulary: accepted
-    check_stages(experiment)
+    assert "teacher 'teacher' comes from the run in" in message and "differ from this task's" in message
+    assert caught.value.path == "/stages/0/losses/0" and not (project / "run2" / "models").exists()
 
 
 # -- end to end on Multi30k lines ------------------------------------------------------------------
@@ -495,6 +502,7 @@ def test_imitkd_and_word_level_kd_train_end_to_end_on_multi30k_lines(tmp_path, m
         assert set(summary["models"][model]["dev"]) == {"bleu", "chrf", "bleu_lc"}
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     imitkd = [r for r in records if r.get("event") == "eval" and r["stage"] == "imitkd"]
-    assert imitkd and 0.0 < imitkd[-1]["beta"] <= 1.0 and 0.0 <= imitkd[-1]["rollout_share"] <= 1.0
+    # beta 1 at the first of the two steps, 200^(-1/2) at the second: about half the examples rolled out
+    assert imitkd and imitkd[-1]["beta"] == pytest.approx(200 ** -0.5) and 0.0 < imitkd[-1]["rollout_share"] < 1.0
     word = [r for r in records if r.get("event") == "eval" and r["stage"] == "word_kd"]
     assert word and "beta" not in word[-1]  # data prefixes: nothing rolled out, nothing logged
