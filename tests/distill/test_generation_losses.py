@@ -506,3 +506,25 @@ def test_imitkd_and_word_level_kd_train_end_to_end_on_multi30k_lines(tmp_path, m
     assert imitkd and imitkd[-1]["beta"] == pytest.approx(200 ** -0.5) and 0.0 < imitkd[-1]["rollout_share"] < 1.0
     word = [r for r in records if r.get("event") == "eval" and r["stage"] == "word_kd"]
     assert word and "beta" not in word[-1]  # data prefixes: nothing rolled out, nothing logged
+
+
+def test_the_step_timing_tool_times_every_method_on_the_same_batches(capsys):
+    import importlib.util
+
+    source = multi30k_folder()
+    if not (source / "train.en").is_file():
+        pytest.skip(f"Multi30k not found at {source} (set DISTILBLOCKS_DATA to the data folder)")
+    tool = Path(__file__).resolve().parents[2] / "tools" / "bench_generation_kd.py"
+    spec = importlib.util.spec_from_file_location("distilblocks_tool_bench_generation_kd", tool)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    threads = torch.get_num_threads()
+    try:
+        assert module.main(["--data", str(source), "--lines", "48", "--steps", "1", "--batch-size", "8"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()
+            if line.split() and line.split()[0] in module.SIDES}
+    assert set(rows) == {"ce", "word_kd", "imitkd_half", "imitkd_all"}
+    assert rows["ce"][3] == "1.0x" and rows["ce"][4] == "-"
+    assert float(rows["imitkd_all"][4]) >= 1  # the rollouts' mean length is reported
