@@ -152,8 +152,50 @@ def cmd_train(args) -> int:
     from blocks.engine.run import train
 
     overrides = args.overrides + ([f"threads={args.threads}"] if args.threads else [])
+    if _is_multitask(args.config):
+        from blocks.multitask.config import load_multitask_config
+        from blocks.multitask.run import train_multitask
+
+        config = load_multitask_config(args.config, overrides)
+        train_multitask(config, run_dir=args.run_dir, resume=args.resume, progress=not args.no_progress)
+        return 0
     config = load_config(args.config, overrides)
     train(config, run_dir=args.run_dir, resume=args.resume, progress=not args.no_progress)
+    return 0
+
+
+def _is_multitask(path: str) -> bool:
+    """Whether a config file (with what it extends) declares several tasks (``tasks``)."""
+    from blocks.config.loader import load_merged
+    from blocks.multitask.config import is_multitask
+
+    return is_multitask(load_merged(path))
+
+
+def validate_multitask(args) -> int:
+    from blocks.multitask.config import load_multitask_config
+    from blocks.multitask.experiment import MultiTaskExperiment
+    from blocks.multitask.run import check_multitask_stages
+
+    config = load_multitask_config(args.config, args.overrides, planned_runs=True)
+    multi = MultiTaskExperiment.prepare(config)
+    check_multitask_stages(multi)
+    for name, model in multi.models.items():
+        shared = config.shared_models.get(name)
+        count = sum(p.numel() for p in model.parameters())
+        print(f"\nmodel '{name}': {count:,} parameters" + (f"; shared by the tasks: {', '.join(shared)}" if shared
+                                                            else "; separate weights per task"))
+        for task, graph in model.graphs.items():
+            print(f"  task '{task}' ({multi.experiments[task].task.describe()}):")
+            print("    " + graph.describe().replace("\n", "\n    "))
+    for index, (stage, plan) in enumerate(zip(config.values["stages"], config.plans)):
+        mixture = " + ".join(plan.tasks) + (f", replaying {plan.replay_share:g} of {', '.join(plan.replay_tasks)}"
+                                            if plan.replay_tasks else "")
+        teachers = f"; taught by {', '.join(stage['teachers'])}" if stage.get("teachers") else ""
+        print(f"stage '{stage['name']}': train '{stage['train']}' on {mixture}{teachers}")
+    if len(config.orders) > 1:
+        print(f"\n{len(config.orders)} orders: " + "; ".join(" -> ".join(o) for o in config.orders))
+    print(f"\n{args.config}: valid")
     return 0
 
 
@@ -163,6 +205,8 @@ def cmd_validate(args) -> int:
     from blocks.engine.run import check_stages
     from blocks.experiment import Experiment, resolve_device
 
+    if _is_multitask(args.config):
+        return validate_multitask(args)
     config = load_config(args.config, args.overrides, planned_runs=True)
     experiment = Experiment.prepare(config)
     resolve_device(config["device"])

@@ -70,7 +70,7 @@ def check_references(config: Config) -> None:
                                   file, f"{path}/teachers/{j}")
             if teacher == stage["train"]:
                 raise ConfigError(f"model '{teacher}' cannot teach itself", file, f"{path}/teachers/{j}")
-            if teacher not in trained and "run" not in models[teacher]:
+            if teacher not in trained and "run" not in models[teacher] and teacher not in config.external_models:
                 raise ConfigError(f"teacher '{teacher}' is not trained by an earlier stage", file,
                                   f"{path}/teachers/{j}")
         for j, loss in enumerate(stage["losses"]):
@@ -212,12 +212,15 @@ class Experiment:
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def prepare(cls, config: Config, splits: tuple[str, ...] = SPLITS, log=print) -> "Experiment":
+    def prepare(cls, config: Config, splits: tuple[str, ...] = SPLITS, log=print,
+                vocabularies: dict[str, Vocabulary] | None = None) -> "Experiment":
         """Check the config, read the data, build vocabularies from train, build the graphs.
 
-        A DataError about a field also names the config file and JSON path that asked for it."""
+        ``vocabularies`` (by name) are used as given instead of being built (a multi-task run's,
+        built over every task). A DataError about a field also names the config file and JSON
+        path that asked for it."""
         try:
-            return cls._prepare(config, splits, log)
+            return cls._prepare(config, splits, log, vocabularies or {})
         except DataError as error:
             place = field_place(config.values, error.field) if error.field else None
             if place is None:
@@ -226,7 +229,7 @@ class Experiment:
                             error.line, error.field) from None
 
     @classmethod
-    def _prepare(cls, config: Config, splits: tuple[str, ...], log) -> "Experiment":
+    def _prepare(cls, config: Config, splits: tuple[str, ...], log, given: dict) -> "Experiment":
         load_builtin_entries()
         import_user_modules(config)
         check_references(config)
@@ -245,6 +248,9 @@ class Experiment:
         vocabularies = {}
         for name, counter in counts.items():
             options = vocab_options.get(name, {"min_freq": 1, "max_size": None})
+            if name in given:
+                vocabularies[name] = given[name]
+                continue
             if options.get("file"):
                 vocabularies[name] = load_vocabulary_file(options["file"], config, f"/vocabularies/{name}/file")
                 continue
@@ -323,25 +329,31 @@ class Experiment:
         inputs = {local: batch.inputs[key] for local, key in self.model_inputs[name].items()}
         return self.models[name](inputs)
 
-    def build_losses(self, stage_index: int) -> list[tuple[float, nn.Module]]:
+    def build_losses(self, stage_index: int, losses: list[dict] | None = None,
+                     where: str | None = None) -> list[tuple[float, nn.Module]]:
+        """The stage's loss blocks with their weights; ``losses`` (at JSON path ``where``) replaces
+        the stage's list, with no teachers (a multi-task stage's replayed tasks)."""
         stage = self.config["stages"][stage_index]
-        context = LossContext(student=stage["train"], teachers=list(stage["teachers"]),
+        teachers = list(stage["teachers"]) if losses is None else []
+        where = where or f"/stages/{stage_index}/losses"
+        context = LossContext(student=stage["train"], teachers=teachers,
                               output_of={n: g.output_name for n, g in self.models.items()},
                               task=self.task.name, num_outputs=self.task.num_outputs, task_type=self.task,
                               output_specs={n: g.output_spec for n, g in self.models.items()},
                               node_specs={n: {node.name: node.spec for node in g.nodes} for n, g in self.models.items()})
-        losses = []
-        for j, loss in enumerate(stage["losses"]):
+        built = []
+        for j, loss in enumerate(stage["losses"] if losses is None else losses):
             params = {k: v for k, v in loss.items() if k not in ("block", "weight")}
+            if losses is not None:  # the stage's own are checked with the config (check_references)
+                LOSSES.get(loss.get("block"), self.config.file, f"{where}/{j}/block")
+                LOSSES.validate_params(loss["block"], params, self.config.file, f"{where}/{j}")
             try:
                 block = LOSSES.build(loss["block"], context, params=params)
             except ValueError as error:
-                raise ConfigError(f"{loss['block']}: {error}", self.config.file,
-                                  f"/stages/{stage_index}/losses/{j}") from None
-            self._check_loss_nodes(block, f"/stages/{stage_index}/losses/{j}")
-            losses.append((self._loss_weight(loss.get("weight", 1.0), f"/stages/{stage_index}/losses/{j}/weight"),
-                           block))
-        return losses
+                raise ConfigError(f"{loss['block']}: {error}", self.config.file, f"{where}/{j}") from None
+            self._check_loss_nodes(block, f"{where}/{j}")
+            built.append((self._loss_weight(loss.get("weight", 1.0), f"{where}/{j}/weight"), block))
+        return built
 
     def _loss_weight(self, weight, path: str):
         """A number, or a schedule over optimizer steps (a function step -> weight)."""

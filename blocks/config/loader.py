@@ -32,6 +32,9 @@ class Config:
     file: str  # the file the user named (used in error messages)
     base_dir: Path  # that file's folder: relative paths in block parameters resolve against it
     planned_runs: list[PlannedRun] = field(default_factory=list)  # runs not made yet (validation only)
+    #: models whose weights come from elsewhere: a task's view of a multi-task config whose model
+    #: is taken from a multi-task run (trained, though no stage of this config trains it)
+    external_models: frozenset = frozenset()
 
     def __getitem__(self, key: str) -> Any:
         return self.values[key]
@@ -216,10 +219,18 @@ def load_merged(path: str | Path) -> dict:
 
 
 def _absolutize_paths(values: dict, folder: Path) -> None:
-    """A relative data root, or run directory (or recipe) of a model, is relative to the file that states it."""
+    """A relative data root, run directory (or recipe) of a model, or a task's data fragment, is
+    relative to the file that states it."""
     data = values.get("data")
     if isinstance(data, dict) and isinstance(data.get("root"), str) and not os.path.isabs(data["root"]):
         data["root"] = os.path.normpath(folder / data["root"])
+    tasks = values.get("tasks")  # a multi-task config's data fragments and data roots
+    for entry in (tasks.values() if isinstance(tasks, dict) else []):
+        if isinstance(entry, dict) and isinstance(entry.get("extends"), str) and not os.path.isabs(entry["extends"]):
+            entry["extends"] = os.path.normpath(folder / entry["extends"])
+        data = entry.get("data") if isinstance(entry, dict) else None
+        if isinstance(data, dict) and isinstance(data.get("root"), str) and not os.path.isabs(data["root"]):
+            data["root"] = os.path.normpath(folder / data["root"])
     models = values.get("models")
     for model in (models.values() if isinstance(models, dict) else []):
         for key in ("run", "recipe"):
@@ -383,15 +394,27 @@ def load_config(path: str | Path, overrides: Iterable[str] = (), environ: dict |
     With ``planned_runs`` (``blocks validate``), a model from a run that does not exist yet is taken
     from the recipe that makes it (``"recipe"`` beside ``"run"``), and ``Config.planned_runs`` lists
     the runs still needed."""
-    environ = os.environ if environ is None else environ
     path = Path(path)
-    file = str(path)
+    return complete_config(read_config_values(path, overrides, environ), path, planned_runs)
+
+
+def read_config_values(path: Path, overrides: Iterable[str] = (), environ: dict | None = None) -> dict:
+    """A config file's values with its ``extends`` merged, the data root from the environment and
+    the command line's overrides applied; not yet validated or completed."""
+    environ = os.environ if environ is None else environ
     values = _load_with_extends(path, ())
     if environ.get(DATA_ROOT_VARIABLE):
         values.setdefault("data", {})["root"] = os.path.abspath(environ[DATA_ROOT_VARIABLE])
     for text in overrides:
         parts, value = parse_override(text)
         apply_override(values, parts, _command_line_paths(parts, value), text)
+    return values
+
+
+def complete_config(values: dict, path: Path, planned_runs: bool = False) -> Config:
+    """Validate and complete config values read by :func:`read_config_values` (see
+    :func:`load_config`)."""
+    file = str(path)
     apply_stage_defaults(values, file)
     recipes = take_run_recipes(values, file)
     values.pop("$schema", None)

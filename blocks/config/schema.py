@@ -12,7 +12,11 @@ _PATH_OR_SPLIT = {
         {"type": "object", "required": ["path"], "additionalProperties": False,
          "properties": {"path": {"type": "string"},
                         "reader": {"$ref": "#/$defs/reader"},
-                        "fields": {"$ref": "#/$defs/fields"}}},
+                        "fields": {"$ref": "#/$defs/fields"},
+                        "max_examples": {"type": "integer", "minimum": 1,
+                                         "description": "keep at most this many rows of the file: a random "
+                                                        "sample drawn with a fixed seed (the same rows in every "
+                                                        "run), in file order"}}},
         {"type": "null"},
     ]
 }
@@ -71,8 +75,9 @@ READER_SCHEMA = {
 FIELDS_SCHEMA = {
     "type": "object",
     "description": "logical field name -> column name (or 0-based column index)",
-    "additionalProperties": {"anyOf": [{"type": "string"}, {"type": "integer", "minimum": 0}]},
+    "additionalProperties": {"anyOf": [{"type": "string"}, {"type": "integer", "minimum": 0}, {"type": "null"}]},
 }
+# null: the field is absent from these files (a pair input's second text, in a task of single sentences)
 
 DATA_SCHEMA = {
     "type": "object",

@@ -17,7 +17,7 @@ import torch
 from blocks.data.batching import pad_chars, pad_ids
 from blocks.data.dev_split import DevCarve, dev_carve
 from blocks.data.pretrained_tokenizer import PretrainedTokenizer, resolve_pretrained
-from blocks.data.readers import Row, read_rows
+from blocks.data.readers import Row, Rows, read_rows
 from blocks.data.vocabulary import Vocabulary
 from blocks.errors import ConfigError, DataError
 from blocks.registry import TOKENIZERS
@@ -186,6 +186,7 @@ class SplitSource:
     reader: dict
     fields: dict
     carve: DevCarve | None = None  # train and a dev carved from it: the train file, minus or only the dev rows
+    max_examples: int | None = None  # keep a fixed random sample of this many rows
 
 
 def split_sources(data: dict) -> dict[str, SplitSource]:
@@ -201,25 +202,45 @@ def split_sources(data: dict) -> dict[str, SplitSource]:
         path = entry["path"] if os.path.isabs(entry["path"]) else os.path.join(data["root"], entry["path"])
         reader = {**data.get("reader", {}), **entry.get("reader", {})}
         fields = {**data.get("fields", {}), **entry.get("fields", {})}
-        sources[split] = SplitSource(split, os.path.normpath(path), reader, fields)
+        sources[split] = SplitSource(split, os.path.normpath(path), reader, fields,
+                                     max_examples=entry.get("max_examples"))
     if carve is not None:
         train = sources["train"]
-        sources["train"] = SplitSource("train", train.path, train.reader, train.fields, carve)
+        sources["train"] = SplitSource("train", train.path, train.reader, train.fields, carve, train.max_examples)
         sources["dev"] = SplitSource("dev", train.path, train.reader, train.fields, carve)
     return sources
 
 
+#: the seed of a split's ``max_examples`` sample: fixed, so every run (and seed) reads the same rows
+SAMPLE_SEED = 20_201_116
+
+
 def read_split(source: SplitSource) -> list[Row]:
     rows = read_rows(source.path, **source.reader)
-    if source.carve is None:
-        return rows
-    train, dev = source.carve.split(rows, source.fields, source.path)
-    return dev if source.name == "dev" else train
+    if source.carve is not None:
+        train, dev = source.carve.split(rows, source.fields, source.path)
+        rows = dev if source.name == "dev" else train
+    if source.max_examples is not None and len(rows) > source.max_examples:
+        rows = sample_rows(rows, source.max_examples)
+    return rows
+
+
+def sample_rows(rows: list[Row], count: int) -> list[Row]:
+    """``count`` rows drawn at random with a fixed seed, kept in file order (notes of the reader
+    carried over, with the sample's size)."""
+    generator = torch.Generator().manual_seed(SAMPLE_SEED)
+    keep = sorted(torch.randperm(len(rows), generator=generator)[:count].tolist())
+    notes = list(getattr(rows, "notes", ()))
+    notes.append(f"a fixed random sample of {count:,} of its {len(rows):,} rows (max_examples)")
+    return Rows([rows[i] for i in keep], notes)
 
 
 def field_value(row: Row, name: str, mapping: dict) -> str:
     """The value of a logical field in a row (mapped to a column name or index)."""
     column = mapping.get(name, name)
+    if column is None:
+        raise DataError(f"field '{name}' is mapped to null (absent from these files), but an input reads it "
+                        f"(null suits a pair input's second text only)", row.file, row.line, field=name)
     if isinstance(column, int):
         values = list(row.fields.values())
         if column >= len(values):
@@ -326,8 +347,11 @@ def encode_rows(name: str, rows: list[Row], fields: dict[str, InputField], vocab
             continue
         if input_field.type == PRETRAINED:
             texts = [field_value(row, input_field.field, mapping) for row in rows]
-            pairs = ([field_value(row, input_field.pair_field, mapping) for row in rows]
-                     if input_field.pair_field else None)
+            # a pair field mapped to null: these files hold single texts (a task of single sentences
+            # read by a model that also reads pairs)
+            single = input_field.pair_field is None or (input_field.pair_field in mapping
+                                                        and mapping[input_field.pair_field] is None)
+            pairs = None if single else [field_value(row, input_field.pair_field, mapping) for row in rows]
             ids[key] = input_field.tokenizer.encode(texts, pairs)
             continue
         vocab = vocabularies[input_field.vocab]

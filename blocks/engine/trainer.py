@@ -80,6 +80,9 @@ def _overrides(loss: nn.Module, hook: str) -> bool:
 
 
 class StageTrainer:
+    #: keep the weights after the last step rather than those of the best dev evaluation
+    keep_last = False
+
     def __init__(self, experiment, stage_index: int, run_dir: RunDir, device: torch.device, log=print,
                  progress: bool = True, dist: Distributed = SINGLE):
         self.experiment = experiment
@@ -136,13 +139,10 @@ class StageTrainer:
     def _prepare(self) -> None:
         self.model.to(self.device).train()
         self.loss_modules.to(self.device)
-        for name in self.teachers:
-            teacher = self.experiment.models[name].to(self.device)
-            teacher.eval()
+        for teacher in self._teacher_models():
+            teacher.to(self.device).eval()
             teacher.requires_grad_(False)
-        trainable = self.experiment.trainable[self.model_name]
-        for parameter_name, parameter in self.model.named_parameters():
-            parameter.requires_grad_(trainable[parameter_name])
+        self._set_trainable()
         # Trainable parameters of loss blocks (projections) train with the student, except those a
         # block trains itself (a teacher-selection policy: ``student_parameters`` leaves them out).
         # They are outside the DDP-wrapped model: their gradients are averaged over the ranks by
@@ -169,6 +169,15 @@ class StageTrainer:
                                        where=f"{where}/schedule")
         use_scaler = self.device.type == "cuda" and self.precision == "fp16"
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+
+    def _teacher_models(self) -> list[nn.Module]:
+        return [self.experiment.models[name] for name in self.teachers]
+
+    def _set_trainable(self) -> None:
+        """The trained model's parameters train unless the config froze them."""
+        trainable = self.experiment.trainable[self.model_name]
+        for parameter_name, parameter in self.model.named_parameters():
+            parameter.requires_grad_(trainable[parameter_name])
 
     def _trainable_state(self) -> dict[str, torch.Tensor]:
         tensors = {f"model/{k}": v for k, v in self.model.state_dict().items()}
@@ -505,16 +514,10 @@ class StageTrainer:
             improved = True
         else:
             # rank 0 evaluates; the others take its metrics, so every rank decides the same
-            metrics = None
-            if self.main:
-                names = list(dict.fromkeys(self.config["task"]["metrics"] + [self.select]))
-                metrics = evaluate(self.experiment, self.model_name, self.dev_split, stage["eval_batch_size"],
-                                   self.device, self.precision, metrics=names, progress=self.show_progress,
-                                   final=False)  # a generating task decodes greedily here
-            metrics = self.dist.broadcast(metrics)
+            metrics = self.dist.broadcast(self._dev_metrics() if self.main else None)
             value = metrics[self.select]
             best = self.state.best
-            improved = best is None or (value > best if self.maximize else value < best)
+            improved = self.keep_last or best is None or (value > best if self.maximize else value < best)
             for loss in self.after_evaluation_losses:
                 loss.after_evaluation(value if self.maximize else -value)
         if improved:
@@ -542,6 +545,12 @@ class StageTrainer:
             self._write(bar, f"  early stopping: no improvement of {self.select} in {patience} evaluations")
         self.save()
         return stop
+
+    def _dev_metrics(self) -> dict[str, float]:
+        names = list(dict.fromkeys(self.config["task"]["metrics"] + [self.select]))
+        return evaluate(self.experiment, self.model_name, self.dev_split, self.stage["eval_batch_size"], self.device,
+                        self.precision, metrics=names, progress=self.show_progress,
+                        final=False)  # a generating task decodes greedily here
 
     def epochs_done(self) -> float:
         """Passes over the training set completed so far: 1 at the end of the first epoch, whether

@@ -1,0 +1,211 @@
+"""Training a multi-task config into a run directory; a stream's orders one after another.
+
+A run of one order holds what a single-task run holds (config.json, metrics.jsonl, stages/,
+models/, plots/, progress.json for ``--resume``), per task its ``tasks/<task>/task.json`` and
+vocabularies, and ``scores.json``: the score matrix of the tracked model (the stream's ``model``,
+else the model the last stage trains) with the final average, forgetting and backward transfer
+(:mod:`blocks.multitask.scores`), plotted in ``plots/score_matrix.png``. A stream with several
+orders writes ``order1/``, ``order2/``... and, at the top, ``summary.json`` with every order's
+measures and their mean and standard deviation.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import torch
+
+from blocks.engine.checkpoint import atomic_write_json, load_checkpoint
+from blocks.engine.evaluation import evaluate
+from blocks.engine.host_memory import keep_freed_memory
+from blocks.engine.run import environment_record, check_run_dir_path
+from blocks.engine.run_dir import RunDir
+from blocks.errors import CheckpointError, ConfigError
+from blocks.experiment import resolve_device
+from blocks.multitask.config import MultiTaskConfig, resolve_multitask
+from blocks.multitask.experiment import MultiTaskExperiment
+from blocks.multitask.scores import mean_and_std, plot_score_matrix, stream_measures
+from blocks.multitask.trainer import MEAN, MixtureTrainer
+from blocks.threads import use_threads
+
+SCORES_FILE = "scores.json"
+
+
+def tracked_model(config: MultiTaskConfig) -> str:
+    stream = config.values.get("stream")
+    return stream["model"] if stream else config.values["stages"][-1]["train"]
+
+
+def check_multitask_stages(multi: MultiTaskExperiment) -> None:
+    """Build every stage's losses for each of its tasks (and replayed tasks): a loss that does not
+    fit a task is a ConfigError before anything is trained."""
+    config = multi.config
+    for index, plan in enumerate(config.plans):
+        for task in plan.tasks:
+            multi.experiments[task].build_losses(index)
+        for task in plan.replay_tasks:
+            multi.experiments[task].build_losses(index, plan.replay_losses, where=f"/stages/{index}/replay/losses")
+        for task in plan.tasks:
+            if "dev" not in multi.experiments[task].splits and not plan.keep_last:
+                raise ConfigError(f"task '{task}' has no dev split to choose the best weights by; give it one "
+                                  f"(tasks.{task}.data.dev) or set \"keep\": \"last\"", config.file,
+                                  f"/stages/{index}")
+
+
+def train_multitask(config: MultiTaskConfig, run_dir: str | Path | None = None, resume: bool = False, log=print,
+                    progress: bool = True) -> dict:
+    """Train every order of the config (one, unless the stream lists several); returns the summary."""
+    root = Path(run_dir) if run_dir else Path("runs") / Path(config.file).stem
+    check_run_dir_path(root, config.file)
+    use_threads(config.first["threads"])
+    device = resolve_device(config.first["device"])
+    if device.type == "cpu":
+        keep_freed_memory()
+    orders = config.orders
+    if config.values.get("stream", {}).get("multitask"):  # one stage over every task: the order is moot
+        orders = orders[:1]
+    if len(orders) <= 1:
+        return train_order(config, root, resume, log, progress, device)
+    summaries = {}
+    for number, order in enumerate(orders, start=1):
+        log(f"order {number} of {len(orders)}: {' -> '.join(order)}")
+        ordered = resolve_multitask(copy.deepcopy(config.raw), Path(config.file), order=order)
+        summaries[f"order{number}"] = train_order(ordered, root / f"order{number}", resume, log, progress, device)
+    summary = {"orders": {name: {"order": s["order"], **s["measures"]} for name, s in summaries.items()}}
+    summary["mean"] = {key: mean_and_std([s["measures"][key] for s in summaries.values()])
+                       for key in ("final_average", "forgetting", "backward_transfer")}
+    atomic_write_json(root / "summary.json", summary)
+    log(format_orders(summary))
+    return summary
+
+
+def train_order(config: MultiTaskConfig, root: Path, resume: bool, log, progress: bool,
+                device: torch.device) -> dict:
+    directory = RunDir(root)
+    if resume and not directory.exists():
+        raise CheckpointError("there is no run here to resume (config.json is missing)", str(root))
+    if not resume and not directory.is_empty():
+        raise ConfigError(f"the run directory {root} is not empty; give another --run-dir, or --resume to continue "
+                          f"it", config.file)
+    multi = MultiTaskExperiment.prepare(config, log=log)
+    check_multitask_stages(multi)
+    with directory.lock():
+        if not directory.exists():
+            root.mkdir(parents=True, exist_ok=True)
+            for task, experiment in multi.experiments.items():
+                folder = root / "tasks" / task
+                folder.mkdir(parents=True, exist_ok=True)
+                atomic_write_json(folder / "task.json", experiment.task.to_json())
+                experiment.save_vocabularies(folder / "vocab")
+            atomic_write_json(directory.environment, environment_record(device))
+            atomic_write_json(directory.config, {**config.values, "order": config.order, "run_dir": str(root)})
+        log(f"run directory: {root}  device: {device}  tasks: {', '.join(config.order)}")
+        multi.load_pretrained(log)
+        for name, folder in config.run_models.items():
+            load_run_model(multi, name, folder, log)
+        return _train_stages(multi, directory, log, progress, device, resume)
+
+
+def load_run_model(multi: MultiTaskExperiment, name: str, folder: Path, log=print) -> None:
+    """Every task's weights of model ``name`` from a finished multi-task run (a run trained on more
+    tasks brings those too; they are left out)."""
+    path = Path(folder) / "models" / f"{name}.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"the run has no trained '{name}' (its stages did not finish)", str(path))
+    tensors, _ = load_checkpoint(path)
+    model = multi.models[name]
+    wanted = model.state_dict()
+    missing = [key for key in wanted if key not in tensors]
+    if missing:
+        raise CheckpointError(f"does not hold model '{name}' as this config builds it (missing {missing[0]}"
+                              + (f" and {len(missing) - 1} more" if len(missing) > 1 else "") + ")", str(path))
+    try:
+        model.load_state_dict({key: tensors[key] for key in wanted})
+    except RuntimeError as error:
+        raise CheckpointError(f"does not match model '{name}' of this config ({error})", str(path)) from None
+    log(f"model '{name}': every task's weights from {folder}")
+
+
+def _train_stages(multi: MultiTaskExperiment, directory: RunDir, log, progress: bool, device: torch.device,
+                  resume: bool) -> dict:
+    config = multi.config
+    state = directory.progress()
+    for model, stage in state["models"].items():  # the weights of finished stages
+        tensors, _ = load_checkpoint(directory.model_weights(model))
+        multi.models[model].load_state_dict(tensors)
+    tracked = tracked_model(config)
+    scores = state.get("scores", {"rows": [], "matrix": []})
+    results = state.get("stage_results", {})
+    started = time.perf_counter()
+    for index, (stage, plan) in enumerate(zip(config.values["stages"], config.plans)):
+        if stage["name"] in state["completed_stages"]:
+            continue
+        trainer = MixtureTrainer(multi, plan, index, directory, device, log=log, progress=progress)
+        result = trainer.run(resume=resume)
+        result.pop("history", None)
+        results[stage["name"]] = result
+        if stage["train"] == tracked:
+            row = score_row(multi, tracked, config.order, scores, plan.tasks, device, progress)
+            scores["rows"].append(stage["name"])
+            scores["matrix"].append(row)
+            shown = ", ".join(f"{task} {value:.4f}" for task, value in zip(config.order, row) if value is not None)
+            log(f"after stage '{stage['name']}': dev {shown}")
+        state["completed_stages"].append(stage["name"])
+        state["models"][stage["train"]] = stage["name"]
+        state["stage_results"], state["scores"] = results, scores
+        directory.write_progress(state)
+    metrics = [multi.experiments[task].config["task"]["metrics"][0] for task in config.order]
+    measures = stream_measures(scores["matrix"])
+    record = {"tasks": config.order, "metrics": metrics, "split": "dev", "model": tracked, "rows": scores["rows"],
+              "matrix": scores["matrix"], **measures}
+    atomic_write_json(directory.root / SCORES_FILE, record)
+    plot = plot_score_matrix(scores["matrix"], config.order, scores["rows"], metrics,
+                             directory.root / "plots" / "score_matrix.png",
+                             f"{tracked}: dev score after each stage")
+    summary = {"order": config.order, "model": tracked, "measures": measures, "scores": record,
+               "stages": results, "train_seconds": round(time.perf_counter() - started, 1),
+               "plot": str(plot) if plot else None}
+    atomic_write_json(directory.summary, summary)
+    log(format_measures(measures, config.order))
+    return summary
+
+
+def score_row(multi: MultiTaskExperiment, model: str, order: list[str], scores: dict, stage_tasks: list[str],
+              device: torch.device, progress: bool) -> list[float | None]:
+    """The tracked model's dev score (first metric) on every task trained so far, in task order."""
+    seen = {task for row in scores["matrix"] for task, value in zip(order, row) if value is not None}
+    seen |= set(stage_tasks)
+    row = []
+    for task in order:
+        if task not in seen:
+            row.append(None)
+            continue
+        experiment = multi.experiments[task]
+        metric = experiment.config["task"]["metrics"][0]
+        split = experiment.splits.get("dev") or experiment.splits.get("test")
+        if split is None:
+            row.append(None)
+            continue
+        row.append(evaluate(experiment, model, split, 256, device, metrics=[metric], progress=progress)[metric])
+    return row
+
+
+def _fmt(value) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
+def format_measures(measures: dict, order: list[str]) -> str:
+    return (f"tasks {' -> '.join(order)}: final average {_fmt(measures['final_average'])}, forgetting "
+            f"{_fmt(measures['forgetting'])}, backward transfer {_fmt(measures['backward_transfer'])}")
+
+
+def format_orders(summary: dict) -> str:
+    lines = [format_measures(s, s["order"]) for s in summary["orders"].values()]
+    mean = summary["mean"]
+    lines.append("over the orders: " + ", ".join(
+        f"{key.replace('_', ' ')} {_fmt(v['mean'])} ± {_fmt(v['std'])}" for key, v in mean.items()))
+    return "\n".join(lines)
+
+
+__all__ = ["train_multitask", "check_multitask_stages", "MEAN"]
