@@ -146,7 +146,8 @@ def test_truncated_and_edited_files_are_detected_and_decoded_again(project):
     assert path.read_bytes() == original and again.decoded.outputs == first.decoded.outputs
 
     record = json.loads(original.decode().splitlines()[0])
-    edited = original.replace(json.dumps(record["output"]).encode(), json.dumps("X" * len(record["output"])).encode(), 1)
+    output = json.dumps(record["output"]).encode()
+    edited = original.replace(output, json.dumps("X" * len(record["output"])).encode(), 1)
     assert len(edited) == len(original) and edited != original
     path.write_bytes(edited)  # same size, other text: only the checksum tells
     log = Log()

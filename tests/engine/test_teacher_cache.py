@@ -528,7 +528,8 @@ def test_a_word_level_kd_stage_reads_the_top_k_cache(tmp_path, monkeypatch):
     seq2seq_experiment(tmp_path, top_k=4)  # writes the data and the config
     read = []
     original = KnowledgeDistillation._top_k
-    monkeypatch.setattr(KnowledgeDistillation, "_top_k", lambda self, outputs: read.append(1) or original(self, outputs))
+    monkeypatch.setattr(KnowledgeDistillation, "_top_k",
+                        lambda self, outputs: read.append(1) or original(self, outputs))
     messages = []
     train(load_config(tmp_path / "seq2seq.json", environ={}), run_dir=tmp_path / "run", progress=False,
           log=lambda message, *a, **k: messages.append(str(message)))
