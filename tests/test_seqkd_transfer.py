@@ -215,6 +215,25 @@ def test_training_a_student_on_the_teacher_outputs(project):
     assert not log.has("decodes the") and log.has("generated transfer set: reusing")
 
 
+def test_a_teacher_taken_from_a_finished_run_decodes(project):
+    from blocks.engine.run import train
+
+    values = seqkd_config(beam=2)
+    teacher_only = {**copy.deepcopy(values), "stages": [dict(values["stages"][0], epochs=10)]}
+    (project / "teacher.json").write_text(json.dumps(teacher_only))
+    train(load_config(project / "teacher.json", environ={}), run_dir=project / "teacher_run", log=Log(),
+          progress=False)
+    values["models"]["teacher"] = {"run": "teacher_run"}
+    values["stages"] = values["stages"][1:]
+    (project / "seqkd.json").write_text(json.dumps(values))
+    log = Log()
+    train(load_config(project / "seqkd.json", environ={}), run_dir=project / "run", log=log, progress=False)
+    assert log.has("teacher 'teacher' decodes the 48 train sources") and log.has("translations by 'teacher'")
+    [folder] = [f for f in (project / "run" / "cache" / "generated").iterdir() if f.is_dir()]  # and a lock file
+    outputs = [json.loads(line)["output"] for line in (folder / OUTPUTS).read_text().splitlines()]
+    assert sum(bool(text.strip()) for text in outputs) > 24  # the trained teacher says something
+
+
 def test_a_teacher_from_a_run_with_other_subword_vocabularies_is_refused(project):
     from blocks.data.subword import SubwordVocabularies
     from blocks.errors import TrainingError
