@@ -56,6 +56,15 @@ def strictly_checked(path: Path, overrides=()):
 def test_recipe_is_a_valid_config(path):
     values = merged(path)
     assert values.get("description"), f"{path}: a recipe says what it is in 'description'"
+    if "tasks" in values:  # a multi-task recipe: each task's view is checked like a config of its own
+        from blocks.multitask.config import load_multitask_config
+
+        assert values.get("stages") or values.get("stream"), f"{path}: a recipe trains something"
+        config = load_multitask_config(path, environ={}, planned_runs=True)
+        load_builtin_entries()
+        for task_config in config.tasks.values():
+            check_references(task_config)
+        return
     assert values.get("stages"), f"{path}: a recipe trains something"
     config = strictly_checked(path)
     for planned in config.planned_runs:

@@ -521,6 +521,9 @@ def open_run(run_dir: str | Path) -> tuple[RunDir, Config]:
         raise CheckpointError("run directory not found", str(run_dir))
     directory.check_setup()
     values = directory.read_json(directory.config)
+    if isinstance(values, dict) and "tasks" in values:
+        raise CheckpointError("is the config of a multi-task run: its dev scores after every stage are in "
+                              "scores.json and summary.json; test and predict take single-task runs", str(directory.config))
     if not isinstance(values, dict) or not isinstance(values.get("models"), dict) \
             or not isinstance(values.get("stages"), list):
         raise CheckpointError("is not a run's config (no models and stages)", str(directory.config))
