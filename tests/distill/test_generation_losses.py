@@ -324,6 +324,19 @@ def test_beta_follows_imitkds_exponential_schedule_over_the_stage(project):
     assert linear.beta == pytest.approx(0.5)
 
 
+def test_the_exponential_schedule_and_schedules_spanning_the_stage():
+    from blocks.distill.schedules import make_schedule
+
+    decay = make_schedule({"type": "exponential", "start": 2.0, "base": 100, "steps": 10})
+    assert [decay(step) for step in (0, 5, 10, 20)] == pytest.approx([2.0, 0.2, 0.02, 0.02])
+    with pytest.raises(ValueError, match="an exponential schedule needs 'steps'"):
+        make_schedule({"type": "exponential", "base": 200})  # a weight schedule does not know the stage
+    assert make_schedule({"type": "exponential", "base": 200}, total_steps=4)(4) == pytest.approx(1 / 200)
+    assert make_schedule({"type": "linear", "start": 1.0, "end": 0.0}, total_steps=4)(1) == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="base > 0"):
+        make_schedule({"type": "exponential", "base": 0, "steps": 3})
+
+
 # -- top-k ----------------------------------------------------------------------------------------
 
 
