@@ -287,3 +287,32 @@ def test_stream_measures():
     assert measures["backward_transfer"] == pytest.approx(((0.6 - 0.9) + (0.75 - 0.8)) / 2)
     assert stream_measures([[0.8, 0.7]]) == {"final_average": pytest.approx(0.75), "forgetting": None,
                                              "backward_transfer": None}
+
+
+def test_a_stream_mixes_classification_and_tagging(tmp_path):
+    """One BiLSTM trunk over words, a pooled head for sentiment and a per-word head for tagging."""
+    from tests.tasks.test_tagging import write_conll
+
+    file = write_config(tmp_path)
+    (tmp_path / "ner").mkdir()
+    write_conll(tmp_path / "ner" / "train.txt", 40, 1)
+    write_conll(tmp_path / "ner" / "dev.txt", 15, 2)
+    values = json.loads(file.read_text())
+    values["tasks"] = {
+        "senti": values["tasks"]["senti"],
+        "ner": {"data": {"root": ".", "train": "ner/train.txt", "dev": "ner/dev.txt", "label": "ner",
+                         "reader": {"format": "columns", "columns": ["text", "pos", "ner"], "delimiter": " "}},
+                "task": {"type": "tagging", "scheme": "IOB2"}}}
+    values["models"]["student"] = {
+        "inputs": {"tokens": {"field": "text", "lowercase": True}},
+        "graph": [{"name": "embed", "block": "Embedding", "input": "tokens", "dim": 8},
+                  {"name": "encoder", "block": "BiLSTM", "hidden": 8}],
+        "heads": {"senti": [{"name": "pool", "block": "Pooling", "mode": "max"}, {"name": "logits", "block": "Linear"}],
+                  "ner": [{"name": "logits", "block": "Linear"}]}}
+    values["stream"] = {"order": ["ner", "senti"], "model": "student", "replay": 0.5,
+                        "stage": {"epochs": 2, "batch_size": 8, "optimizer": {"type": "adam", "lr": 0.02}}}
+    file.write_text(json.dumps(values))
+    summary = train_multitask(load_multitask_config(file), tmp_path / "run", log=quiet, progress=False)
+    scores = summary["scores"]
+    assert scores["metrics"] == ["entity_f1", "accuracy"]
+    assert scores["matrix"][0][0] is not None and all(v is not None for v in scores["matrix"][1])
