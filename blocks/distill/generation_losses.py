@@ -212,13 +212,12 @@ class GenerationKD(Loss):
     # -- what the trainer asks ---------------------------------------------------------------
     @property
     def teacher_nodes(self):
-        """The teacher node read, for the teacher cache: with data prefixes only (a rollout changes
-        the prefixes at every step, so the teacher runs in the loop: then None)."""
-        if self.teacher is None:
-            return lambda: []
-        if self.prefix != "data":
-            return None
-        return lambda: [(self.teacher, self.teacher_output)]
+        """The method declaring the teacher node read, for the teacher cache; None with rollouts
+        (the prefixes change at every step, so the stage runs its teachers in the loop)."""
+        return self._teacher_nodes if self.prefix == "data" else None
+
+    def _teacher_nodes(self) -> list[tuple[str, str]]:
+        return [] if self.teacher is None else [(self.teacher, self.teacher_output)]
 
     @property
     def uncached_reason(self) -> str | None:

@@ -142,11 +142,13 @@ def test_word_level_kd_on_gold_prefixes_equals_kd_per_target_position(project):
     experiment, loss = build(project, prefix="data", target="teacher_distribution", temperature=2.0)
     batch = batch_of(experiment)
     outputs = outputs_on(experiment, batch)
-    kd = KnowledgeDistillation(LossContext(student="student", teachers=["teacher"], task="tagging",
-                                           output_of={"student": "decoder", "teacher": "decoder"}), temperature=2.0)
+    kd = KnowledgeDistillation(_context(experiment), temperature=2.0)
     value = loss(outputs, batch)
     assert value.item() > 0
     assert torch.allclose(value, kd(outputs, batch), rtol=1e-6, atol=1e-7)
+    # and from the teacher cache's top-k values, KD and GenerationKD renormalise alike
+    cached = dict(outputs, teacher={"decoder": top_k_log_probs(outputs["teacher"]["decoder"], 8)})
+    assert torch.allclose(loss(cached, batch), kd(cached, batch), rtol=1e-6)
     assert loss.prepare_batch(batch, context(experiment)) is batch  # data prefixes: the batch as it is
     assert not loss.prepares_batch and loss.teacher_nodes() == [("teacher", "decoder")]  # cacheable
 
