@@ -506,14 +506,20 @@ def test_imitkd_and_word_level_kd_train_end_to_end_on_multi30k_lines(tmp_path, m
         {"name": "teacher", "train": "teacher", **stage, "losses": [{"block": "CrossEntropy"}]},
         {"name": "imitkd", "train": "student", "teachers": ["teacher"], **stage,
          "losses": [{"block": "GenerationKD", "prefix": "mixture", "target": "teacher_argmax"}]},
-        {"name": "word_kd", "train": "word_kd", "teachers": ["teacher"], **stage,
+        {"name": "word_kd", "train": "word_kd", "teachers": ["teacher"], **stage, "cache_teachers": True,
          "losses": [{"block": "GenerationKD", "target": "teacher_distribution", "temperature": 1.0, "weight": 0.5},
                     {"block": "CrossEntropy", "weight": 0.5}]},
+        # ImitKD*: the data prefixes are the teacher's translations (a sequence-level KD transfer set)
+        {"name": "imitkd_star", "train": "imitkd_star", "teachers": ["teacher"], **stage,
+         "transfer": {"generate": {"teacher": "teacher", "beam": 1}},
+         "losses": [{"block": "GenerationKD", "prefix": "mixture", "target": "teacher_argmax",
+                     "beta": {"type": "constant", "start": 0.5}}]},
     ]
+    values["models"]["imitkd_star"] = copy.deepcopy(values["models"]["student"])
     assert main(["validate", str(write_config(tmp_path, values))]) == 0
     assert main(["train", "config.json", "--run-dir", "run", "--no-progress"]) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    for model in ("teacher", "student", "word_kd"):
+    for model in ("teacher", "student", "word_kd", "imitkd_star"):
         assert set(summary["models"][model]["dev"]) == {"bleu", "chrf", "bleu_lc"}
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     imitkd = [r for r in records if r.get("event") == "eval" and r["stage"] == "imitkd"]
@@ -521,6 +527,11 @@ def test_imitkd_and_word_level_kd_train_end_to_end_on_multi30k_lines(tmp_path, m
     assert imitkd and imitkd[-1]["beta"] == pytest.approx(200 ** -0.5) and 0.0 < imitkd[-1]["rollout_share"] < 1.0
     word = [r for r in records if r.get("event") == "eval" and r["stage"] == "word_kd"]
     assert word and "beta" not in word[-1]  # data prefixes: nothing rolled out, nothing logged
+    # word-level KD read the teacher's top-k values from the teacher cache
+    assert any((folder / "meta.json").is_file() for folder in (tmp_path / "run" / "cache").iterdir()
+               if folder.name != "generated")  # generated/: the translations of the ImitKD* stage
+    star = [r for r in records if r.get("event") == "eval" and r["stage"] == "imitkd_star"]
+    assert star and star[-1]["beta"] == 0.5 and 0.0 < star[-1]["rollout_share"] < 1.0
 
 
 def test_the_step_timing_tool_times_every_method_on_the_same_batches(capsys):
