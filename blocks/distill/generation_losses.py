@@ -110,8 +110,11 @@ def top_k_log_probs(logits: Sequence, k: int) -> TopKLogProbs:
 
 @register_loss("GenerationKD")
 class GenerationKD(Loss):
-    """The generation-KD family as one loss (see the module docstring for the methods as
-    settings, the rollouts, and the top-k renormalisation).
+    """Seq2seq distillation: which prefixes the decoder sees and what each position learns;
+    word-level KD, SeqKD, ImitKD and ImitKD+Full are settings of it (docs/methods.md).
+
+    The module docstring describes the methods as settings, the rollouts and the top-k
+    renormalisation of a cached teacher.
 
     Args:
         prefix: where the decoder's prefixes come from: "data" (the batch's target sentences:
@@ -324,7 +327,8 @@ class GenerationKD(Loss):
             return logits.sum() * 0.0
         s = logits[:, :length][mask]  # [N, V]
         if isinstance(teacher, TopKLogProbs):
-            indices, kept = teacher.indices[:, :length][mask].long(), teacher.log_probs[:, :length][mask].float().detach()
+            indices = teacher.indices[:, :length][mask].long()  # [N, k]
+            kept = teacher.log_probs[:, :length][mask].float().detach()
             best = indices.gather(1, kept.argmax(dim=-1, keepdim=True)).squeeze(1)
         else:
             full = teacher.values[:, :length][mask].float().detach()
