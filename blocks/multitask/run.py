@@ -11,6 +11,7 @@ measures and their mean and standard deviation.
 from __future__ import annotations
 
 import copy
+import os
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import torch
 from blocks.engine.checkpoint import atomic_write_json, load_checkpoint
 from blocks.engine.evaluation import evaluate
 from blocks.engine.host_memory import keep_freed_memory
-from blocks.engine.run import environment_record, check_run_dir_path
+from blocks.engine.run import _differences, check_run_dir_path, environment_record
 from blocks.engine.run_dir import RunDir
 from blocks.errors import CheckpointError, ConfigError
 from blocks.experiment import resolve_device
@@ -58,6 +59,9 @@ def train_multitask(config: MultiTaskConfig, run_dir: str | Path | None = None, 
     """Train every order of the config (one, unless the stream lists several); returns the summary."""
     root = Path(run_dir) if run_dir else Path("runs") / Path(config.file).stem
     check_run_dir_path(root, config.file)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("a multi-task config trains in one process; start it with `blocks train`, not torchrun",
+                          config.file)
     use_threads(config.first["threads"])
     device = resolve_device(config.first["device"])
     if device.type == "cpu":
@@ -71,7 +75,10 @@ def train_multitask(config: MultiTaskConfig, run_dir: str | Path | None = None, 
     for number, order in enumerate(orders, start=1):
         log(f"order {number} of {len(orders)}: {' -> '.join(order)}")
         ordered = resolve_multitask(copy.deepcopy(config.raw), Path(config.file), order=order)
-        summaries[f"order{number}"] = train_order(ordered, root / f"order{number}", resume, log, progress, device)
+        folder = root / f"order{number}"
+        # resuming: an order the interrupted run had not started yet starts now
+        summaries[f"order{number}"] = train_order(ordered, folder, resume and RunDir(folder).exists(), log,
+                                                  progress, device)
     summary = {"orders": {name: {"order": s["order"], **s["measures"]} for name, s in summaries.items()}}
     summary["mean"] = {key: mean_and_std([s["measures"][key] for s in summaries.values()])
                        for key in ("final_average", "forgetting", "backward_transfer")}
@@ -88,6 +95,8 @@ def train_order(config: MultiTaskConfig, root: Path, resume: bool, log, progress
     if not resume and not directory.is_empty():
         raise ConfigError(f"the run directory {root} is not empty; give another --run-dir, or --resume to continue "
                           f"it", config.file)
+    if resume:
+        check_same_config(config, directory)
     multi = MultiTaskExperiment.prepare(config, log=log)
     check_multitask_stages(multi)
     with directory.lock():
@@ -105,6 +114,21 @@ def train_order(config: MultiTaskConfig, root: Path, resume: bool, log, progress
         for name, folder in config.run_models.items():
             load_run_model(multi, name, folder, log)
         return _train_stages(multi, directory, log, progress, device, resume)
+
+
+def check_same_config(config: MultiTaskConfig, directory: RunDir) -> None:
+    """A resumed multi-task run continues with the config it started with (settings that only
+    change how it runs, such as threads and device, may differ)."""
+    saved = directory.read_json(directory.config)
+    current = {**config.values, "order": config.order, "run_dir": saved.get("run_dir")}
+    changed = [path for path in _differences(saved, current)
+               if path.split("/")[1] not in ("threads", "device", "run_dir")]
+    changed.sort(key=lambda path: path.startswith("/stages/") and "stream" in current)  # a stream's own key first
+    if changed:
+        raise ConfigError(f"the config differs from the one the run started with at {changed[0]}"
+                          + (f" (and {len(changed) - 1} more)" if len(changed) > 1 else "")
+                          + f"; resume with the run's config ({directory.config}) or train into a new run directory",
+                          config.file, changed[0])
 
 
 def load_run_model(multi: MultiTaskExperiment, name: str, folder: Path, log=print) -> None:

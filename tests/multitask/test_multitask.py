@@ -316,3 +316,13 @@ def test_a_stream_mixes_classification_and_tagging(tmp_path):
     scores = summary["scores"]
     assert scores["metrics"] == ["entity_f1", "accuracy"]
     assert scores["matrix"][0][0] is not None and all(v is not None for v in scores["matrix"][1])
+
+
+def test_resume_refuses_a_changed_config(tmp_path):
+    file = write_config(tmp_path, **{"stream.stage.epochs": 1})
+    train_multitask(load_multitask_config(file), tmp_path / "run", log=quiet, progress=False)
+    with pytest.raises(ConfigError, match="differs from the one the run started with at /stream/stage/epochs"):
+        train_multitask(load_multitask_config(file, ["stream.stage.epochs=2"]), tmp_path / "run", resume=True,
+                        log=quiet, progress=False)
+    with pytest.raises(ConfigError, match="not empty"):
+        train_multitask(load_multitask_config(file), tmp_path / "run", log=quiet, progress=False)
