@@ -190,7 +190,7 @@ def _load_with_extends(path: Path, chain: tuple[Path, ...]) -> dict:
 STAGE_DEFAULTS = "stage_defaults"
 
 
-def apply_stage_defaults(values: dict, file: str) -> None:
+def apply_stage_defaults(values: dict, file: str, extra_keys: tuple[str, ...] = ()) -> None:
     """``"stage_defaults"``: settings every stage gets unless it states its own (merged under each
     stage as ``extends`` merges a file under the one that extends it; ``null`` in a stage deletes a
     default). The key is removed, so a resolved config lists each stage in full."""
@@ -199,7 +199,7 @@ def apply_stage_defaults(values: dict, file: str) -> None:
         return
     if not isinstance(defaults, dict):
         raise ConfigError("'stage_defaults' must be an object of stage settings", file, f"/{STAGE_DEFAULTS}")
-    allowed = CONFIG_SCHEMA["$defs"]["stage"]["properties"]
+    allowed = list(CONFIG_SCHEMA["$defs"]["stage"]["properties"]) + list(extra_keys)
     for key in defaults:
         if key not in allowed or key == "name":
             raise ConfigError(f"unknown stage setting '{key}'{did_you_mean(key, allowed)} (allowed here: "

@@ -42,7 +42,8 @@ from typing import Iterable
 
 import jsonschema
 
-from blocks.config.loader import (Config, _load_with_extends, complete_config, deep_merge, read_config_values)
+from blocks.config.loader import (Config, _load_with_extends, apply_stage_defaults, complete_config, deep_merge,
+                                  read_config_values)
 from blocks.errors import ConfigError, did_you_mean
 
 #: the stage keys of multi-task configs (removed from the per-task configs the engine reads)
@@ -159,6 +160,7 @@ def resolve_multitask(values: dict, path: Path, planned_runs: bool = False,
         values["stages"] = expand_stream(values, chosen, file, set(run_models))
     if not values.get("stages"):
         raise ConfigError("a multi-task config needs \"stages\" or a \"stream\"", file, "")
+    apply_stage_defaults(values, file, extra_keys=("mixing", "keep"))
     shared, head_owner = _check_models(values, names, tasks, file)
     used = {stage.get("train") for stage in values["stages"]} | {t for stage in values["stages"]
                                                                  for t in stage.get("teachers", [])}
