@@ -214,7 +214,8 @@ def load_merged(path: str | Path) -> dict:
     """A config file with its ``extends`` merged and its stage defaults applied: the config as the
     file states it, before overrides, schema defaults and models from runs."""
     values = _load_with_extends(Path(path), ())
-    apply_stage_defaults(values, str(path))
+    multitask_keys = ("task", "tasks", "mixing", "replay", "keep") if "tasks" in values else ()
+    apply_stage_defaults(values, str(path), extra_keys=multitask_keys)
     return values
 
 
