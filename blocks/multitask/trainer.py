@@ -10,8 +10,9 @@ of a task is fixed by the seed and the task, so every stage replays the same exa
 Everything else is :class:`~blocks.engine.trainer.StageTrainer`'s: the optimizer over the model's
 distinct blocks, the schedule, checkpoints and resume, NaN checks, progress, plots. A dev
 evaluation scores each of the stage's tasks (``<task>/<metric>``) and selects by ``mean``, the
-mean of each task's first metric. Teachers run in the loop (each task's own teacher weights); the
-teacher cache and several processes are for single-task runs.
+mean of each task's first metric. Each task is taught by its own teacher weights, whose outputs on
+that task's training split are cached as in a single-task stage. Several processes are for
+single-task runs.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from blocks.data.batching import bucket_batches
 from blocks.data.dataset import EncodedSplit
 from blocks.engine.distributed import SINGLE
 from blocks.engine.evaluation import evaluate
+from blocks.engine.run_dir import RunDir
 from blocks.engine.trainer import StageState, StageTrainer, _overrides, epoch_generator
 from blocks.errors import TrainingError
 from blocks.experiment import Experiment
@@ -44,6 +46,7 @@ class TaskSource:
     losses: list
     teachers: list[str]
     pool: torch.Tensor | None = None  # replay: the stored examples' indexes
+    cache: object = None  # the teachers' outputs on the split, when the stage caches them
 
     def __len__(self) -> int:
         return len(self.pool) if self.pool is not None else len(self.split)
@@ -123,6 +126,12 @@ class MixtureTrainer(StageTrainer):
         self.cache_seconds = 0.0
         self._current = None
 
+    def run(self, resume: bool) -> dict:
+        result = super().run(resume)
+        if any(source.cache is not None for source in self.sources):
+            result["teacher_cache_seconds"] = round(self.cache_seconds, 2)
+        return result
+
     def use_source(self, position: int) -> None:
         """Train the next batch as one of source ``position``'s (its task's graphs and losses)."""
         if position == self._current:
@@ -130,7 +139,7 @@ class MixtureTrainer(StageTrainer):
         source = self.sources[position]
         self._current = position
         self.experiment, self.teachers = source.experiment, source.teachers
-        self.losses = source.losses
+        self.losses, self.teacher_cache = source.losses, source.cache
         self.batch_preparer = next((loss for _, loss in source.losses if getattr(loss, "prepares_batch", False)),
                                    None)
 
@@ -145,10 +154,19 @@ class MixtureTrainer(StageTrainer):
                 parameter.requires_grad_(trainable[name])
 
     def _open_teacher_cache(self) -> None:
-        self.teacher_cache = None
-        if any(source.teachers for source in self.sources):
-            self.log(f"stage '{self.stage['name']}': teachers run every step (a multi-task stage does not cache "
-                     f"them)")
+        """Each task's teacher outputs on its training split, cached as a single-task stage caches
+        them (keyed by that task's data and teacher weights)."""
+        mixed, run_dir, seconds = self.train_split, self.run_dir, 0.0
+        for position, source in enumerate(self.sources):
+            self.use_source(position)
+            # each task's caches in RUN/tasks/<task>/cache: a run's cache folder keeps one cache
+            # per teacher, and each task has its own teacher weights
+            self.train_split, self.run_dir = source.split, RunDir(run_dir.root / "tasks" / source.task)
+            super()._open_teacher_cache()
+            source.cache = self.teacher_cache
+            seconds += self.cache_seconds
+        self.train_split, self.run_dir, self.cache_seconds, self._current = mixed, run_dir, seconds, None
+        self.teacher_cache = next((source.cache for source in self.sources if source.cache is not None), None)
 
     def epoch_batches(self, epoch: int) -> list[tuple[int, torch.Tensor]]:
         generator = epoch_generator(self.config["seed"], self.stage_index, epoch)

@@ -236,6 +236,10 @@ def test_l2kd_stream_trains_and_writes_the_score_matrix(tmp_path):
     assert summary["measures"] == measures and scores["final_average"] == measures["final_average"]
     assert (run / "plots" / "score_matrix.png").stat().st_size > 1000
     assert (run / "tasks" / "topic" / "task.json").is_file()
+    # each task's teacher outputs were cached once (one cache per task), not recomputed every step
+    assert summary["stages"]["learn_topic"]["teacher_cache_seconds"] > 0
+    assert all(len([p for p in (run / "tasks" / task / "cache").iterdir() if p.is_dir()]) == 1
+               for task in ("senti", "topic"))
     # the saved model holds the trunk once and a head per task
     from blocks.engine.checkpoint import load_checkpoint
 
@@ -326,3 +330,15 @@ def test_resume_refuses_a_changed_config(tmp_path):
                         log=quiet, progress=False)
     with pytest.raises(ConfigError, match="not empty"):
         train_multitask(load_multitask_config(file), tmp_path / "run", log=quiet, progress=False)
+
+
+def test_tmkd_mixture_caches_each_tasks_teacher(tmp_path):
+    """A multi-task stage taught by every task's own teacher: one cache per task, each read by its
+    task's batches."""
+    file = write_config(tmp_path, **{"stream.teacher": "teacher", "stream.multitask": True,
+                                     "stream.stage.losses": [{"block": "KD", "temperature": 2.0}]})
+    summary = train_multitask(load_multitask_config(file), tmp_path / "run", log=quiet, progress=False)
+    assert summary["scores"]["rows"] == ["multitask"] and summary["stages"]["multitask"]["teacher_cache_seconds"] > 0
+    for task in ("senti", "topic"):
+        assert len([p for p in (tmp_path / "run" / "tasks" / task / "cache").iterdir() if p.is_dir()]) == 1
+    assert summary["scores"]["matrix"][0][1] > 0.45  # above chance (1/3) on the three topics
