@@ -209,8 +209,8 @@ class GenerationKD(Loss):
         if student is not None and taught is not None and student.width != taught.width:
             raise ValueError(f"the teacher's target vocabulary ({taught.width:,} outputs at '{self.teacher_output}') "
                              f"differs from the student's ({student.width:,} at '{self.output}'): per-token targets "
-                             f"need one vocabulary (only sequence-level KD, the teacher's translations as data, "
-                             f"works across vocabularies)")
+                             f"need one vocabulary (give both decoders the task's target vocabulary: leave their "
+                             f"vocab_size unset)")
 
     # -- what the trainer asks ---------------------------------------------------------------
     @property
