@@ -176,6 +176,8 @@ class Experiment:
             self.models[name] = Graph(name, model, specs, task.num_outputs, config.file, f"/models/{name}")
             self._check_output(name)
             self._bind_task(self.models[name])
+            if "run" in model and hasattr(task, "check_run_model"):  # seq2seq: the run's vocabularies are ours
+                task.check_run_model(name, model["run"], config.file)
         # Which parameters each model trains (a frozen embedding stays frozen after it taught).
         self.trainable = {name: {n: p.requires_grad for n, p in graph.named_parameters()}
                           for name, graph in self.models.items()}

@@ -175,23 +175,6 @@ def source_inputs(experiment, teacher: str, split) -> dict[str, str]:
             if split.input_types[key] == "source"}
 
 
-def check_run_vocabularies(experiment, teacher: str) -> None:
-    """A teacher taken from a run must have been trained with this task's subword vocabularies:
-    a seq2seq model reads the task's, so one with its own would read wrong ids (not supported yet)."""
-    from blocks.data.subword import META_FILE, SubwordVocabularies
-    from blocks.tasks.seq2seq import SUBWORD_FOLDER
-
-    run = experiment.config["models"][teacher].get("run")
-    folder = Path(run) / "vocab" / SUBWORD_FOLDER if run else None
-    if folder is None or not (folder / META_FILE).is_file():
-        return
-    theirs, ours = SubwordVocabularies.load(folder), experiment.task.vocabularies
-    if (theirs.source.to_json(), theirs.target.to_json()) != (ours.source.to_json(), ours.target.to_json()):
-        raise TrainingError(f"teacher '{teacher}' comes from the run in {run}, whose subword vocabularies ({folder}) "
-                            f"differ from this task's; a seq2seq model reads the task's vocabularies, so a teacher "
-                            f"with its own is not supported yet: train with the teacher run's data and task.subword")
-
-
 def _what_changed(old: dict, new: dict, teacher: str) -> str:
     changes = []
     if old.get("data") != new["data"]:
@@ -362,7 +345,6 @@ def open_or_generate(experiment, index: int, cache_root: Path, shared: bool, dev
     stage = experiment.config["stages"][index]
     options = generate_options(stage)
     teacher = generating_teacher(stage)
-    check_run_vocabularies(experiment, teacher)
     split = experiment.splits["train"]
     settings = decoding_settings(experiment.task, options)
     components = generation_components(experiment, teacher, split, settings)

@@ -236,18 +236,18 @@ def test_a_teacher_taken_from_a_finished_run_decodes(project):
 
 def test_a_teacher_from_a_run_with_other_subword_vocabularies_is_refused(project):
     from blocks.data.subword import SubwordVocabularies
-    from blocks.errors import TrainingError
-    from blocks.generated_transfer import check_run_vocabularies
+    from blocks.errors import ConfigError
 
     experiment = prepare(project, seqkd_config())
     run = project / "teacher_run"
-    experiment.config["models"]["teacher"]["run"] = str(run)
-    experiment.task.vocabularies.save(run / "vocab" / "subword")  # the same vocabularies: fine
-    check_run_vocabularies(experiment, "teacher")
+    task = experiment.task
+    task.vocabularies.save(run / "vocab" / "subword")  # the same vocabularies: fine
+    task.check_run_model("teacher", run, "config.json")
     shutil.rmtree(run / "vocab" / "subword")
     SubwordVocabularies.train(["x y z"] * 5, ["X Y Z"] * 5, "bpe", 40, False, 1).save(run / "vocab" / "subword")
-    with pytest.raises(TrainingError, match="whose subword vocabularies .* differ from this task's"):
-        check_run_vocabularies(experiment, "teacher")
+    with pytest.raises(ConfigError, match="whose subword vocabularies .* differ from this task's") as caught:
+        task.check_run_model("teacher", run, "config.json")
+    assert caught.value.path == "/models/teacher/run"
 
 
 # -- config checks -----------------------------------------------------------------------------------

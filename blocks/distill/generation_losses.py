@@ -67,7 +67,6 @@ is a teacher taken from a run (``"run"``) whose saved subword vocabularies diffe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Literal
 
 import torch
@@ -231,27 +230,6 @@ class GenerationKD(Loss):
 
     def start(self, total_steps: int) -> None:
         self.beta_schedule = make_schedule(self.beta_spec, total_steps=total_steps)
-
-    def check_experiment(self, experiment) -> None:
-        """A teacher taken from a run must have been trained with this task's subword vocabularies."""
-        if self.teacher is None:
-            return
-        run = experiment.config["models"].get(self.teacher, {}).get("run")
-        if not run:
-            return
-        from blocks.data.subword import META_FILE, SubwordVocabularies
-        from blocks.tasks.seq2seq import SUBWORD_FOLDER
-
-        folder = Path(run) / "vocab" / SUBWORD_FOLDER
-        if not (folder / META_FILE).is_file():
-            return  # not a finished seq2seq run: loading its model says what is wrong
-        theirs, ours = SubwordVocabularies.load(folder), experiment.task.vocabularies
-        if (theirs.source.to_json(), theirs.target.to_json()) != (ours.source.to_json(), ours.target.to_json()):
-            raise ValueError(f"teacher '{self.teacher}' comes from the run in {run}, whose subword vocabularies "
-                             f"({theirs.target.vocab_size:,} target pieces, {folder}) differ from this task's "
-                             f"({ours.target.vocab_size:,}, trained on this config's data with task.subword); the "
-                             f"teacher reads and predicts the task's vocabularies, and per-token targets need the "
-                             f"student's: train with the teacher run's data and task.subword")
 
     # -- rollouts ------------------------------------------------------------------------------
     def prepare_batch(self, batch: Batch, context: BatchContext) -> Batch:

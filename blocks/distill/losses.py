@@ -65,8 +65,7 @@ class Loss(nn.Module):
     :meth:`start` when the stage starts, :meth:`after_step` after every optimizer step,
     :meth:`after_evaluation` after every dev evaluation, :meth:`log_values` for the evaluation
     log. ``student_parameters`` returns what the stage's optimizer trains of the loss block.
-    :meth:`check_experiment` runs before training (and in ``blocks validate``) for checks that
-    need more than the loss context. A loss with ``prepares_batch`` true changes the training
+    A loss with ``prepares_batch`` true changes the training
     batch before the models see it (:meth:`prepare_batch`: student rollouts as decoder prefixes);
     a stage may have one such loss.
     """
@@ -115,10 +114,6 @@ class Loss(nn.Module):
         in the loop on the returned batch: a loss that changes it must not let the stage cache
         its teachers (``teacher_nodes`` None, with an ``uncached_reason``)."""
         return batch
-
-    def check_experiment(self, experiment) -> None:
-        """Checks before training that need the experiment (a teacher's files): a ValueError
-        becomes a config error at the loss's JSON path."""
 
     def start(self, total_steps: int) -> None:
         """Told the stage's number of optimizer steps when it starts (AnnealingKD spreads its

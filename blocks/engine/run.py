@@ -142,11 +142,6 @@ def check_stages(experiment: Experiment) -> None:
                 raise ConfigError(f"{type(loss).__name__} with reward 'dev' learns from the dev metric at each "
                                   f"evaluation, but the config has no dev split (data.dev)", config.file,
                                   f"{where}/losses/{j}")
-            if hasattr(loss, "check_experiment"):
-                try:
-                    loss.check_experiment(experiment)
-                except ValueError as error:
-                    raise ConfigError(f"{type(loss).__name__}: {error}", config.file, f"{where}/losses/{j}") from None
             if getattr(loss, "prepares_batch", False):
                 preparing.append(j)
                 if len(preparing) > 1:

@@ -162,6 +162,24 @@ class Seq2Seq(TaskType):
                               f"{self.max_target_length} (target tokens kept, with <eos>): raise max_length or set "
                               f"task.max_target_length to at most {limit}", file, f"{node.path}/max_length")
 
+    def check_run_model(self, name: str, run: str | Path, file: str | None) -> None:
+        """A model taken from a run must have been trained with this task's subword vocabularies:
+        a seq2seq model reads and predicts the task's ids, so one trained with others would read
+        wrong ids (a ConfigError at the model's ``run``; a run without saved vocabularies is left
+        to the loading of its weights)."""
+        from blocks.data.subword import META_FILE, SubwordVocabularies
+
+        folder = Path(run) / "vocab" / SUBWORD_FOLDER
+        if self.vocabularies is None or not (folder / META_FILE).is_file():
+            return
+        theirs, ours = SubwordVocabularies.load(folder), self.vocabularies
+        if (theirs.source.to_json(), theirs.target.to_json()) != (ours.source.to_json(), ours.target.to_json()):
+            raise ConfigError(f"model '{name}' comes from the run in {run}, whose subword vocabularies "
+                              f"({theirs.target.vocab_size:,} target pieces, {folder}) differ from this task's "
+                              f"({ours.target.vocab_size:,}, trained on this config's data with task.subword); a "
+                              f"seq2seq model reads and predicts the task's vocabularies: train with the run's data "
+                              f"and task.subword", file, f"/models/{name}/run")
+
     def decoder_node(self, graph, file: str | None = None):
         """The decoder node of a model: its output node, a decoder with the target input."""
         from blocks.layers.decoders import Decoder
