@@ -73,7 +73,7 @@ import torch
 import torch.nn.functional as F
 
 from blocks.data.dataset import Batch
-from blocks.distill.losses import BatchContext, Loss, LossContext, _known_spec, word_labels
+from blocks.distill.losses import BatchContext, Loss, LossContext, _known_spec, resolve_teacher, word_labels
 from blocks.distill.schedules import make_schedule
 from blocks.errors import TrainingError
 from blocks.registry import Schema, register_loss
@@ -190,17 +190,11 @@ class GenerationKD(Loss):
         self._agreement = torch.zeros(2)  # rolled-out positions, of which the teacher agrees
 
     def _resolve_teacher(self, stage: LossContext, teacher: str | None, teacher_output: str | None) -> None:
-        if teacher is None:
-            if len(stage.teachers) != 1:
-                listed = ", ".join(stage.teachers) or "none"
-                raise ValueError(f"target {self.target!r} reads a teacher: name it with 'teacher' when a stage has "
-                                 f"other than one teacher (teachers: {listed})")
-            teacher = stage.teachers[0]
-        if teacher not in stage.teachers:
-            raise ValueError(f"teacher '{teacher}' is not among the stage's teachers "
-                             f"({', '.join(stage.teachers) or 'none'})")
-        self.teacher = teacher
-        self.teacher_output = teacher_output or stage.output_of[teacher]
+        try:
+            self.teacher, self.teacher_output = resolve_teacher(stage, teacher, teacher_output)
+        except ValueError as error:
+            raise ValueError(f"target {self.target!r} reads a teacher: {error}") from None
+        teacher = self.teacher
         student, taught = _known_spec(stage, self.model, self.output), _known_spec(stage, teacher, self.teacher_output)
         if taught is not None and taught.kind != SEQUENCE:
             raise ValueError(f"teacher node '{self.teacher_output}' of model '{teacher}' is a {taught.describe()}; "

@@ -143,22 +143,27 @@ class Loss(nn.Module):
         return []
 
 
+def resolve_teacher(stage: LossContext, teacher: str | None, teacher_output: str | None) -> tuple[str, str]:
+    """The teacher a loss reads (default: the stage's only one) and its node (default: its
+    output); a ValueError when the stage has no such teacher."""
+    if teacher is None:
+        if len(stage.teachers) != 1:
+            listed = ", ".join(stage.teachers) or "none"
+            raise ValueError(f"'teacher' must be named when a stage has other than one teacher (teachers: {listed})")
+        teacher = stage.teachers[0]
+    if teacher not in stage.teachers:
+        raise ValueError(f"teacher '{teacher}' is not among the stage's teachers "
+                         f"({', '.join(stage.teachers) or 'none'})")
+    return teacher, teacher_output or stage.output_of[teacher]
+
+
 class TeacherLoss(Loss):
     """A loss comparing the student with one teacher."""
 
     def __init__(self, stage: LossContext, teacher: str | None = None, output: str | None = None,
                  teacher_output: str | None = None):
         super().__init__(stage, output)
-        if teacher is None:
-            if len(stage.teachers) != 1:
-                listed = ", ".join(stage.teachers) or "none"
-                raise ValueError(f"'teacher' must be named when a stage has other than one teacher (teachers: {listed})")
-            teacher = stage.teachers[0]
-        if teacher not in stage.teachers:
-            raise ValueError(f"teacher '{teacher}' is not among the stage's teachers "
-                             f"({', '.join(stage.teachers) or 'none'})")
-        self.teacher = teacher
-        self.teacher_output = teacher_output or stage.output_of[teacher]
+        self.teacher, self.teacher_output = resolve_teacher(stage, teacher, teacher_output)
 
     def teacher_nodes(self) -> list[tuple[str, str]]:
         return [(self.teacher, self.teacher_output)]
