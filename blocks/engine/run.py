@@ -518,7 +518,8 @@ def open_run(run_dir: str | Path) -> tuple[RunDir, Config]:
     values = directory.read_json(directory.config)
     if isinstance(values, dict) and "tasks" in values:
         raise CheckpointError("is the config of a multi-task run: its dev scores after every stage are in "
-                              "scores.json and summary.json; test and predict take single-task runs", str(directory.config))
+                              "scores.json; test, predict, bench and export take one of its tasks, "
+                              f"{directory.root / 'tasks' / '<task>'}", str(directory.config))
     if not isinstance(values, dict) or not isinstance(values.get("models"), dict) \
             or not isinstance(values.get("stages"), list):
         raise CheckpointError("is not a run's config (no models and stages)", str(directory.config))
@@ -541,6 +542,10 @@ def load_run(run_dir: str | Path, log=print, trust_imports: bool = False) -> tup
     are refused (with the modules named) otherwise. Weights are safetensors, never unpickled."""
     directory, config = open_run(run_dir)
     check_trusted_imports(config, trust_imports)
+    from blocks.multitask.run import is_task_of_multitask_run, load_task_run
+
+    if is_task_of_multitask_run(directory.root):  # RUN/tasks/<task> of a multi-task run
+        return load_task_run(directory.root, log=log)
     task = directory.read_json(directory.task)
     if not isinstance(task, dict) or not isinstance(task.get("type"), str):
         raise CheckpointError("is corrupt: not a task description (an object with a \"type\")", str(directory.task))

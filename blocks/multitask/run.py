@@ -31,6 +31,8 @@ from blocks.multitask.trainer import MEAN, MixtureTrainer
 from blocks.threads import use_threads
 
 SCORES_FILE = "scores.json"
+#: in RUN/tasks/: the tasks and which of the models' nodes they share (read by load_task_run)
+SHARING_FILE = "sharing.json"
 
 
 def tracked_model(config: MultiTaskConfig) -> str:
@@ -107,6 +109,10 @@ def train_order(config: MultiTaskConfig, root: Path, resume: bool, log, progress
                 folder.mkdir(parents=True, exist_ok=True)
                 atomic_write_json(folder / "task.json", experiment.task.to_json())
                 experiment.save_vocabularies(folder / "vocab")
+                atomic_write_json(folder / "config.json", {**experiment.config.values, "run_dir": str(folder)})
+            atomic_write_json(root / "tasks" / SHARING_FILE, {"tasks": list(multi.experiments),
+                                                              "shared_models": config.shared_models,
+                                                              "head_owner": config.head_owner})
             atomic_write_json(directory.environment, environment_record(device))
             atomic_write_json(directory.config, {**config.values, "order": config.order, "run_dir": str(root)})
         log(f"run directory: {root}  device: {device}  tasks: {', '.join(config.order)}")
@@ -233,3 +239,41 @@ def format_orders(summary: dict) -> str:
 
 
 __all__ = ["train_multitask", "check_multitask_stages", "MEAN"]
+
+
+def is_task_of_multitask_run(folder: Path) -> bool:
+    """Whether ``folder`` is ``RUN/tasks/<task>`` of a multi-task run."""
+    folder = Path(folder)
+    return (folder.parent / SHARING_FILE).is_file() and (folder / "task.json").is_file()
+
+
+def load_task_run(folder: Path, log=print):
+    """One task's view of a multi-task run (``RUN/tasks/<task>``): that task's experiment, its
+    models holding the run's weights (the shared trunk and the task's head), and the run's
+    progress — what ``blocks test``, ``predict``, ``bench`` and ``export`` read from a run."""
+    from blocks.config.loader import Config
+    from blocks.experiment import Experiment
+
+    folder = Path(folder)
+    root = RunDir(folder.parent.parent)
+    sharing = root.read_json(folder.parent / SHARING_FILE)
+    experiments, configs = {}, {}
+    for task in sharing["tasks"]:
+        task_folder = folder.parent / task
+        values = root.read_json(task_folder / "config.json")
+        configs[task] = Config(values=values, file=str(task_folder / "config.json"), base_dir=task_folder)
+        experiments[task] = Experiment.from_run_dir(task_folder, configs[task], log=log)
+    config = MultiTaskConfig(str(root.config), root.root, {}, configs, [], sharing["shared_models"],
+                             sharing["head_owner"], list(sharing["tasks"]))
+    multi = MultiTaskExperiment(config, experiments)
+    state = root.progress()
+    if not state["models"]:
+        raise CheckpointError("no model has finished training in this run", str(root.root))
+    for model in state["models"]:
+        tensors, _ = load_checkpoint(root.model_weights(model))
+        try:
+            multi.models[model].load_state_dict(tensors)
+        except RuntimeError as error:
+            raise CheckpointError(f"does not match model '{model}' of the run's config ({error})",
+                                  str(root.model_weights(model))) from None
+    return RunDir(folder), experiments[folder.name], state

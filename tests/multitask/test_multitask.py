@@ -342,3 +342,24 @@ def test_tmkd_mixture_caches_each_tasks_teacher(tmp_path):
     for task in ("senti", "topic"):
         assert len([p for p in (tmp_path / "run" / "tasks" / task / "cache").iterdir() if p.is_dir()]) == 1
     assert summary["scores"]["matrix"][0][1] > 0.45  # above chance (1/3) on the three topics
+
+
+def test_test_and_predict_read_one_task_of_a_multitask_run(tmp_path, capsys):
+    from blocks.cli import main
+    from blocks.errors import CheckpointError
+    from blocks.engine.run import load_run
+
+    file = write_config(tmp_path, **{"stream.replay": 0.5})
+    summary = train_multitask(load_multitask_config(file), tmp_path / "run", log=quiet, progress=False)
+    directory, experiment, state = load_run(tmp_path / "run" / "tasks" / "topic")
+    assert experiment.task.labels == ["food", "music", "sport"] and state["models"] == {"student": "learn_topic"}
+    # the task's view scores the dev split as the run did after its last stage
+    assert main(["test", str(tmp_path / "run" / "tasks" / "topic"), "--data", str(tmp_path / "topic" / "dev.tsv"),
+                 "--no-progress"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["results"]["student"]["accuracy"] == pytest.approx(summary["scores"]["matrix"][-1][1])
+    (tmp_path / "one.tsv").write_text("text\nthe band played a new song\n")
+    assert main(["predict", str(tmp_path / "run" / "tasks" / "topic"), "--input", str(tmp_path / "one.tsv")]) == 0
+    assert "music" in capsys.readouterr().out
+    with pytest.raises(CheckpointError, match="multi-task run"):
+        load_run(tmp_path / "run")
