@@ -59,9 +59,13 @@ class Predictor:
         # a seq2seq decoder's target prefix is generated, not read
         self._inputs = {key: field for key, field in self.experiment.fields.items()
                         if key in used and field.type != "target"}
+        # fields the task's data maps to null: a pair input's second text, absent from a task of
+        # single sentences in a multi-task run
+        self._absent = {name for name, column in config["data"].get("fields", {}).items() if column is None}
         #: the data fields the model reads, in the order a tuple example gives them
         self.fields: list[str] = list(dict.fromkeys(
-            name for field in self._inputs.values() for name in (field.field, field.pair_field) if name))
+            name for field in self._inputs.values() for name in (field.field, field.pair_field)
+            if name and name not in self._absent))
         self.experiment.models[self.model].to(self.device)
 
     @property
@@ -126,6 +130,7 @@ class Predictor:
         if not rows:
             return []
         experiment = self.experiment
+        mapping = {**mapping, **{name: None for name in self._absent}}
         split = encode_rows("input", rows, self._inputs, experiment.vocabularies, self.task, None, None,
                             mapping, source)
         predictions = predict(experiment, self.model, split, self.batch_size, self.device,

