@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=3, help="interleaved timed passes, best kept (default 3)")
     bench.add_argument("--threads", type=_positive_int, default=None, help=_THREADS_HELP)
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bench.add_argument("--greedy", action="store_true",
+                       help="a translation model decodes greedily (default: the task's beam search)")
 
     clean = commands.add_parser(
         "clean", help="free the disk space finished runs no longer need",
@@ -388,7 +390,7 @@ def cmd_bench(args) -> int:
     from blocks.engine.benchmark import bench_run
 
     result = bench_run(args.run_dir, examples=args.examples, repeats=args.repeats, threads=args.threads,
-                       trust_imports=args.trust_imports, progress=not args.no_progress)
+                       trust_imports=args.trust_imports, progress=not args.no_progress, greedy=args.greedy)
     print(json.dumps(result))
     return 0
 

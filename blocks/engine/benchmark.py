@@ -72,6 +72,7 @@ class Entry:
     batches: dict  # batch size -> pre-collated batches (shared by the models of one run)
     examples: dict  # batch size -> number of examples in those batches
     best: dict = field(default_factory=dict)  # batch size -> best seconds
+    final: bool = True  # a generating model: the task's final search (beam), else greedy search
 
     @property
     def label(self) -> str:
@@ -82,7 +83,7 @@ class Entry:
         output = self.experiment.models[self.model].output_name
         for batch in batches:
             if task.generates:  # a translation model's inference is its decoding (the task's final search)
-                task.predict_batch(self.experiment, self.model, batch, True)
+                task.predict_batch(self.experiment, self.model, batch, self.final)
                 continue
             values = self.experiment.model_values(self.model, batch)
             if task.per_token:  # a tagger's inference includes its decoding (Viterbi for a CRF)
@@ -279,8 +280,12 @@ BENCH_SIZES = (1, 64)
 
 
 def bench_run(run_dir: str | Path, examples: int = 1000, repeats: int = 3, threads: int | None = None,
-              batch1_examples: int = 300, out=print, trust_imports: bool = False, progress: bool = False) -> dict:
+              batch1_examples: int = 300, out=print, trust_imports: bool = False, progress: bool = False,
+              greedy: bool = False) -> dict:
     """``blocks bench``: batch-1 latency and batch-64 throughput of every trained model of a run.
+
+    A generating model (seq2seq) is timed with the task's final search (beam search), or with
+    greedy search when ``greedy``.
 
     Uses the run's dev split (else its train split). Sets torch's thread count to ``threads``
     (default: the run config's ``threads``, else :func:`blocks.threads.default_threads`) while
@@ -298,6 +303,12 @@ def bench_run(run_dir: str | Path, examples: int = 1000, repeats: int = 3, threa
     try:
         entries, about = run_entries(run_dir, Path(run_dir).name, BENCH_SIZES, examples, batch1_examples,
                                      split_name=split_name, trust_imports=trust_imports)
+        for entry in entries:
+            entry.final = not greedy
+        if entries and entries[0].experiment.task.generates:
+            generation = entries[0].experiment.task.generation
+            out("decoding: " + ("greedy search" if greedy or generation["beam"] <= 1 else
+                                f"beam search, beam {generation['beam']} (--greedy: greedy search)"))
         out(f"run {run_dir}: models {', '.join(about['models'])}; {about['split_size']:,} examples from "
             f"{about['source']}; {describe_sizes(about['batches'], about['examples'])}")
         out(f"CPU: {cpu_name()}; torch {torch.__version__}, {torch.get_num_threads()} thread(s); "

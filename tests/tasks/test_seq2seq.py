@@ -215,6 +215,12 @@ def test_translator_trains_from_json_then_tests_and_translates_from_its_run(proj
     assert main(["test", "run"]) == 0
     assert f"bleu {results['test']['bleu']:.4f}" in capsys.readouterr().out  # the same beam search
 
+    for flags, decoding in (([], "beam search, beam 3"), (["--greedy"], "greedy search")):
+        capsys.readouterr()
+        assert main(["bench", "run", "--examples", "8", "--repeats", "1", "--no-progress", *flags]) == 0
+        out = capsys.readouterr().out
+        assert f"decoding: {decoding}" in out and json.loads(out.splitlines()[-1])["models"]["model"]
+
     shutil.rmtree(project / "data")  # translating needs the run directory only
     [prediction] = Predictor(project / "run").predict(["ant bee cat dog"])
     assert prediction == {"source": "ant bee cat dog", "translation": "DOG CAT BEE ANT"}
