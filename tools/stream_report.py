@@ -75,6 +75,28 @@ def table(runs: dict[str, dict[int, dict]]) -> tuple[str, dict[str, tuple]]:
     return "\n".join(lines) + f"\n\nScores are dev metrics × 100 (each task's first metric). Orders: {legend}.", overall
 
 
+def task_table(folder: Path) -> str:
+    """Each task's final score per recipe (mean ± std over every order and seed): where the final
+    average comes from."""
+    finals: dict[str, dict[str, list[float]]] = {}
+    tasks: list[str] = []
+    for scores_file in sorted(folder.glob("*/**/scores.json")):
+        run = next((p for p in scores_file.parents if RUN_NAME.match(p.name)), None)
+        if run is None:
+            continue
+        scores = json.loads(scores_file.read_text(encoding="utf-8"))
+        recipe = RUN_NAME.match(run.name)["recipe"]
+        for task, value in zip(scores["tasks"], scores["matrix"][-1] if scores["matrix"] else []):
+            if value is not None:
+                finals.setdefault(recipe, {}).setdefault(task, []).append(value)
+                if task not in tasks:
+                    tasks.append(task)
+    lines = ["| recipe | " + " | ".join(tasks) + " |", "|" + "---|" * (len(tasks) + 1)]
+    for recipe, per_task in sorted(finals.items()):
+        lines.append(f"| {recipe} | " + " | ".join(_show(_stats(per_task.get(task, []))) for task in tasks) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path)
@@ -87,6 +109,8 @@ def main(argv=None) -> int:
         return 1
     text, overall = table(runs)
     print(text)
+    print("\nEach task's final dev score:\n")
+    print(task_table(args.folder))
     if args.gap:
         low, mid, high = (overall.get(name) for name in args.gap)
         if None in (low, mid, high):

@@ -187,6 +187,8 @@ def _train_stages(multi: MultiTaskExperiment, directory: RunDir, log, progress: 
         directory.write_progress(state)
     metrics = [multi.experiments[task].config["task"]["metrics"][0] for task in config.order]
     measures = stream_measures(scores["matrix"])
+    if tracked not in config.shared_models:  # separate weights per task: nothing to forget
+        measures.update(forgetting=None, backward_transfer=None)
     record = {"tasks": config.order, "metrics": metrics, "split": "dev", "model": tracked, "rows": scores["rows"],
               "matrix": scores["matrix"], **measures}
     atomic_write_json(directory.root / SCORES_FILE, record)

@@ -32,3 +32,14 @@ def test_table_and_gap(tmp_path, capsys):
 
 def test_no_runs_is_an_error(tmp_path):
     assert main([str(tmp_path)]) == 1
+
+
+def test_task_table_averages_each_tasks_final_score(tmp_path):
+    from tools.stream_report import task_table
+
+    for seed, final in ((1, [0.7, 0.5]), (2, [0.8, 0.6])):
+        folder = tmp_path / f"replay-seed{seed}" / "order1"
+        folder.mkdir(parents=True)
+        (folder / "scores.json").write_text(json.dumps({"tasks": ["a", "b"], "matrix": [[0.9, None], final]}))
+    text = task_table(tmp_path)
+    assert "| recipe | a | b |" in text and "| replay | 75.00 ± 7.07 (n=2) | 55.00 ± 7.07 (n=2) |" in text
