@@ -193,7 +193,10 @@ def validate_multitask(args) -> int:
     for index, (stage, plan) in enumerate(zip(config.values["stages"], config.plans)):
         mixture = " + ".join(plan.tasks) + (f", replaying {plan.replay_share:g} of {', '.join(plan.replay_tasks)}"
                                             if plan.replay_tasks else "")
-        teachers = f"; taught by {', '.join(stage['teachers'])}" if stage.get("teachers") else ""
+        teachers = stage.get("teachers")
+        if isinstance(teachers, dict):
+            teachers = [f"{teacher} ({task})" for task, names in teachers.items() for teacher in names]
+        teachers = f"; taught by {', '.join(teachers)}" if teachers else ""
         print(f"stage '{stage['name']}': train '{stage['train']}' on {mixture}{teachers}")
     if len(config.orders) > 1:
         print(f"\n{len(config.orders)} orders: " + "; ".join(" -> ".join(o) for o in config.orders))

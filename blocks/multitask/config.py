@@ -23,7 +23,8 @@ without ``heads`` gets separate weights per task (a per-task teacher).
 "share": 0.2, "losses": [...]}`` adds a stored share of other tasks' training examples, trained
 with their own losses (default cross-entropy on the gold labels). ``"keep": "last"`` keeps the
 weights after the last step instead of the best dev score (the mean of the stage's tasks' first
-metrics). A stage's teachers teach each task with that task's own weights.
+metrics). A stage's teachers teach each task with that task's own weights; ``"teachers": {"sst2":
+["minilm"], "cola": ["bilstm"]}`` gives each task its own teacher models.
 
 **Streams** (``stream``) write the stages of lifelong learning (L2KD, Chuang et al. 2020): for each
 task in order, train its teacher (``teacher``, ``teacher_stage``), then the lifelong model
@@ -163,7 +164,8 @@ def resolve_multitask(values: dict, path: Path, planned_runs: bool = False,
     apply_stage_defaults(values, file, extra_keys=("mixing", "keep"))
     shared, head_owner = _check_models(values, names, tasks, file)
     used = {stage.get("train") for stage in values["stages"]} | {t for stage in values["stages"]
-                                                                 for t in stage.get("teachers", [])}
+                                                                 for task in names
+                                                                 for t in stage_teachers(stage, task)}
     shared = {model: trunk for model, trunk in shared.items() if model in used}
     head_owner = {model: owner for model, owner in head_owner.items() if model in used}
     plans = [_stage_plan(stage, i, names, values, file) for i, stage in enumerate(values["stages"])]
@@ -175,7 +177,8 @@ def resolve_multitask(values: dict, path: Path, planned_runs: bool = False,
         single["task"] = copy.deepcopy(tasks[name].get("task", {}))
         single["models"] = {model: _models_for(definition, name, head_owner.get(model))
                             for model, definition in values["models"].items() if model in used}
-        single["stages"] = [{k: v for k, v in stage.items() if k not in STAGE_KEYS} for stage in values["stages"]]
+        single["stages"] = [{**{k: v for k, v in stage.items() if k not in STAGE_KEYS},
+                             "teachers": stage_teachers(stage, name)} for stage in values["stages"]]
         try:
             configs[name] = complete_config(single, path, planned_runs)
         except ConfigError as error:
@@ -383,15 +386,34 @@ def _check_teachers_trained(values: dict, plans: list[StagePlan], run_models: di
     stage must have trained it on each of them."""
     trained: set[tuple[str, str]] = set()
     for index, (stage, plan) in enumerate(zip(values["stages"], plans)):
-        for j, teacher in enumerate(stage.get("teachers", [])):
-            if teacher in run_models:
-                continue
-            for task in plan.tasks:
-                if (teacher, task) not in trained:
-                    raise ConfigError(f"teacher '{teacher}' teaches task '{task}' but no earlier stage trains it on "
-                                      f"that task", file, f"/stages/{index}/teachers/{j}")
+        per_task = isinstance(stage.get("teachers"), dict)
+        if per_task:
+            for task in stage["teachers"]:
+                if task not in plan.tasks:
+                    raise ConfigError(f"teachers names task '{task}', which the stage does not train on (its tasks: "
+                                      f"{', '.join(plan.tasks)})", file, f"/stages/{index}/teachers/{task}")
+        for task in plan.tasks:
+            for j, teacher in enumerate(stage_teachers(stage, task)):
+                if teacher in run_models or (teacher, task) in trained:
+                    continue
+                where = f"/stages/{index}/teachers/{task}/{j}" if per_task else f"/stages/{index}/teachers/{j}"
+                if teacher not in values["models"]:
+                    raise ConfigError(f"teacher '{teacher}' is not a model{did_you_mean(teacher, values['models'])}",
+                                      file, where)
+                raise ConfigError(f"teacher '{teacher}' teaches task '{task}' but no earlier stage trains it on "
+                                  f"that task", file, where)
         for task in plan.tasks:
             trained.add((stage.get("train"), task))
+
+
+def stage_teachers(stage: dict, task: str) -> list[str]:
+    """The teachers of a stage for one of its tasks: the stage's list (each task taught by that
+    task's weights of those models), or its entry for the task when ``teachers`` maps tasks to
+    lists (different teacher models per task; a task not named has none)."""
+    teachers = stage.get("teachers", [])
+    if isinstance(teachers, dict):
+        return list(teachers.get(task, []))
+    return list(teachers)
 
 
 def _models_for(definition: dict, task: str, owner: dict | None) -> dict:

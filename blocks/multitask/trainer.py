@@ -88,7 +88,8 @@ class MixtureTrainer(StageTrainer):
         self.precision = self.config["precision"]
         self.dist, self.main, self.log, self.show_progress = SINGLE, True, log, progress
         self.model_name = self.stage["train"]
-        self.teachers = list(self.stage["teachers"])
+        self.teachers = list(dict.fromkeys(t for task in plan.tasks
+                                           for t in multi.experiments[task].config["stages"][stage_index]["teachers"]))
         self.model = multi.models[self.model_name]
         self.keep_last = plan.keep_last
         where = f"/stages/{stage_index}"
@@ -96,7 +97,8 @@ class MixtureTrainer(StageTrainer):
         for task in plan.tasks:
             experiment = multi.experiments[task]
             self.sources.append(TaskSource(task, experiment, experiment.splits["train"],
-                                           experiment.build_losses(stage_index), list(self.stage["teachers"])))
+                                           experiment.build_losses(stage_index),
+                                           list(experiment.config["stages"][stage_index]["teachers"])))
         for task in plan.replay_tasks:
             experiment = multi.experiments[task]
             split = experiment.splits["train"]

@@ -405,3 +405,27 @@ def test_single_sentences_and_pairs_in_one_pretrained_input(tmp_path, capsys):
     (tmp_path / "pair.txt").write_text("goal team\tsoup bread\n")
     assert main(["predict", str(tmp_path / "run" / "tasks" / "pairs"), "--input", str(tmp_path / "pair.txt"),
                  "--lines"]) == 0
+
+
+def test_each_task_may_have_its_own_teacher_models(tmp_path):
+    """"teachers": {task: [...]}: a mixture taught by a different teacher model per task."""
+    values = json.loads(write_config(tmp_path).read_text())
+    values.pop("stream")
+    values["models"]["small_teacher"] = copy.deepcopy(values["models"]["teacher"])
+    values["stages"] = [
+        {"name": "t_senti", "train": "teacher", "task": "senti", "epochs": 1},
+        {"name": "t_topic", "train": "small_teacher", "task": "topic", "epochs": 1},
+        {"name": "mt", "train": "student", "tasks": "all", "epochs": 1, "losses": [{"block": "KD"}],
+         "teachers": {"senti": ["teacher"], "topic": ["small_teacher"]}}]
+    file = tmp_path / "mixed.json"
+    file.write_text(json.dumps(values))
+    config = load_multitask_config(file)
+    assert config.tasks["senti"]["stages"][2]["teachers"] == ["teacher"]
+    assert config.tasks["topic"]["stages"][2]["teachers"] == ["small_teacher"]
+    summary = train_multitask(config, tmp_path / "run", log=quiet, progress=False)
+    assert summary["stages"]["mt"]["teacher_cache_seconds"] > 0
+    values["stages"][2]["teachers"] = {"senti": ["small_teacher"], "topic": ["small_teacher"]}
+    file.write_text(json.dumps(values))
+    with pytest.raises(ConfigError, match="teacher 'small_teacher' teaches task 'senti' but no earlier stage") as caught:
+        load_multitask_config(file)
+    assert caught.value.path == "/stages/2/teachers/senti/0"
