@@ -62,10 +62,13 @@ def plot_score_matrix(matrix: list[list[float | None]], tasks: list[str], rows: 
     image = axes.imshow(values, cmap="viridis", aspect="auto")
     axes.set_xticks(range(len(tasks)), [f"{t}\n({m})" for t, m in zip(tasks, metrics)], fontsize=8)
     axes.set_yticks(range(len(rows)), [f"after {r}" for r in rows], fontsize=8)
+    low, high = image.get_clim()
     for i, row in enumerate(matrix):
         for j, value in enumerate(row):
-            if value is not None:
-                axes.text(j, i, f"{value:.3f}", ha="center", va="center", fontsize=8, color="white")
+            if value is not None:  # dark text on the bright end of the colour map
+                bright = high > low and (value - low) / (high - low) > 0.6
+                axes.text(j, i, f"{value:.3f}", ha="center", va="center", fontsize=8,
+                          color="black" if bright else "white")
     axes.set_title(title, fontsize=9)
     figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
     figure.tight_layout()
