@@ -117,9 +117,12 @@ def main(argv=None) -> int:
             print(f"\ngap: not every one of {', '.join(args.gap)} has runs")
         else:
             gap = high[0] - low[0]
-            closed = (mid[0] - low[0]) / gap if gap else float("nan")
-            print(f"\n{args.gap[1]} closes {closed:.0%} of the gap between {args.gap[0]} ({low[0] * 100:.2f}) and "
-                  f"{args.gap[2]} ({high[0] * 100:.2f})")
+            names = f"{args.gap[0]} ({low[0] * 100:.2f}) and {args.gap[2]} ({high[0] * 100:.2f})"
+            if gap <= 0:
+                print(f"\nno gap to close: {args.gap[2]} is not above {args.gap[0]} here ({names}); "
+                      f"{args.gap[1]}: {mid[0] * 100:.2f}")
+            else:
+                print(f"\n{args.gap[1]} closes {(mid[0] - low[0]) / gap:.0%} of the gap between {names}")
     return 0
 
 

@@ -43,3 +43,11 @@ def test_task_table_averages_each_tasks_final_score(tmp_path):
         (folder / "scores.json").write_text(json.dumps({"tasks": ["a", "b"], "matrix": [[0.9, None], final]}))
     text = task_table(tmp_path)
     assert "| recipe | a | b |" in text and "| replay | 75.00 ± 7.07 (n=2) | 55.00 ± 7.07 (n=2) |" in text
+
+
+def test_no_gap_when_the_upper_bound_is_not_above(tmp_path, capsys):
+    write_run(tmp_path, "replay-seed1", [0.62, 0.62])
+    write_run(tmp_path, "l2kd-seed1", [0.64, 0.64])
+    write_run(tmp_path, "multitask-seed1", [0.60, 0.60])
+    assert main([str(tmp_path), "--gap", "replay", "l2kd", "multitask"]) == 0
+    assert "no gap to close: multitask is not above replay here" in capsys.readouterr().out
