@@ -65,6 +65,8 @@ def parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--data", default=None, help="a file to read instead (the run's reader options)")
     parser.add_argument("--order", choices=["sorted", "original"], default="sorted",
                         help="batch examples sorted by length, as evaluation does (default), or in file order")
+    parser.add_argument("--greedy", action="store_true",
+                        help="translation models decode greedily (default: the task's beam search)")
     parser.add_argument("--model", action="append", default=None,
                         help="only this model (repeatable; default: every trained model)")
     args = parser.parse_args(argv)
@@ -103,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
                                        models=args.model, device=device)
             print(f"run {label}: models {', '.join(about['models'])}; {about['split_size']:,} examples from "
                   f"{about['source']}; {describe_sizes(about['batches'], about['examples'])}")
+            for entry in found:
+                entry.final = not args.greedy
             entries += found
     except DistilBlocksError as error:
         print(f"error: {error}", file=sys.stderr)
