@@ -97,9 +97,25 @@ def task_table(folder: Path) -> str:
     return "\n".join(lines)
 
 
+def paired_line(runs: dict[str, dict[int, dict]], first: str, second: str) -> str:
+    """Recipe ``first`` minus recipe ``second``, final average × 100, over the (seed, order) pairs
+    both have: mean ± std of the differences and how many are positive."""
+    pairs = [(orders[name]["final_average"], runs[second][seed][name])
+             for seed, orders in runs.get(first, {}).items() if seed in runs.get(second, {})
+             for name in orders if name in runs[second][seed]]
+    differences = [(a - b["final_average"]) * 100 for a, b in pairs]
+    if not differences:
+        return f"{first} - {second}: no (seed, order) pair in common"
+    std = statistics.stdev(differences) if len(differences) > 1 else 0.0
+    return (f"{first} - {second}, paired by seed and order: {statistics.mean(differences):+.2f} ± {std:.2f} "
+            f"(n={len(differences)}, {sum(d > 0 for d in differences)} positive)")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path)
+    parser.add_argument("--paired", nargs=2, action="append", metavar=("A", "B"), default=[],
+                        help="the difference A - B of final averages, paired by seed and order")
     parser.add_argument("--gap", nargs=3, metavar=("LOW", "MID", "HIGH"),
                         help="report the share of the LOW -> HIGH gap that MID closes")
     args = parser.parse_args(argv)
@@ -111,6 +127,8 @@ def main(argv=None) -> int:
     print(text)
     print("\nEach task's final dev score:\n")
     print(task_table(args.folder))
+    for first, second in args.paired:
+        print("\n" + paired_line(runs, first, second))
     if args.gap:
         low, mid, high = (overall.get(name) for name in args.gap)
         if None in (low, mid, high):

@@ -51,3 +51,10 @@ def test_no_gap_when_the_upper_bound_is_not_above(tmp_path, capsys):
     write_run(tmp_path, "multitask-seed1", [0.60, 0.60])
     assert main([str(tmp_path), "--gap", "replay", "l2kd", "multitask"]) == 0
     assert "no gap to close: multitask is not above replay here" in capsys.readouterr().out
+
+
+def test_paired_differences(tmp_path, capsys):
+    write_run(tmp_path, "replay-seed1", [0.60, 0.62])
+    write_run(tmp_path, "l2kd-seed1", [0.61, 0.65])
+    assert main([str(tmp_path), "--paired", "l2kd", "replay"]) == 0
+    assert "l2kd - replay, paired by seed and order: +2.00 ± 1.41 (n=2, 2 positive)" in capsys.readouterr().out
