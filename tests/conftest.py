@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -64,10 +65,14 @@ STUDENT = {
     ],
 }
 
+# The device of the shared tiny config: the CPU, unless DISTILBLOCKS_TEST_DEVICE names another
+# (``DISTILBLOCKS_TEST_DEVICE=cuda pytest tests`` runs the engine's tests on a GPU).
+TEST_DEVICE = os.environ.get("DISTILBLOCKS_TEST_DEVICE", "cpu")
+
 BASE_CONFIG = {
     "name": "tiny",
     "seed": 3,
-    "device": "cpu",
+    "device": TEST_DEVICE,
     "data": {"root": "data", "train": "train.tsv", "dev": "dev.tsv", "test": "test.tsv",
              "fields": {"text": "sentence"}, "label": "label"},
     "task": {"metrics": ["accuracy", "f1"]},

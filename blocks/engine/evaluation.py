@@ -28,7 +28,7 @@ def predict(experiment, model_name: str, split: EncodedSplit, batch_size: int, d
     from tqdm import tqdm
 
     task = experiment.task
-    model = experiment.models[model_name]
+    model = experiment.models[model_name].to(device)  # a model read from a run directory is on the CPU
     was_training = model.training
     model.eval()
     output_name = model.output_name
@@ -69,7 +69,7 @@ def throughput(experiment, model_name: str, split: EncodedSplit, batch_size: int
     word-level task, its decoding (Viterbi for a CRF), which is part of a tagger's inference.
     """
     decode = experiment.task.per_token
-    model = experiment.models[model_name]
+    model = experiment.models[model_name].to(device)
     was_training = model.training
     model.eval()
     count = min(len(split), max_examples)

@@ -25,7 +25,7 @@ from blocks.experiment import Experiment
 from blocks.registry import LOSSES
 from blocks.values import Sequence, TopKLogProbs
 
-from tests.conftest import FILLER, NEGATIVE, POSITIVE, interrupt_on_call
+from tests.conftest import FILLER, NEGATIVE, POSITIVE, TEST_DEVICE, interrupt_on_call
 
 
 def quiet(*args, **kwargs):
@@ -97,9 +97,10 @@ def test_cached_teacher_gives_the_same_student_as_teacher_in_the_loop(project, m
     a = weights(project.root / "loop" / "models" / "student.safetensors")
     b = weights(project.root / "cached" / "models" / "student.safetensors")
     for key in a:
-        if variable_lengths:
-            # the teacher sees other paddings in the cache's batches: last-bit differences only
-            assert torch.allclose(a[key], b[key], rtol=0, atol=1e-6), key
+        if variable_lengths or TEST_DEVICE != "cpu":
+            # the teacher sees other paddings in the cache's batches, or a GPU picks other kernels
+            # for the cache's batch size: last-bit differences only
+            assert torch.allclose(a[key], b[key], rtol=0, atol=1e-5), key
         else:
             assert torch.equal(a[key], b[key]), key  # float32 logits: bit for bit
     assert loop["models"]["student"]["dev"] == cached["models"]["student"]["dev"]
@@ -149,6 +150,8 @@ def teacher_logits(experiment, split, index):
         return experiment.model_values("teacher", split.collate(index))["logits"]
 
 
+@pytest.mark.skipif(TEST_DEVICE != "cpu", reason="reopens the run's cache with a CPU request, which a cache "
+                    "built on another device does not serve (the device type is part of its key)")
 def test_stale_or_damaged_caches_are_rebuilt_never_used(prepared, monkeypatch, capsys):
     root, experiment, split = prepared
     builds = {"n": 0}

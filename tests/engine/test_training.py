@@ -14,7 +14,7 @@ from blocks.engine.checkpoint import load_checkpoint
 from blocks.engine.run import train
 from blocks.engine.trainer import StageTrainer
 from blocks.errors import CheckpointError, ConfigError
-from tests.conftest import interrupt_on_call
+from tests.conftest import TEST_DEVICE, interrupt_on_call
 
 
 def quiet(*args, **kwargs):
@@ -68,7 +68,7 @@ def test_two_stage_run_writes_everything_and_keeps_the_teacher_frozen(project, m
     assert not list((root / "stages").rglob("*.safetensors"))
 
     environment = json.loads((root / "environment.json").read_text())
-    assert environment["device"] == "cpu" and environment["host_memory"]  # what the allocator does
+    assert environment["device"] == TEST_DEVICE and environment["host_memory"]  # what the allocator does
     saved = json.loads((root / "config.json").read_text())
     assert saved["run_dir"] == str(root)
     assert saved["stages"][0]["eval_batch_size"] == 256  # the resolved config, defaults filled
@@ -263,7 +263,7 @@ def test_set_in_train_command(project, capsys):
     summary = json.loads((root / "summary.json").read_text())
     assert summary["stages"]["teacher"]["steps"] == 3  # 120 examples / 40
     out = capsys.readouterr().out
-    assert "stage 'teacher' done" in out and "results (cpu)" in out
+    assert "stage 'teacher' done" in out and f"results ({TEST_DEVICE})" in out
 
 
 def test_interrupt_and_resume_through_the_command_line(project, capsys, monkeypatch):
