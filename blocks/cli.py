@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -16,6 +17,20 @@ from blocks.errors import DistilBlocksError
 
 _THREADS_HELP = ("CPU threads PyTorch computes with (default: the config's \"threads\", else OMP_NUM_THREADS, "
                  "else half the usable cores, at least 1)")
+
+
+def _note(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr)
+
+
+def _device_name(text: str) -> str:
+    if re.fullmatch(r"auto|cpu|cuda(:\d+)?", text) is None:
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got '{text}'")
+    return text
+
+
+_DEVICE_HELP = ("cpu, cuda, cuda:N or auto (default: the run's device; a run trained on CUDA runs on the CPU "
+                "where there is no CUDA device)")
 
 
 def _positive_int(text: str) -> int:
@@ -60,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--data", help="a labelled file to evaluate on (default: the config's test split)")
     test.add_argument("--model", action="append", help="model(s) to evaluate (default: every trained model)")
     test.add_argument("--threads", type=_positive_int, help=_THREADS_HELP)
+    test.add_argument("--device", type=_device_name, help=_DEVICE_HELP)
     test.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     predict = commands.add_parser("predict", help="label new examples with a run's model")
@@ -73,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "fields (a sentence pair) the two texts separated by a tab")
     predict.add_argument("--output", help="write here instead of standard output")
     predict.add_argument("--threads", type=_positive_int, help=_THREADS_HELP)
+    predict.add_argument("--device", type=_device_name, help=_DEVICE_HELP)
 
     listing = commands.add_parser(
         "list", help="show registered blocks, losses, tokenizers, metrics, optimizers and schedules")
@@ -240,12 +257,12 @@ def cmd_validate(args) -> int:
 def cmd_test(args) -> int:
     from blocks.engine.evaluation import evaluate
     from blocks.engine.run import load_run, roles
-    from blocks.experiment import resolve_device
+    from blocks.experiment import inference_device
     from blocks.threads import use_threads
 
     directory, experiment, state = load_run(args.run_dir, trust_imports=args.trust_imports)
     use_threads(args.threads or experiment.config.values.get("threads"))
-    device = resolve_device(experiment.config["device"])
+    device = inference_device(experiment.config["device"], args.device, note=_note)
     if args.data:
         split = experiment.encode_file(args.data, with_labels=True)
         source = args.data
@@ -279,7 +296,8 @@ def cmd_test(args) -> int:
 def cmd_predict(args) -> int:
     from blocks.predictor import Predictor
 
-    predictor = Predictor(args.run_dir, model=args.model, threads=args.threads, trust_imports=args.trust_imports)
+    predictor = Predictor(args.run_dir, model=args.model, threads=args.threads, trust_imports=args.trust_imports,
+                          device=args.device, note=_note)
     source = "<standard input>" if args.input == "-" else args.input
     text = _read_standard_input(source) if args.input == "-" else None
     mapping = predictor.experiment.config["data"].get("fields", {})

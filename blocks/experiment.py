@@ -434,3 +434,16 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}' was asked for but CUDA is not available", None, "/device")
     return torch.device(name)
+
+
+def inference_device(trained_on: str, asked: str | None = None, note=None) -> torch.device:
+    """The device for using a finished run (test, predict): ``asked`` (``--device``) when given;
+    else the run's own, except that a run trained on CUDA runs on the CPU of a machine without
+    CUDA (``note`` is told so), so a run made on a GPU server works on a laptop."""
+    if asked is not None:
+        return resolve_device(asked)
+    if trained_on.startswith("cuda") and not torch.cuda.is_available():
+        if note is not None:
+            note(f"the run was trained on '{trained_on}'; there is no CUDA device here, so it runs on the CPU")
+        return torch.device("cpu")
+    return resolve_device(trained_on)

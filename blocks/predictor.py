@@ -38,12 +38,14 @@ class Predictor:
         batch_size: examples per forward pass.
         trust_imports: import the Python modules the run's config lists in ``imports`` (code from
             the run directory runs here: only for runs from a source you trust).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``; default: the run's device, or
+            the CPU for a run trained on CUDA where there is no CUDA device (``note`` is told).
     """
 
     def __init__(self, run_dir: str | os.PathLike, model: str | None = None, threads: int | None = None,
-                 batch_size: int = 256, trust_imports: bool = False):
+                 batch_size: int = 256, trust_imports: bool = False, device: str | None = None, note=None):
         from blocks.engine.run import final_model, load_run
-        from blocks.experiment import resolve_device
+        from blocks.experiment import inference_device
         from blocks.threads import use_threads
 
         self.directory, self.experiment, state = load_run(run_dir, log=_quiet, trust_imports=trust_imports)
@@ -53,7 +55,7 @@ class Predictor:
         if self.model not in state["models"]:
             raise CheckpointError(f"model '{self.model}' has not finished training "
                                   f"(finished: {', '.join(state['models'])})", str(self.directory.progress_file))
-        self.device = resolve_device(config["device"])
+        self.device = inference_device(config["device"], device, note)
         self.batch_size = batch_size
         used = set(self.experiment.model_inputs[self.model].values())
         # a seq2seq decoder's target prefix is generated, not read

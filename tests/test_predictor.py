@@ -7,6 +7,7 @@ import sys
 import tempfile
 
 import pytest
+import torch
 
 from blocks.cli import main
 from blocks.errors import CheckpointError, DataError
@@ -101,3 +102,29 @@ def test_predict_lines_on_a_pair_model_takes_two_tab_separated_texts(pair_run, t
     assert err.startswith(f"error: {texts}, line 2: model 'teacher' reads 2 text fields (first, second): give them "
                           f"on one line, separated by a tab; the line has 1 text(s)")
     assert "Traceback" not in err and "tmp" not in err.split(str(texts))[1]
+
+
+def test_a_run_trained_on_cuda_is_used_on_the_cpu_where_there_is_no_cuda(run_copy, monkeypatch, capsys):
+    """A run directory made on a GPU server ("device": "cuda") tests and predicts on a laptop."""
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    config = json.loads((run_copy / "config.json").read_text())
+    config["device"] = "cuda"
+    (run_copy / "config.json").write_text(json.dumps(config, indent=2))
+
+    notes = []
+    predictor = Predictor(run_copy, note=notes.append)
+    assert predictor.device == torch.device("cpu")
+    assert notes == ["the run was trained on 'cuda'; there is no CUDA device here, so it runs on the CPU"]
+    assert [p["label"] for p in predictor.predict(["good great film", "bad awful movie"])] == ["1", "0"]
+
+    capsys.readouterr()
+    assert main(["test", str(run_copy), "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "note: the run was trained on 'cuda'" in captured.err and "student: accuracy" in captured.out
+    # asked for explicitly, CUDA is an error, not a silent fallback
+    assert main(["test", str(run_copy), "--device", "cuda", "--no-progress"]) == 2
+    assert "device 'cuda' was asked for but CUDA is not available" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["predict", str(run_copy), "--input", "-", "--device", "gpu"])
+    assert "expected auto, cpu, cuda or cuda:N, got 'gpu'" in capsys.readouterr().err
