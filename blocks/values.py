@@ -64,11 +64,14 @@ class WordPieces(NamedTuple):
     """A pretrained model's input over words: the word-piece ids ``values`` ``[batch, pieces]``
     with their ``mask``, and ``words`` ``[batch, pieces]``: the index of the word each piece
     belongs to (-1 for special tokens and padding). A ``WordAlign`` node uses ``words`` to map the
-    encoder's per-piece states back to one state per word."""
+    encoder's per-piece states back to one state per word. ``counts`` ``[batch]`` holds each
+    sentence's number of words, those cut off by the input's ``max_length`` included, so that the
+    word-level output has as many positions as the sentence has words."""
 
     values: torch.Tensor
     mask: torch.Tensor
     words: torch.Tensor
+    counts: torch.Tensor | None = None
 
     def lengths(self) -> torch.Tensor:
         return self.mask.sum(dim=1)

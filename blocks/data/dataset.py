@@ -102,13 +102,14 @@ class Batch:
         if device.type == "cpu":
             return self
         blocking = {"non_blocking": True}
-        inputs = {k: type(v)(*(t.to(device, **blocking) for t in v)) for k, v in self.inputs.items()}
+        inputs = {k: type(v)(*(t if t is None else t.to(device, **blocking) for t in v))
+                  for k, v in self.inputs.items()}
         labels = self.labels.to(device, **blocking) if self.labels is not None else None
         labelled = self.labelled.to(device, **blocking) if self.labelled is not None else None
         return Batch(inputs, labels, self.index, self.groups, labelled)
 
     def pin_memory(self) -> "Batch":
-        inputs = {k: type(v)(*(t.pin_memory() for t in v)) for k, v in self.inputs.items()}
+        inputs = {k: type(v)(*(t if t is None else t.pin_memory() for t in v)) for k, v in self.inputs.items()}
         labels = self.labels.pin_memory() if self.labels is not None else None
         labelled = self.labelled.pin_memory() if self.labelled is not None else None
         return Batch(inputs, labels, self.index, self.groups, labelled)
@@ -312,10 +313,10 @@ class EncodedSplit:
             pad = self.pad_index[key]
             if self.input_types[key] == CHARS:
                 inputs[key] = Sequence(*pad_chars(chosen, pad))
-            elif self.input_types[key] == PRETRAINED_WORDS:  # [pieces, 2]: (piece id, word index)
-                values, mask = pad_ids([t[:, 0] for t in chosen], pad)
-                words, _ = pad_ids([t[:, 1] for t in chosen], -1)
-                inputs[key] = WordPieces(values, mask, words)
+            elif self.input_types[key] == PRETRAINED_WORDS:  # [pieces + 1, 2]: (piece id, word index)
+                values, mask = pad_ids([t[:-1, 0] for t in chosen], pad)  # then (number of words, marker)
+                words, _ = pad_ids([t[:-1, 1] for t in chosen], -1)
+                inputs[key] = WordPieces(values, mask, words, torch.stack([t[-1, 0] for t in chosen]))
             else:
                 inputs[key] = Sequence(*pad_ids(chosen, pad))
         labels = self.task.collate_labels(self.labels, index) if self.labels is not None else None
@@ -344,6 +345,10 @@ def encode_rows(name: str, rows: list[Row], fields: dict[str, InputField], vocab
         if input_field.type == PRETRAINED and input_field.words:
             ids[key] = input_field.tokenizer.encode_words(
                 [input_field.tokens(field_value(row, input_field.field, mapping)) for row in rows])
+            # sentences whose last words got no piece within max_length
+            cut = sum(1 for t in ids[key] if int(t[:-1, 1].max()) + 1 < int(t[-1, 0]))
+            if cut:
+                truncated[input_field.field] = (cut, input_field.tokenizer.max_length)
             continue
         if input_field.type == PRETRAINED:
             texts = [field_value(row, input_field.field, mapping) for row in rows]

@@ -83,6 +83,11 @@ class PretrainedVocabulary:
         return isinstance(other, PretrainedVocabulary) and self.tokens == other.tokens
 
 
+# the marker in the word column of the last row of an encoded sentence, whose id column holds the
+# sentence's number of words (see PretrainedTokenizer.encode_words)
+WORD_COUNT_ROW = -2
+
+
 class PretrainedTokenizer:
     """Encodes one field, or a pair of fields, into a pretrained model's input ids."""
 
@@ -109,15 +114,17 @@ class PretrainedTokenizer:
         return [torch.tensor(ids, dtype=torch.long) for ids in encoded["input_ids"]]
 
     def encode_words(self, sentences: list[list[str]]) -> list[torch.Tensor]:
-        """Encode sentences given as words: per sentence a ``[pieces, 2]`` tensor of (piece id,
-        index of its word or -1 for special tokens). Words cut off by ``max_length`` have no pieces."""
+        """Encode sentences given as words: per sentence a ``[pieces + 1, 2]`` tensor of (piece id,
+        index of its word or -1 for special tokens), then one last row ``(number of words,
+        WORD_COUNT_ROW)``. Words cut off by ``max_length`` have no pieces but are counted."""
         encoded = self.tokenizer(sentences, is_split_into_words=True, truncation=True, max_length=self.max_length,
                                  add_special_tokens=True, return_attention_mask=False,
                                  return_token_type_ids=False)
         result = []
         for i, ids in enumerate(encoded["input_ids"]):
             words = [-1 if w is None else w for w in encoded.word_ids(i)]
-            result.append(torch.tensor([ids, words], dtype=torch.long).T.contiguous())
+            rows = torch.tensor([ids + [len(sentences[i])], words + [WORD_COUNT_ROW]], dtype=torch.long)
+            result.append(rows.T.contiguous())
         return result
 
     def save(self, folder: Path) -> None:

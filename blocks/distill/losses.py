@@ -283,7 +283,8 @@ class CrossEntropy(Loss):
     def forward(self, outputs: dict, batch) -> torch.Tensor:
         value = self.student_value(outputs)
         if isinstance(value, Sequence):  # per-word logits: the mean over the batch's tagged words
-            labels = word_labels(batch.labels, value.values.shape[1])
+            # positions the output masks out (a word whose pieces a max_length cut off) learn nothing
+            labels = word_labels(batch.labels, value.values.shape[1]).masked_fill(~value.mask, UNLABELLED)
             return F.cross_entropy(value.values.float().flatten(0, 1), labels.flatten(), ignore_index=UNLABELLED,
                                    label_smoothing=self.label_smoothing) if bool((labels != UNLABELLED).any()) \
                 else value.values.sum() * 0.0

@@ -28,8 +28,9 @@ class WordAlign(Block):
 
     Inputs: the encoder's sequence ``[batch, pieces, width]`` (``"pooling": "none"``) and the
     pretrained input it read (word pieces with their words, as a word-level task encodes them).
-    Output: sequence ``[batch, words, width]``; a word has a state when at least one of its
-    pieces survived the input's ``max_length`` (the mask is False for the others).
+    Output: sequence ``[batch, words, width]``, one position per word of the sentence (so it lines
+    up with other word-level inputs); a word has a state when at least one of its pieces survived
+    the input's ``max_length`` (the mask is False for the others, and their state is 0).
 
     Args:
         mode: first (the state of each word's first piece, as BERT taggers do) or mean (the
@@ -55,6 +56,8 @@ class WordAlign(Block):
         values, words = states.values, pieces.words
         batch, _, width = values.shape
         count = int(words.max()) + 1 if words.numel() else 0
+        if pieces.counts is not None and pieces.counts.numel():  # the words max_length cut off too
+            count = max(count, int(pieces.counts.max()))
         count = max(count, 1)
         real = words >= 0
         target = words.clamp(min=0)

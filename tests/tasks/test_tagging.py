@@ -328,23 +328,25 @@ def test_word_align_first_and_mean():
     assert mean.values[0].tolist() == [[2, 3], [5, 6], [8, 9]]
 
 
-def test_a_word_piece_teacher_meets_the_student_at_words(tagging_project):
-    from transformers import BertTokenizerFast
-
-    from blocks.engine.run import train
+def write_word_piece_bert(tagging_project):
+    """A random BERT over this data's words, some of which split into pieces, in ./bert."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
 
     folder = tagging_project / "bert"
     folder.mkdir()
-    # a random BERT over this data's words, some of which split into pieces
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted({w.lower() for w in FILLER}) + \
         ["anna", "bruno", "clara", "paris", "rome", "new", "york", "os", "##lo", "d", "##mi", "##tri", "el", "##ena"]
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
     BertTokenizerFast(vocab=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
-    from transformers import BertConfig, BertModel
-
     torch.manual_seed(0)
     BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                          intermediate_size=64, max_position_embeddings=64)).save_pretrained(folder)
+
+
+def test_a_word_piece_teacher_meets_the_student_at_words(tagging_project):
+    from blocks.engine.run import train
+
+    write_word_piece_bert(tagging_project)
     values = tagging_config()
     values["models"]["teacher"] = {
         "inputs": {"pieces": {"type": "pretrained", "field": "words", "tokenizer": "bert", "max_length": 32}},
@@ -363,6 +365,44 @@ def test_a_word_piece_teacher_meets_the_student_at_words(tagging_project):
     path = write_config(tagging_project, values)
     train(load_config(path, environ={}), run_dir=tagging_project / "run", progress=False, log=lambda *a: None)
     assert (tagging_project / "run" / "summary.json").is_file()
+
+
+
+def test_words_cut_by_the_piece_limit_keep_their_positions_beside_other_word_features(tagging_project):
+    """A WordAlign node has one position per word even where max_length cut the last words' pieces
+    (masked out), so it concatenates with character features; the cut sentences are counted."""
+    from blocks.engine.run import train
+
+    write_word_piece_bert(tagging_project)
+    values = tagging_config()
+    values["models"]["teacher"] = {
+        "inputs": {"pieces": {"type": "pretrained", "field": "words", "tokenizer": "bert", "max_length": 6},
+                   "chars": {"field": "words", "type": "chars", "vocab": "chars"}},
+        "graph": [{"name": "encoder", "block": "PretrainedEncoder", "input": "pieces", "pooling": "none"},
+                  {"name": "words", "block": "WordAlign", "input": ["encoder", "pieces"]},
+                  {"name": "casing", "block": "Casing", "input": "chars", "dim": 4},
+                  {"name": "features", "block": "Concat", "input": ["words", "casing"]},
+                  {"name": "logits", "block": "Linear"}]}
+    values["stages"][0].update({"losses": [{"block": "CrossEntropy"}], "epochs": 1,
+                                "optimizer": {"type": "adamw", "lr": 1e-3}})
+    values["stages"][1]["losses"][0] = {"block": "KD", "temperature": 2.0, "weight": 0.5}
+    lines = []
+    experiment = prepare(tagging_project, values)
+    split = experiment.splits["train"]
+    assert split.truncated["words"][1] == 6 and split.truncated["words"][0] > 0
+    batch = split.collate(torch.arange(8))
+    pieces = batch.inputs[experiment.model_inputs["teacher"]["pieces"]]
+    words_mask = batch.inputs[experiment.model_inputs["student"]["words"]].mask
+    assert torch.equal(pieces.counts, words_mask.sum(dim=1))  # every word counted, cut or not
+    with torch.no_grad():
+        aligned = experiment.model_values("teacher", batch)["words"]
+    assert aligned.mask.shape == words_mask.shape  # one position per word
+    assert bool((aligned.mask <= words_mask).all()) and aligned.mask.sum() < words_mask.sum()  # the cut ones masked
+    assert bool((aligned.values[~aligned.mask] == 0).all())
+    train(load_config(write_config(tagging_project, values), environ={}), run_dir=tagging_project / "run",
+          progress=False, log=lines.append)
+    assert (tagging_project / "run" / "summary.json").is_file()
+    assert any("6" in line and "cut" in line for line in lines), [line for line in lines if "cut" in line]
 
 
 
