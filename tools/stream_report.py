@@ -111,13 +111,26 @@ def paired_line(runs: dict[str, dict[int, dict]], first: str, second: str) -> st
             f"(n={len(differences)}, {sum(d > 0 for d in differences)} positive)")
 
 
+def gap_line(overall: dict[str, tuple], low_name: str, mid_name: str, high_name: str) -> str:
+    """Which share of the gap between recipes ``low_name`` and ``high_name`` (final averages over
+    every run) recipe ``mid_name`` closes."""
+    low, mid, high = (overall.get(name) for name in (low_name, mid_name, high_name))
+    if None in (low, mid, high):
+        return f"gap: not every one of {low_name}, {mid_name}, {high_name} has runs"
+    gap = high[0] - low[0]
+    names = f"{low_name} ({low[0] * 100:.2f}) and {high_name} ({high[0] * 100:.2f})"
+    if gap <= 0:
+        return f"no gap to close: {high_name} is not above {low_name} here ({names}); {mid_name}: {mid[0] * 100:.2f}"
+    return f"{mid_name} closes {(mid[0] - low[0]) / gap:.0%} of the gap between {names}"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path)
     parser.add_argument("--paired", nargs=2, action="append", metavar=("A", "B"), default=[],
                         help="the difference A - B of final averages, paired by seed and order")
-    parser.add_argument("--gap", nargs=3, metavar=("LOW", "MID", "HIGH"),
-                        help="report the share of the LOW -> HIGH gap that MID closes")
+    parser.add_argument("--gap", nargs=3, action="append", metavar=("LOW", "MID", "HIGH"), default=[],
+                        help="report the share of the LOW -> HIGH gap that MID closes (repeatable)")
     args = parser.parse_args(argv)
     runs = read_runs(args.folder)
     if not runs:
@@ -129,18 +142,8 @@ def main(argv=None) -> int:
     print(task_table(args.folder))
     for first, second in args.paired:
         print("\n" + paired_line(runs, first, second))
-    if args.gap:
-        low, mid, high = (overall.get(name) for name in args.gap)
-        if None in (low, mid, high):
-            print(f"\ngap: not every one of {', '.join(args.gap)} has runs")
-        else:
-            gap = high[0] - low[0]
-            names = f"{args.gap[0]} ({low[0] * 100:.2f}) and {args.gap[2]} ({high[0] * 100:.2f})"
-            if gap <= 0:
-                print(f"\nno gap to close: {args.gap[2]} is not above {args.gap[0]} here ({names}); "
-                      f"{args.gap[1]}: {mid[0] * 100:.2f}")
-            else:
-                print(f"\n{args.gap[1]} closes {(mid[0] - low[0]) / gap:.0%} of the gap between {names}")
+    for names in args.gap:
+        print("\n" + gap_line(overall, *names))
     return 0
 
 

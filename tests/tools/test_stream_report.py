@@ -26,8 +26,10 @@ def test_table_and_gap(tmp_path, capsys):
     text, overall = table(runs)
     assert overall["replay"][0] == 0.62 and overall["replay"][2] == 4
     assert "| replay | 1, 2 | 61.00 ± 1.41 (n=2) | 63.00 ± 1.41 (n=2) |" in text
-    assert main([str(tmp_path), "--gap", "replay", "l2kd", "multitask"]) == 0
-    assert "l2kd closes 56% of the gap between replay (62.00) and multitask (71.00)" in capsys.readouterr().out
+    assert main([str(tmp_path), "--gap", "replay", "l2kd", "multitask", "--gap", "replay", "l2kd", "absent"]) == 0
+    out = capsys.readouterr().out
+    assert "l2kd closes 56% of the gap between replay (62.00) and multitask (71.00)" in out
+    assert "gap: not every one of replay, l2kd, absent has runs" in out  # each --gap its own line
 
 
 def test_no_runs_is_an_error(tmp_path):
