@@ -100,10 +100,10 @@ def task_table(folder: Path) -> str:
 def paired_line(runs: dict[str, dict[int, dict]], first: str, second: str) -> str:
     """Recipe ``first`` minus recipe ``second``, final average × 100, over the (seed, order) pairs
     both have: mean ± std of the differences and how many are positive."""
-    pairs = [(orders[name]["final_average"], runs[second][seed][name])
-             for seed, orders in runs.get(first, {}).items() if seed in runs.get(second, {})
-             for name in orders if name in runs[second][seed]]
-    differences = [(a - b["final_average"]) * 100 for a, b in pairs]
+    others = runs.get(second, {})
+    differences = [(orders[name]["final_average"] - others[seed][name]["final_average"]) * 100
+                   for seed, orders in runs.get(first, {}).items() if seed in others
+                   for name in orders if name in others[seed]]
     if not differences:
         return f"{first} - {second}: no (seed, order) pair in common"
     std = statistics.stdev(differences) if len(differences) > 1 else 0.0

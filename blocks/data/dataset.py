@@ -343,11 +343,9 @@ def encode_rows(name: str, rows: list[Row], fields: dict[str, InputField], vocab
                 truncated[input_field.field] = (cut, limit)
             continue
         if input_field.type == PRETRAINED and input_field.words:
-            ids[key] = input_field.tokenizer.encode_words(
+            ids[key], cut = input_field.tokenizer.encode_words(
                 [input_field.tokens(field_value(row, input_field.field, mapping)) for row in rows])
-            # sentences whose last words got no piece within max_length
-            cut = sum(1 for t in ids[key] if int(t[:-1, 1].max()) + 1 < int(t[-1, 0]))
-            if cut:
+            if cut:  # sentences whose last words got no piece within max_length
                 truncated[input_field.field] = (cut, input_field.tokenizer.max_length)
             continue
         if input_field.type == PRETRAINED:

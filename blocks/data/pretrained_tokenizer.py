@@ -113,19 +113,21 @@ class PretrainedTokenizer:
                                  return_token_type_ids=False)
         return [torch.tensor(ids, dtype=torch.long) for ids in encoded["input_ids"]]
 
-    def encode_words(self, sentences: list[list[str]]) -> list[torch.Tensor]:
+    def encode_words(self, sentences: list[list[str]]) -> tuple[list[torch.Tensor], int]:
         """Encode sentences given as words: per sentence a ``[pieces + 1, 2]`` tensor of (piece id,
         index of its word or -1 for special tokens), then one last row ``(number of words,
-        WORD_COUNT_ROW)``. Words cut off by ``max_length`` have no pieces but are counted."""
+        WORD_COUNT_ROW)``. Words cut off by ``max_length`` have no pieces but are counted. Also
+        returns how many sentences lost words that way."""
         encoded = self.tokenizer(sentences, is_split_into_words=True, truncation=True, max_length=self.max_length,
                                  add_special_tokens=True, return_attention_mask=False,
                                  return_token_type_ids=False)
-        result = []
+        result, cut = [], 0
         for i, ids in enumerate(encoded["input_ids"]):
             words = [-1 if w is None else w for w in encoded.word_ids(i)]
+            cut += max(words) + 1 < len(sentences[i])
             rows = torch.tensor([ids + [len(sentences[i])], words + [WORD_COUNT_ROW]], dtype=torch.long)
             result.append(rows.T.contiguous())
-        return result
+        return result, cut
 
     def save(self, folder: Path) -> None:
         """Copy the tokenizer files (and the model's config, when there is one) into ``folder``."""
