@@ -148,7 +148,19 @@ def task_vocabulary(task: TaskType, input_field, config: Config):
                      if definition.get("type") == input_field.type), "/models")
         raise ConfigError(f"inputs of type '{input_field.type}' belong to a task that encodes them "
                           f"(seq2seq); this is a {task.name} task", config.file, path)
-    return task.input_vocabulary(input_field.type)
+    return task.input_vocabulary(input_field.type, input_field.owner)
+
+
+def adopt_run_vocabularies(task: TaskType, config: Config) -> list[str]:
+    """The models taken from runs that keep vocabularies of their own (seq2seq: a run trained with
+    other subword vocabularies), after checking that the stages use them only as they can be used."""
+    adopt = getattr(task, "adopt_run_vocabularies", None)
+    if adopt is None:
+        return []
+    own = [name for name, model in config["models"].items() if "run" in model and adopt(name, model["run"])]
+    if own:
+        task.check_own_vocabularies(config)
+    return own
 
 
 def load_vocabulary_file(file: str, config: Config, path: str) -> Vocabulary:
@@ -173,11 +185,9 @@ class Experiment:
         torch.manual_seed(config["seed"])  # graphs initialise the same way on every build
         for name, model in config["models"].items():
             specs = input_specs(fields, model_inputs[name], vocabularies)
-            self.models[name] = Graph(name, model, specs, task.num_outputs, config.file, f"/models/{name}")
+            self.models[name] = Graph(name, model, specs, task.num_outputs_of(name), config.file, f"/models/{name}")
             self._check_output(name)
             self._bind_task(self.models[name])
-            if "run" in model and hasattr(task, "check_run_model"):  # seq2seq: the run's vocabularies are ours
-                task.check_run_model(name, model["run"], config.file)
         # Which parameters each model trains (a frozen embedding stays frozen after it taught).
         self.trainable = {name: {n: p.requires_grad for n, p in graph.named_parameters()}
                           for name, graph in self.models.items()}
@@ -245,6 +255,12 @@ class Experiment:
         if not train_rows:
             raise DataError("the training file holds no examples", sources["train"].path)
         task = task_from_config(values["task"], train_rows, data["label"], sources["train"].fields, config.file)
+        own = adopt_run_vocabularies(task, config)
+        for name in own:
+            log(f"model '{name}' keeps the subword vocabularies of its run ({task.describe_own_vocabularies(name)})")
+        if own:  # their source and target inputs are encoded with their own vocabularies
+            fields, model_inputs = build_input_fields(values["models"], config.file, config.base_dir, words=words,
+                                                      own_vocabularies=own)
         counts = count_tokens(fields, train_rows, sources["train"].fields)
         vocab_options = values["vocabularies"]
         vocabularies = {}
@@ -295,7 +311,8 @@ class Experiment:
         task = task_from_json(json.loads((run_dir / "task.json").read_text()))
         task.load_files(run_dir / "vocab")
         fields, model_inputs = build_input_fields(config["models"], config.file, config.base_dir, locations,
-                                                  words=task.per_token)
+                                                  words=task.per_token,
+                                                  own_vocabularies=adopt_run_vocabularies(task, config))
         vocabularies = {}
         for key, input_field in fields.items():
             if input_field.type == PRETRAINED:

@@ -19,11 +19,11 @@ examples). A teacher output that is empty (only ``<eos>``) teaches nothing and i
 counted in the log.
 
 **Vocabularies.** The outputs are stored as text, decoded with the teacher's target tokenizer,
-and encoded again with the student's target vocabulary when the stage starts. In a seq2seq task
-every model reads the task's subword vocabularies, so today both are the same tokenizer; a
-teacher taken from a run whose saved vocabularies differ is refused when the stage starts (it
-would read wrong ids). The text in between is what will let them differ once the task type gives
-such a teacher its own vocabularies.
+and encoded again with the student's target vocabulary when the stage starts. Usually both are
+the task's subword vocabularies. A teacher taken from a run trained with other vocabularies keeps
+its own (:mod:`blocks.tasks.seq2seq`): it reads the sources encoded with its source vocabulary and
+its outputs are decoded with its target vocabulary, so a student with a smaller vocabulary learns
+from it through the text.
 
 **Storage.** The decoded set is kept as readable text under the teacher cache's folder (the
 config's ``cache_dir``, else ``RUN/cache``) ::
@@ -155,7 +155,7 @@ def _describe(settings) -> str:
 # -- the key --------------------------------------------------------------------------------------
 def generation_components(experiment, teacher: str, split, settings) -> dict:
     """Everything the teacher's outputs depend on (hashed into the key, kept in meta.json)."""
-    vocabularies = experiment.task.vocabularies
+    vocabularies = experiment.task.vocabularies_of(teacher)
     tokenizers = json.dumps([vocabularies.source.to_json(), vocabularies.target.to_json()])
     return {
         "format": FORMAT,
@@ -377,7 +377,7 @@ def open_or_generate(experiment, index: int, cache_root: Path, shared: bool, dev
         started = time.perf_counter()
         ids, scores = decode_sources(experiment, teacher, split, settings,
                                      options.get("batch_size") or stage["eval_batch_size"], device, progress)
-        decoded = Decoded(train_sources(experiment), experiment.task.translations(ids), scores)
+        decoded = Decoded(train_sources(experiment), experiment.task.translations(ids, teacher), scores)
         seconds = time.perf_counter() - started
         staging = root / f".building-{key}-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)

@@ -138,7 +138,7 @@ class Predictor:
         predictions = predict(experiment, self.model, split, self.batch_size, self.device,
                               experiment.config["precision"])
         return [self.task.format_prediction(prediction, {name: field_value(row, name, mapping) for name in self.fields},
-                                            output_format)
+                                            output_format, self.model)
                 for prediction, row in zip(predictions, rows)]
 
     def _reads(self) -> str:

@@ -234,20 +234,82 @@ def test_a_teacher_taken_from_a_finished_run_decodes(project):
     assert sum(bool(text.strip()) for text in outputs) > 24  # the trained teacher says something
 
 
-def test_a_teacher_from_a_run_with_other_subword_vocabularies_is_refused(project):
-    from blocks.data.subword import SubwordVocabularies
-    from blocks.errors import ConfigError
+def _teacher_run_with_its_own_vocabularies(project) -> dict:
+    """A teacher trained in its own run with subword vocabularies of up to 120 pieces per side (the
+    toy data gives 63 target pieces); returns a SeqKD config whose student (and task) has 40: the
+    teacher keeps its run's vocabularies."""
+    from blocks.engine.run import train
 
-    experiment = prepare(project, seqkd_config())
-    run = project / "teacher_run"
+    values = seqkd_config(beam=2)
+    teacher_only = {**copy.deepcopy(values), "stages": [dict(values["stages"][0], epochs=10)]}
+    teacher_only["task"]["subword"] = {"vocab_size": 120, "shared": False, "min_frequency": 1}
+    (project / "teacher.json").write_text(json.dumps(teacher_only))
+    train(load_config(project / "teacher.json", environ={}), run_dir=project / "teacher_run", log=Log(),
+          progress=False)
+    values["task"]["subword"] = {"vocab_size": 40, "shared": False, "min_frequency": 1}
+    values["models"]["teacher"] = {"run": "teacher_run"}
+    values["stages"] = values["stages"][1:]
+    return values
+
+
+def test_a_teacher_with_other_subword_vocabularies_teaches_a_smaller_vocabulary_by_seqkd(project, capsys):
+    from blocks.cli import main
+    from blocks.engine.run import load_run, train
+    from blocks.generated_transfer import train_sources
+
+    values = _teacher_run_with_its_own_vocabularies(project)
+    (project / "seqkd.json").write_text(json.dumps(values))
+    experiment = prepare(project, values)
     task = experiment.task
-    task.vocabularies.save(run / "vocab" / "subword")  # the same vocabularies: fine
-    task.check_run_model("teacher", run, "config.json")
-    shutil.rmtree(run / "vocab" / "subword")
-    SubwordVocabularies.train(["x y z"] * 5, ["X Y Z"] * 5, "bpe", 40, False, 1).save(run / "vocab" / "subword")
-    with pytest.raises(ConfigError, match="whose subword vocabularies .* differ from this task's") as caught:
-        task.check_run_model("teacher", run, "config.json")
-    assert caught.value.path == "/models/teacher/run"
+    assert task.vocabularies.target.vocab_size == 40 and task.vocabularies_of("teacher").target.vocab_size == 63
+    assert experiment.models["teacher"].blocks["decoder"].embedding.num_embeddings == 63
+    assert experiment.models["student"].blocks["decoder"].embedding.num_embeddings == 40
+    # the teacher reads the sources encoded with its own vocabulary, the student with the task's
+    teacher_key = experiment.model_inputs["teacher"]["source"]
+    student_key = experiment.model_inputs["student"]["source"]
+    assert teacher_key != student_key
+    first = train_sources(experiment)[0]
+    ids = experiment.splits["train"].ids
+    assert ids[teacher_key][0].tolist()[:-1] == task.vocabularies_of("teacher").source.encode(first)
+    assert ids[student_key][0].tolist()[:-1] == task.vocabularies.source.encode(first)
+
+    log = Log()
+    train(load_config(project / "seqkd.json", environ={}), run_dir=project / "run", log=log, progress=False)
+    [folder] = [f for f in (project / "run" / "cache" / "generated").iterdir() if f.is_dir()]
+    outputs = [json.loads(line)["output"] for line in (folder / OUTPUTS).read_text().splitlines()]
+    _, teacher_run, _ = load_run(project / "teacher_run", log=lambda *a: None)
+    batch = teacher_run.encode_file(str(project / "data" / "train"), with_labels=True).collate(torch.arange(4))
+    teacher_run.models["teacher"].eval()
+    direct = teacher_run.task.translations(teacher_run.task.generate_batch(
+        teacher_run, "teacher", batch, decoding_settings(teacher_run.task, {"beam": 2})).tokens)
+    assert log.has("model 'teacher' keeps the subword vocabularies of its run (63 target pieces against the "
+                   "task's 40)")
+    assert outputs[:4] == direct  # the same translations the teacher gives in its own run
+    assert sum(bool(text.strip()) for text in outputs) > 24
+    summary = json.loads((project / "run" / "summary.json").read_text())
+    assert {"bleu", "chrf", "bleu_lc"} <= set(summary["models"]["student"]["dev"])
+    # the run directory tests the teacher too, with its run's vocabularies, as its own run does
+    scores = []
+    for run in ("run", "teacher_run"):
+        capsys.readouterr()
+        assert main(["test", str(project / run), "--model", "teacher", "--data", str(project / "data" / "dev"),
+                     "--no-progress"]) == 0
+        scores.append([line for line in capsys.readouterr().out.splitlines() if "bleu" in line])
+    assert scores[0] == scores[1] and scores[0]
+
+
+@pytest.mark.parametrize("change, path, message", [
+    (lambda v: v["stages"][0].update(teachers=["teacher"], losses=[{"block": "KD"}]), "/stages/0/teachers/0",
+     "only sequence-level KD (transfer.generate"),
+    (lambda v: v["stages"].append({"name": "tune", "train": "teacher"}), "/stages/1/train",
+     "reads the subword vocabularies of its run (63 target pieces against the task's 40)"),
+])
+def test_a_teacher_with_other_vocabularies_cannot_give_distributions_or_train(project, change, path, message):
+    values = _teacher_run_with_its_own_vocabularies(project)
+    change(values)
+    with pytest.raises(ConfigError) as caught:
+        prepare(project, values)
+    assert caught.value.path == path and message in str(caught.value)
 
 
 # -- config checks -----------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import collections
 import json
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
@@ -57,6 +57,7 @@ class InputField:
     max_word_length: int
     pair_field: str | None = None
     words: bool = False  # the field holds words (a tagging task): split on whitespace, never re-tokenized
+    owner: str | None = None  # a task input of a model with vocabularies of its own (seq2seq): that model
 
     @property
     def token_limit(self) -> int:
@@ -119,13 +120,16 @@ class Batch:
 
 
 def build_input_fields(models: dict, file: str | None, base_dir=None, locations: dict[str, str] | None = None,
-                       words: bool = False) -> tuple[dict[str, InputField], dict[str, dict[str, str]]]:
+                       words: bool = False, own_vocabularies: Iterable[str] = ()
+                       ) -> tuple[dict[str, InputField], dict[str, dict[str, str]]]:
     """Every distinct input definition, and for each model its input names -> input keys.
 
     ``locations`` maps pretrained tokenizer locations as written in the config to folders that
     replace them (a run directory's copies). ``words``: the task labels words (tagging), so every
-    input reads the fields as words.
+    input reads the fields as words. ``own_vocabularies``: models whose task inputs (seq2seq's
+    source and target) are encoded with vocabularies of their own, so those inputs are theirs alone.
     """
+    own_vocabularies = set(own_vocabularies)
     fields: dict[str, InputField] = {}
     by_definition: dict[str, str] = {}
     model_inputs: dict[str, dict[str, str]] = {}
@@ -134,11 +138,12 @@ def build_input_fields(models: dict, file: str | None, base_dir=None, locations:
         model_inputs[model_name] = {}
         for input_name, definition in model["inputs"].items():
             path = f"/models/{model_name}/inputs/{input_name}"
-            canonical = json.dumps(definition, sort_keys=True)
+            owner = model_name if model_name in own_vocabularies and definition["type"] in TASK_INPUT_TYPES else None
+            canonical = json.dumps([definition, owner], sort_keys=True)
             if canonical not in by_definition:
                 key = f"input{len(by_definition)}"
                 by_definition[canonical] = key
-                fields[key] = make_input_field(key, definition, file, path, base_dir, locations or {})
+                fields[key] = make_input_field(key, definition, file, path, base_dir, locations or {}, owner)
                 fields[key].words = words
             model_inputs[model_name][input_name] = by_definition[canonical]
             if definition["type"] == PRETRAINED or definition["type"] in TASK_INPUT_TYPES:
@@ -152,7 +157,7 @@ def build_input_fields(models: dict, file: str | None, base_dir=None, locations:
 
 
 def make_input_field(key: str, definition: dict, file: str | None, path: str, base_dir,
-                     locations: dict[str, str]) -> InputField:
+                     locations: dict[str, str], owner: str | None = None) -> InputField:
     if definition["type"] == PRETRAINED:
         written = definition["tokenizer"]
         location = locations.get(written) or resolve_pretrained(written, base_dir, file, f"{path}/tokenizer")
@@ -162,8 +167,9 @@ def make_input_field(key: str, definition: dict, file: str | None, path: str, ba
                           max_word_length=definition["max_word_length"], pair_field=definition["pair_field"])
     if definition["type"] in TASK_INPUT_TYPES:
         return InputField(key=key, field=definition["field"], type=definition["type"], tokenizer=None,
-                          lowercase=False, max_length=definition["max_length"], vocab=f"task:{definition['type']}",
-                          max_word_length=definition["max_word_length"])
+                          lowercase=False, max_length=definition["max_length"],
+                          vocab=f"task:{definition['type']}" + (f"@{owner}" if owner else ""),
+                          max_word_length=definition["max_word_length"], owner=owner)
     return InputField(key=key, field=definition["field"], type=definition["type"],
                       tokenizer=build_tokenizer(definition["tokenizer"], file, f"{path}/tokenizer"),
                       lowercase=definition["lowercase"], max_length=definition["max_length"],
@@ -338,7 +344,7 @@ def encode_rows(name: str, rows: list[Row], fields: dict[str, InputField], vocab
         if input_field.type in TASK_INPUT_TYPES:
             ids[key], cut, limit = task.encode_input(input_field.type,
                                                      [field_value(row, input_field.field, mapping) for row in rows],
-                                                     input_field.max_length)
+                                                     input_field.max_length, input_field.owner)
             if cut:
                 truncated[input_field.field] = (cut, limit)
             continue

@@ -62,7 +62,9 @@ student's token).
 
 **Vocabularies.** A teacher target compares the teacher's and the student's per-token outputs,
 so both must be over one target vocabulary: different output widths are a config error, and so
-is a teacher taken from a run (``"run"``) whose saved subword vocabularies differ from the task's.
+is a teacher taken from a run (``"run"``) whose saved subword vocabularies differ from the task's
+(such a teacher keeps its own vocabularies and teaches only through its translations:
+sequence-level KD, :mod:`blocks.generated_transfer`).
 """
 from __future__ import annotations
 

@@ -57,7 +57,7 @@ def evaluate(experiment, model_name: str, split: EncodedSplit, batch_size: int, 
              precision: str = "fp32", metrics: list[str] | None = None, progress: bool = False,
              final: bool = True) -> dict[str, float]:
     predictions = predict(experiment, model_name, split, batch_size, device, precision, progress, final)
-    return experiment.task.metrics(predictions, split, metrics or experiment.config["task"]["metrics"])
+    return experiment.task.metrics(predictions, split, metrics or experiment.config["task"]["metrics"], model_name)
 
 
 @torch.no_grad()

@@ -89,6 +89,10 @@ class TaskType:
     def num_outputs(self) -> int:
         return len(self.labels)
 
+    def num_outputs_of(self, model: str) -> int:
+        """The outputs of one model (seq2seq: a model with vocabularies of its own predicts theirs)."""
+        return self.num_outputs
+
     def parse_labels(self, rows: list, label_field: str, mapping: dict) -> Any:
         """The gold labels of ``rows`` (a tensor ``[N]``, or a list of ``[length]`` tensors)."""
         raise NotImplementedError
@@ -134,11 +138,13 @@ class TaskType:
         """Why metric ``name`` does not apply to this task (None when it does)."""
         return None
 
-    def metrics(self, predictions: Any, split, names: list[str]) -> dict[str, float]:
+    def metrics(self, predictions: Any, split, names: list[str], model: str | None = None) -> dict[str, float]:
+        """Metrics ``names`` of ``model``'s predictions of ``split``."""
         raise NotImplementedError
 
-    def format_prediction(self, prediction: Any, example: dict, output_format: str) -> str:
-        """The text ``blocks predict`` writes for one example (``example``: its raw fields)."""
+    def format_prediction(self, prediction: Any, example: dict, output_format: str, model: str | None = None) -> str:
+        """The text ``blocks predict`` writes for one example (``example``: its raw fields) that
+        ``model`` predicted."""
         raise NotImplementedError
 
     def prediction_header(self, output_format: str) -> str | None:
@@ -146,14 +152,16 @@ class TaskType:
         return None
 
     # -- optional: inputs, files and generation of their own (seq2seq) ------------------------------
-    def input_vocabulary(self, input_type: str) -> Any:
-        """The vocabulary (its length and ``pad_index``) of one of :attr:`input_types`."""
+    def input_vocabulary(self, input_type: str, owner: str | None = None) -> Any:
+        """The vocabulary (its length and ``pad_index``) of one of :attr:`input_types`; ``owner``:
+        the model whose own vocabularies it is, None for the task's."""
         raise NotImplementedError
 
-    def encode_input(self, input_type: str, texts: list[str], max_length: int | None
+    def encode_input(self, input_type: str, texts: list[str], max_length: int | None, owner: str | None = None
                      ) -> tuple[list[torch.Tensor], int, int]:
         """Id tensors of ``texts`` for one of :attr:`input_types` (``max_length``: the input's,
-        None when not set), the number of texts cut and the limit they were cut to."""
+        None when not set; ``owner`` as in :meth:`input_vocabulary`), the number of texts cut and
+        the limit they were cut to."""
         raise NotImplementedError
 
     def save_files(self, run_dir) -> None:

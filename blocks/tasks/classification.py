@@ -95,7 +95,7 @@ class Classification(TaskType):
             return f"metric '{name}' needs a tagging task"
         return None
 
-    def metrics(self, predictions, split, names):
+    def metrics(self, predictions, split, names, model=None):
         from blocks.metrics import Predictions, compute_metrics
 
         return compute_metrics(names, Predictions(scores=predictions, labels=split.labels, groups=split.groups,
@@ -106,7 +106,7 @@ class Classification(TaskType):
             return "label\t" + "\t".join(f"p_{label}" for label in self.labels)
         return None
 
-    def format_prediction(self, prediction, example, output_format):
+    def format_prediction(self, prediction, example, output_format, model=None):
         probabilities = prediction.tolist()
         label = self.labels[int(prediction.argmax())]
         if output_format == "tsv":

@@ -84,7 +84,7 @@ class Regression(TaskType):
                     f"{', '.join(REGRESSION_METRICS)}")
         return None
 
-    def metrics(self, predictions, split, names):
+    def metrics(self, predictions, split, names, model=None):
         from blocks.metrics import Predictions, compute_metrics
 
         return compute_metrics(names, Predictions(scores=predictions, labels=split.labels, groups=split.groups,
@@ -93,6 +93,6 @@ class Regression(TaskType):
     def prediction_header(self, output_format):
         return "score" if output_format == "tsv" else None
 
-    def format_prediction(self, prediction, example, output_format):
+    def format_prediction(self, prediction, example, output_format, model=None):
         value = float(prediction)
         return f"{value:.6g}" if output_format == "tsv" else json.dumps({"score": value})

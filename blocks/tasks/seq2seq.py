@@ -24,6 +24,14 @@ prefix and labels alike, and counted in the log.
 ``target`` input; its ``vocab_size`` defaults to the target vocabulary's size. Its per-position
 logits feed ``CrossEntropy`` (with ``label_smoothing``) during training.
 
+**A model with vocabularies of its own.** A model taken from a run trained with other subword
+vocabularies (a teacher with 8,000 pieces for a student with 4,000) keeps the run's vocabularies:
+its inputs are encoded with them, its decoder predicts their pieces, its translations are decoded
+with them. Such a model can only teach through its translations (sequence-level KD,
+``transfer.generate``): the losses that compare next-token distributions (``KD``,
+``GenerationKD``) need one target vocabulary, so a stage that lists it among its ``teachers`` or
+trains it is a config error.
+
 **Predictions and metrics.** Predictions are generated (:mod:`blocks.generation`): greedily for
 the dev evaluations during training (checkpoint selection), with ``task.generation`` (``beam``,
 ``max_length_a``, ``max_length_b``, ``length_penalty``) for the final evaluation, ``blocks test``
@@ -92,6 +100,8 @@ class Seq2Seq(TaskType):
         self.labels = []
         self.positive = 0
         self.vocabularies = None  # SubwordVocabularies: trained (from_config) or loaded (load_files)
+        #: models taken from runs with other subword vocabularies: model name -> the run's vocabularies
+        self.model_vocabularies: dict = {}
         self.signatures: dict[str, str] = {}  # metric -> sacreBLEU signature, of the metrics computed
 
     # -- construction ---------------------------------------------------------------------------
@@ -132,6 +142,13 @@ class Seq2Seq(TaskType):
     def num_outputs(self) -> int:
         return self.vocabularies.target.vocab_size if self.vocabularies is not None else 2
 
+    def num_outputs_of(self, model: str) -> int:
+        return self.vocabularies_of(model).target.vocab_size if self.vocabularies is not None else 2
+
+    def vocabularies_of(self, model: str | None):
+        """The subword vocabularies ``model`` reads and predicts: its run's own, else the task's."""
+        return self.model_vocabularies.get(model, self.vocabularies)
+
     def save_files(self, run_dir) -> None:
         self.vocabularies.save(Path(run_dir) / SUBWORD_FOLDER)
 
@@ -162,23 +179,44 @@ class Seq2Seq(TaskType):
                               f"{self.max_target_length} (target tokens kept, with <eos>): raise max_length or set "
                               f"task.max_target_length to at most {limit}", file, f"{node.path}/max_length")
 
-    def check_run_model(self, name: str, run: str | Path, file: str | None) -> None:
-        """A model taken from a run must have been trained with this task's subword vocabularies:
-        a seq2seq model reads and predicts the task's ids, so one trained with others would read
-        wrong ids (a ConfigError at the model's ``run``; a run without saved vocabularies is left
-        to the loading of its weights)."""
+    def adopt_run_vocabularies(self, name: str, run: str | Path) -> bool:
+        """A model taken from ``run`` keeps the run's subword vocabularies when they differ from
+        the task's (see the module docstring); True when they do. A run without saved vocabularies
+        is left to the loading of its weights."""
         from blocks.data.subword import META_FILE, SubwordVocabularies
 
         folder = Path(run) / "vocab" / SUBWORD_FOLDER
         if self.vocabularies is None or not (folder / META_FILE).is_file():
-            return
+            return False
         theirs, ours = SubwordVocabularies.load(folder), self.vocabularies
-        if (theirs.source.to_json(), theirs.target.to_json()) != (ours.source.to_json(), ours.target.to_json()):
-            raise ConfigError(f"model '{name}' comes from the run in {run}, whose subword vocabularies "
-                              f"({theirs.target.vocab_size:,} target pieces, {folder}) differ from this task's "
-                              f"({ours.target.vocab_size:,}, trained on this config's data with task.subword); a "
-                              f"seq2seq model reads and predicts the task's vocabularies: train with the run's data "
-                              f"and task.subword", file, f"/models/{name}/run")
+        if (theirs.source.to_json(), theirs.target.to_json()) == (ours.source.to_json(), ours.target.to_json()):
+            return False
+        self.model_vocabularies[name] = theirs
+        return True
+
+    def check_own_vocabularies(self, config) -> None:
+        """A model with vocabularies of its own teaches only through its translations: a stage
+        that trains it or lists it among its ``teachers`` is a ConfigError at that place."""
+        for index, stage in enumerate(config["stages"]):
+            if stage.get("train") in self.model_vocabularies:
+                name = stage["train"]
+                raise ConfigError(f"model '{name}' reads the subword vocabularies of its run "
+                                  f"({self.describe_own_vocabularies(name)}), not this task's, so it cannot train on this "
+                                  f"task's data; train it on its own data, or train a model of this config",
+                                  config.file, f"/stages/{index}/train")
+            for position, teacher in enumerate(stage.get("teachers") or []):
+                if teacher in self.model_vocabularies:
+                    raise ConfigError(f"teacher '{teacher}' reads the subword vocabularies of its run "
+                                      f"({self.describe_own_vocabularies(teacher)}), not this task's; only sequence-level KD "
+                                      f"(transfer.generate, which passes translations as text) works across "
+                                      f"vocabularies: word-level KD and ImitKD compare next-token distributions "
+                                      f"over one target vocabulary", config.file,
+                                      f"/stages/{index}/teachers/{position}")
+
+    def describe_own_vocabularies(self, model: str) -> str:
+        """How the vocabularies of ``model`` (one with its own) compare with the task's."""
+        theirs, ours = self.model_vocabularies[model].target.vocab_size, self.vocabularies.target.vocab_size
+        return f"{theirs:,} target pieces against the task's {ours:,}"
 
     def decoder_node(self, graph, file: str | None = None):
         """The decoder node of a model: its output node, a decoder with the target input."""
@@ -193,22 +231,23 @@ class Seq2Seq(TaskType):
         return node, block
 
     # -- inputs and labels ----------------------------------------------------------------------
-    def input_vocabulary(self, input_type):
-        v = self.vocabularies
+    def input_vocabulary(self, input_type, owner=None):
+        v = self.vocabularies_of(owner)
         return SubwordIds(v.source if input_type == "source" else v.target)
 
-    def encode_input(self, input_type, texts, max_length):
+    def encode_input(self, input_type, texts, max_length, owner=None):
         from blocks.data.subword import BOS_ID, EOS_ID
 
+        vocabularies = self.vocabularies_of(owner)
         if input_type == "source":
             from blocks.data.dataset import DEFAULT_MAX_TOKENS
 
             limit = max_length or DEFAULT_MAX_TOKENS
-            pieces = self.vocabularies.source.encode_batch(texts)
+            pieces = vocabularies.source.encode_batch(texts)
             cut = sum(len(ids) + 1 > limit for ids in pieces)
             return [torch.tensor(ids[:limit - 1] + [EOS_ID], dtype=torch.long) for ids in pieces], cut, limit
         limit = self.max_target_length
-        pieces = self.vocabularies.target.encode_batch(texts)
+        pieces = vocabularies.target.encode_batch(texts)
         cut = sum(len(ids) + 1 > limit for ids in pieces)
         return [torch.tensor([BOS_ID] + ids[:limit - 1], dtype=torch.long) for ids in pieces], cut, limit
 
@@ -282,8 +321,9 @@ class Seq2Seq(TaskType):
             result[position] = ids
         return result
 
-    def translations(self, predictions: list[list[int]]) -> list[str]:
-        return self.vocabularies.target.decode_batch(predictions)
+    def translations(self, predictions: list[list[int]], model: str | None = None) -> list[str]:
+        """Generated ids as detokenized text, with the target vocabulary ``model`` predicts."""
+        return self.vocabularies_of(model).target.decode_batch(predictions)
 
     @classmethod
     def config_default_metrics(cls, task_config):
@@ -294,10 +334,11 @@ class Seq2Seq(TaskType):
             return f"metric '{name}' does not apply to a seq2seq task (seq2seq metrics: {', '.join(TEXT_METRICS)})"
         return None
 
-    def metrics(self, predictions, split, names):
+    def metrics(self, predictions, split, names, model=None):
         from blocks.generation_metrics import TextPredictions, compute_text_metrics
 
-        scores = compute_text_metrics(names, TextPredictions(self.translations(predictions), split.labels.texts))
+        scores = compute_text_metrics(names, TextPredictions(self.translations(predictions, model),
+                                                             split.labels.texts))
         self.signatures.update({name: score.signature for name, score in scores.items()})
         return {name: score.value for name, score in scores.items()}
 
@@ -306,9 +347,9 @@ class Seq2Seq(TaskType):
         evaluation's decoding settings."""
         return {"metric_signatures": dict(self.signatures), "generation": dict(self.generation)}
 
-    def format_prediction(self, prediction, example, output_format):
+    def format_prediction(self, prediction, example, output_format, model=None):
         """The translation (detokenized), or a JSON object with the source and the translation."""
-        text = self.translations([prediction])[0]
+        text = self.translations([prediction], model)[0]
         if output_format == "jsonl":
             return json.dumps({"source": example.get(self.source, next(iter(example.values()), "")),
                                "translation": text}, ensure_ascii=False)

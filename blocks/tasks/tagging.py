@@ -209,7 +209,7 @@ class Tagging(TaskType):
             return f"metric '{name}' needs entity tags (task.scheme IOB1, IOB2 or BIOES); these tags have none"
         return None
 
-    def metrics(self, predictions, split, names):
+    def metrics(self, predictions, split, names, model=None):
         from blocks.metrics import compute_metrics
 
         return compute_metrics(names, self.predictions(predictions, split.labels))
@@ -226,7 +226,7 @@ class Tagging(TaskType):
     def prediction_header(self, output_format):
         return None
 
-    def format_prediction(self, prediction, example, output_format):
+    def format_prediction(self, prediction, example, output_format, model=None):
         """CoNLL columns (word, tag) with a blank line after the sentence, or a JSON object with
         the words, tags and entity spans."""
         from blocks.data import tag_schemes

@@ -471,8 +471,9 @@ def test_a_teacher_from_a_run_teaches_and_one_with_other_vocabularies_is_refused
         train(load_config(write_config(project, distill), environ={}), run_dir=project / "run2",
               log=lambda *a: None, progress=False)
     message = str(caught.value)
-    assert "model 'teacher' comes from the run in" in message and "differ from this task's" in message
-    assert caught.value.path == "/models/teacher/run" and not (project / "run2" / "models").exists()
+    assert "teacher 'teacher' reads the subword vocabularies of its run" in message
+    assert "only sequence-level KD" in message
+    assert caught.value.path == "/stages/0/teachers/0" and not (project / "run2" / "models").exists()
 
 
 # -- end to end on Multi30k lines ------------------------------------------------------------------
