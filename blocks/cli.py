@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--model", action="append", help="model(s) to evaluate (default: every trained model)")
     test.add_argument("--threads", type=_positive_int, help=_THREADS_HELP)
     test.add_argument("--device", type=_device_name, help=_DEVICE_HELP)
+    test.add_argument("--greedy", action="store_true",
+                      help="seq2seq: decode by greedy search instead of the task's beam search")
     test.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     predict = commands.add_parser("predict", help="label new examples with a run's model")
@@ -263,6 +265,9 @@ def cmd_test(args) -> int:
     directory, experiment, state = load_run(args.run_dir, trust_imports=args.trust_imports)
     use_threads(args.threads or experiment.config.values.get("threads"))
     device = inference_device(experiment.config["device"], args.device, note=_note)
+    if args.greedy and not experiment.task.generates:
+        raise DistilBlocksError(f"--greedy: a {experiment.task.name} model does not generate; --greedy is for "
+                                f"seq2seq runs")
     if args.data:
         split = experiment.encode_file(args.data, with_labels=True)
         source = args.data
@@ -286,10 +291,15 @@ def cmd_test(args) -> int:
                                     f"(finished: {', '.join(state['models'])})")
         experiment.models[name].to(device)
         results[name] = evaluate(experiment, name, split, experiment.config["stages"][-1]["eval_batch_size"],
-                                 device, experiment.config["precision"], progress=not args.no_progress)
+                                 device, experiment.config["precision"], progress=not args.no_progress,
+                                 final=not args.greedy)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in results[name].items())
         print(f"{name}: {shown}")
-    print(json.dumps({"data": source, "examples": len(split), "results": results}))
+    report = {"data": source, "examples": len(split), "results": results}
+    if experiment.task.generates:
+        settings = experiment.task.generation_settings(final=not args.greedy)
+        report["decoding"] = "greedy" if settings.strategy == "greedy" else f"beam {settings.beam_size}"
+    print(json.dumps(report))
     return 0
 
 

@@ -125,6 +125,8 @@ def test_a_run_trained_on_cuda_is_used_on_the_cpu_where_there_is_no_cuda(run_cop
     # asked for explicitly, CUDA is an error, not a silent fallback
     assert main(["test", str(run_copy), "--device", "cuda", "--no-progress"]) == 2
     assert "device 'cuda' was asked for but CUDA is not available" in capsys.readouterr().err
+    assert main(["test", str(run_copy), "--greedy", "--no-progress"]) == 2  # for models that generate
+    assert "--greedy: a classification model does not generate" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["predict", str(run_copy), "--input", "-", "--device", "gpu"])
     assert "expected auto, cpu, cuda or cuda:N, got 'gpu'" in capsys.readouterr().err

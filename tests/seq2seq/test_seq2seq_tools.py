@@ -69,3 +69,39 @@ def test_the_uncached_baseline_generates_what_the_cached_decoders_generate():
             greedy_search(model.decoder, memory, **special).tokens
         assert beam_search(uncached, memory, beam_size=3, **special).tokens == \
             beam_search(model.decoder, memory, beam_size=3, **special).tokens
+
+
+def test_translation_table_gives_greedy_and_beam_bleu_per_recipe(tmp_path, monkeypatch, capsys):
+    import json
+    import shutil
+
+    from blocks.cli import main
+    from tests.tasks.test_seq2seq import seq2seq_config, write_config, write_pairs
+
+    monkeypatch.delenv("DISTILBLOCKS_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    for name, count, seed in (("train", 200, 1), ("dev", 20, 2), ("test", 20, 3)):
+        write_pairs(tmp_path / "data", name, count, seed)
+    values = seq2seq_config()
+    values["stages"][0]["epochs"] = 4
+    assert main(["train", str(write_config(tmp_path, values)), "--run-dir", "runs/tiny-seed1", "--no-progress"]) == 0
+    shutil.copytree(tmp_path / "runs" / "tiny-seed1", tmp_path / "runs" / "tiny-seed2")
+    capsys.readouterr()
+    assert main(["test", "runs/tiny-seed1", "--greedy", "--no-progress"]) == 0
+    greedy = json.loads(capsys.readouterr().out.splitlines()[-1])["results"]["model"]["bleu"]
+    beam = json.loads((tmp_path / "runs" / "tiny-seed1" / "summary.json").read_text())["models"]["model"]["test"]
+
+    tool = load_tool("translation_table")
+    monkeypatch.setattr(sys, "argv", ["translation_table.py", "runs", "--baseline", "tiny"])
+    tool.main()
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("| recipe | model | parameters | seeds | test BLEU, greedy | test BLEU, beam")
+    # two identical seeds: the mean is the run's score, the std 0
+    assert table[2].startswith(f"| tiny | model | ") and f"| 1, 2 | {greedy:.2f} ± 0.00 | {beam['bleu']:.2f} ± 0.00 |" \
+        in table[2] and table[2].endswith("| +0.00 / +0.00 |")
+    cached = json.loads((tmp_path / "runs" / "tiny-seed1" / tool.GREEDY_FILE).read_text())
+    assert cached["results"]["bleu"] == greedy
+    monkeypatch.setattr("blocks.engine.evaluation.evaluate", None)  # a second table reads the kept scores
+    tool.main()
+    assert capsys.readouterr().out.splitlines()[2] == table[2]

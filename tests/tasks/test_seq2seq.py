@@ -213,7 +213,12 @@ def test_translator_trains_from_json_then_tests_and_translates_from_its_run(proj
 
     capsys.readouterr()
     assert main(["test", "run"]) == 0
-    assert f"bleu {results['test']['bleu']:.4f}" in capsys.readouterr().out  # the same beam search
+    out = capsys.readouterr().out
+    assert f"bleu {results['test']['bleu']:.4f}" in out  # the same beam search
+    assert json.loads(out.splitlines()[-1])["decoding"] == "beam 3"
+    assert main(["test", "run", "--greedy", "--no-progress"]) == 0
+    greedy = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert greedy["decoding"] == "greedy" and set(greedy["results"]["model"]) == {"bleu", "chrf", "bleu_lc"}
 
     for flags, decoding in (([], "beam search, beam 3"), (["--greedy"], "greedy search")):
         capsys.readouterr()

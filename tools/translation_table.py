@@ -1,0 +1,122 @@
+"""Tabulate translation runs: test BLEU by greedy and by beam search, mean ± std over seeds.
+
+Reads every ``<folder>/<recipe>-seed<N>`` run with a ``summary.json`` (a finished ``blocks
+train`` of a seq2seq recipe). Beam-search scores (the task's ``generation`` settings) come from
+the summary; greedy scores are computed here, by decoding the test split greedily with the run's
+trained model, as ``blocks test RUN --greedy`` does, and kept in ``RUN/greedy_test.json`` (keyed
+by the weights' checksum, so a retrained run is decoded again). Prints a Markdown table: per
+recipe, the model the run trained, its seeds, greedy and beam test BLEU (cased sacreBLEU) and
+chrF, and with ``--baseline RECIPE`` the difference in greedy and beam BLEU from that recipe's
+mean.
+
+    python tools/translation_table.py runs/multi30k --baseline transformer_small --threads 1
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+RUN_NAME = re.compile(r"^(?P<recipe>.+)-seed(?P<seed>\d+)$")
+GREEDY_FILE = "greedy_test.json"
+
+
+def trained_model(summary: dict) -> str:
+    """The model the run's last stage trained (the one the table reports)."""
+    trained = [name for name, result in summary["models"].items() if result.get("role") != "teacher"]
+    return trained[-1] if trained else next(iter(summary["models"]))
+
+
+def _weights_digest(run_dir: Path, model: str) -> str:
+    digest = hashlib.sha256()
+    with open(run_dir / "models" / f"{model}.safetensors", "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def greedy_test(run_dir: Path, model: str, threads: int | None) -> dict[str, float]:
+    """Greedy-search test scores of ``model`` of the run (computed once per weights)."""
+    cached_file = run_dir / GREEDY_FILE
+    digest = _weights_digest(run_dir, model)
+    if cached_file.is_file():
+        cached = json.loads(cached_file.read_text())
+        if cached.get("weights_sha256") == digest and cached.get("model") == model:
+            return cached["results"]
+    from blocks.data.dataset import encode_rows, read_split, split_sources
+    from blocks.engine.evaluation import evaluate
+    from blocks.engine.run import load_run
+    from blocks.threads import use_threads
+
+    _, experiment, _ = load_run(run_dir, log=lambda *a, **k: None)
+    use_threads(threads)
+    data = experiment.config["data"]
+    source = split_sources(data)["test"]
+    split = encode_rows("test", read_split(source), experiment.fields, experiment.vocabularies, experiment.task,
+                        data["label"], data["group"], source.fields, source.path)
+    import torch
+
+    results = evaluate(experiment, model, split, experiment.config["stages"][-1]["eval_batch_size"],
+                       torch.device("cpu"), final=False, progress=sys.stderr.isatty())
+    cached_file.write_text(json.dumps({"model": model, "weights_sha256": digest, "results": results}, indent=2))
+    return results
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", type=Path, help="folder of <recipe>-seed<N> run directories")
+    parser.add_argument("--baseline", help="recipe to compare every other recipe with (mean BLEU differences)")
+    parser.add_argument("--threads", type=int, help="CPU threads for the greedy decoding")
+    args = parser.parse_args()
+
+    rows: dict[str, list[dict]] = {}
+    for summary_file in sorted(args.folder.glob("*/summary.json")):
+        match = RUN_NAME.match(summary_file.parent.name)
+        if not match:
+            continue
+        summary = json.loads(summary_file.read_text())
+        model = trained_model(summary)
+        if "bleu" not in summary["models"][model].get("test", {}):
+            continue  # not a translation run
+        print(f"{summary_file.parent.name}: greedy decoding of the test split ...", file=sys.stderr, flush=True)
+        greedy = greedy_test(summary_file.parent, model, args.threads)
+        beam = summary["models"][model]["test"]
+        rows.setdefault(match["recipe"], []).append(
+            {"seed": int(match["seed"]), "model": model, "parameters": summary["models"][model]["parameters"],
+             "greedy": greedy["bleu"], "beam": beam["bleu"], "chrf": beam["chrf"]})
+    if not rows:
+        sys.exit(f"no finished translation runs (<recipe>-seed<N>/summary.json) in {args.folder}")
+    if args.baseline and args.baseline not in rows:
+        sys.exit(f"--baseline {args.baseline}: no runs of it in {args.folder} (recipes: {', '.join(rows)})")
+    base = ({key: statistics.mean(r[key] for r in rows[args.baseline]) for key in ("greedy", "beam")}
+            if args.baseline else None)
+    header = "| recipe | model | parameters | seeds | test BLEU, greedy | test BLEU, beam | test chrF, beam |"
+    rule = "|---|---|---|---|---|---|---|"
+    if base:
+        header += f" Δ greedy / beam vs {args.baseline} |"
+        rule += "---|"
+    print(header)
+    print(rule)
+    for recipe, runs in rows.items():
+        runs.sort(key=lambda r: r["seed"])
+        line = (f"| {recipe} | {runs[0]['model']} | {runs[0]['parameters'] / 1e6:.1f}M | "
+                f"{', '.join(str(r['seed']) for r in runs)} | {_mean_std([r['greedy'] for r in runs])} | "
+                f"{_mean_std([r['beam'] for r in runs])} | {_mean_std([r['chrf'] for r in runs])} |")
+        if base:
+            line += (f" {statistics.mean(r['greedy'] for r in runs) - base['greedy']:+.2f} / "
+                     f"{statistics.mean(r['beam'] for r in runs) - base['beam']:+.2f} |")
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
