@@ -414,20 +414,23 @@ def export_model(run_dir: str | Path, fmt: str, model: str | None = None, output
         raise DistilBlocksError(f"{directory.progress_file}: model '{model}' has not finished training in this run "
                                 f"(finished: {finished}); finish it with `blocks train CONFIG --resume`")
     directory, experiment, state = load_run(directory.root, log=lambda *a: None, trust_imports=trust_imports)
-    if experiment.task.generates:
+    if experiment.task.generates and fmt != "torchscript":
         raise DistilBlocksError(f"{directory.task}: a {experiment.task.name} model generates its output step by "
-                                f"step (encoder, then the decoder once per token); exporting it is not supported "
-                                f"yet: use the run directory with `blocks predict` or the Predictor")
-    graph = experiment.models[model].cpu()
-    graph.eval()
-    wrapper = ExportWrapper(graph).eval()
-
+                                f"step (encoder, then the decoder once per token); it is exported as two TorchScript "
+                                f"graphs: use --format torchscript")
     path = Path(output) if output else default_output(directory.root, model, fmt)
     if path.is_dir():
         path = path / f"{model}{FORMATS[fmt]}"
     if file_in_the_way(path):
         raise DistilBlocksError(f"{path}: cannot be written: {file_in_the_way(path)} is a file, not a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
+    if experiment.task.generates:
+        from blocks.export_seq2seq import export_translator
+
+        return export_translator(directory, experiment, model, path, log)
+    graph = experiment.models[model].cpu()
+    graph.eval()
+    wrapper = ExportWrapper(graph).eval()
     example, batches, source = example_batches(experiment, model, log)
     with torch.no_grad():
         if fmt == "torchscript":

@@ -225,8 +225,9 @@ class Graph(nn.Module):
             self.nodes.append(Node(part, owner, [node["name"]], output_spec, block_name, node_path,
                                    part_of=node["name"]))
 
-    def forward(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        """Run every node. ``inputs`` maps this model's input names to run-time values."""
+    def forward(self, inputs: dict[str, Any], stop_at: str | None = None) -> dict[str, Any]:
+        """Run every node (up to node ``stop_at`` included, when given). ``inputs`` maps this
+        model's input names to run-time values."""
         values = dict(inputs)
         for node in self.nodes:
             if node.part_of is not None:
@@ -237,6 +238,8 @@ class Graph(nn.Module):
                     values[f"{node.name}{OUTPUT_SEPARATOR}{output}"] = named
                 value = value.main
             values[node.name] = value
+            if node.name == stop_at:
+                break
         return values
 
     def parameter_count(self, trainable_only: bool = False) -> int:

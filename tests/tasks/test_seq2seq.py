@@ -235,8 +235,8 @@ def test_translator_trains_from_json_then_tests_and_translates_from_its_run(proj
     assert capsys.readouterr().out.splitlines() == ["GNU FOX EEL", "KIWI JAY IBIS HEN"]
 
     capsys.readouterr()
-    assert main(["export", "run", "--format", "torchscript"]) == 2  # a stated limitation, not a traceback
-    assert "exporting it is not supported yet" in capsys.readouterr().err
+    assert main(["export", "run", "--format", "onnx"]) == 2  # a stated limitation, not a traceback
+    assert "it is exported as two TorchScript graphs: use --format torchscript" in capsys.readouterr().err
 
 
 def test_a_resumed_run_checks_its_subword_vocabularies(project):
@@ -278,3 +278,47 @@ def test_a_source_input_outside_a_seq2seq_task_is_a_config_error(project):
     with pytest.raises(ConfigError, match="inputs of type 'source' belong to a task that encodes them") as caught:
         prepare(project, values)
     assert "/models/m/inputs/text/type" in str(caught.value)
+
+
+def test_a_translator_exports_as_encoder_and_decoder_step_and_translates_as_the_run_does(project, capsys):
+    from blocks.cli import main
+    from blocks.export_seq2seq import ExportedTranslator
+    from blocks.predictor import Predictor
+
+    values = seq2seq_config()
+    values["models"]["model"]["graph"][2]["positions"] = "sinusoidal"
+    assert main(["train", str(write_config(project, values)), "--run-dir", "run", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["export", "run", "--format", "torchscript"]) == 0
+    out = capsys.readouterr().out
+    assert "greedy translations, 0 differ" in out, out
+    folder = project / "run" / "export"
+    assert {f.name for f in folder.iterdir()} == {"model.encoder.pt", "model.decoder_step.pt", "model.pt.json",
+                                                  "model.subword"}
+    sidecar = json.loads((folder / "model.pt.json").read_text())
+    assert sidecar["decoder"] == {"layers": 1, "heads": 2, "head_size": 16, "max_length": 256}
+    assert sidecar["check"]["differing"] == 0 and sidecar["check"]["greedy_translations"] == 40
+
+    shutil.rmtree(project / "data")
+    texts = ["ant bee cat dog", "eel fox gnu", "hen ibis jay kiwi lynx ant"]
+    exported = ExportedTranslator(folder / "model.pt.json")
+    predictor = Predictor(project / "run")
+    assert exported.translate(texts) == [p["translation"] for p in predictor.predict(texts)]  # beam 3
+    assert exported.translate(texts)[0] == "DOG CAT BEE ANT"
+    greedy = exported.translate(texts, strategy="greedy")
+    assert len(greedy) == 3 and greedy[0] == "DOG CAT BEE ANT"
+
+
+def test_exporting_a_recurrent_translator_says_why_not(project, capsys):
+    from blocks.cli import main
+
+    values = seq2seq_config()
+    values["models"]["model"]["graph"] = [
+        {"name": "embed", "block": "Embedding", "input": "source", "dim": 16},
+        {"name": "encoder", "block": "BiGRU", "hidden": 8},
+        {"name": "decoder", "block": "RNNDecoder", "input": ["encoder", "prefix"], "hidden": 16}]
+    values["stages"][0]["epochs"] = 1
+    assert main(["train", str(write_config(project, values)), "--run-dir", "run", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["export", "run", "--format", "torchscript"]) == 2
+    assert "decodes with RNNDecoder; only a TransformerDecoder is exported yet" in capsys.readouterr().err
