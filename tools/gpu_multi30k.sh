@@ -20,9 +20,9 @@ OUT_DIR=${2:?usage: bash tools/gpu_multi30k.sh TEACHER_RUN OUT_DIR [SECONDS]}
 LIMIT=${3:-480}
 JOBS=${JOBS:-15}
 SEEDS=${SEEDS:-1 2 3}
-SCRATCH=${SCRATCH:-transformer_small gru_attention}
+SCRATCH=${SCRATCH:-transformer_small transformer_fast gru_attention}
 KD=${KD:-word_kd_transformer_small seqkd_transformer_small seqkd_word_transformer_small imitkd_transformer_small \
-imitkd_full_transformer_small}
+imitkd_full_transformer_small imitkd_star_transformer_small seqkd_transformer_fast}
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT_DIR"
 RUNS=$(mktemp -d /tmp/gpu-multi30k-XXXX)
@@ -40,7 +40,9 @@ for recipe in $KD; do kd+=("model_zoo/multi30k/$recipe.json"); done
 seeds=$(echo $SEEDS | wc -w)
 # the students from scratch need no teacher; the distilled ones read TEACHER_RUN
 measure scratch.log "${scratch[@]}" --jobs $(( ${#scratch[@]} * seeds )) &
-measure kd.log "${kd[@]}" --jobs "$JOBS" --set "models.teacher.run=$(realpath "$TEACHER_RUN")" &
+# one shared cache folder: the teacher's translations (SeqKD) and outputs are made once, under a lock
+measure kd.log "${kd[@]}" --jobs "$JOBS" --set "models.teacher.run=$(realpath "$TEACHER_RUN")" \
+    --set "cache_dir=$RUNS/cache" &
 wait
 pkill -f -- "-m blocks train" 2>/dev/null  # runs that outlived the limit
 for log in "$RUNS"/*.log; do
