@@ -7,9 +7,11 @@ trained model, as ``blocks test RUN --greedy`` does, and kept in ``RUN/greedy_te
 by the weights' checksum, so a retrained run is decoded again). Prints a Markdown table: per
 recipe, the model the run trained, its seeds, greedy and beam test BLEU (cased sacreBLEU) and
 chrF, and with ``--baseline RECIPE`` the difference in greedy and beam BLEU from that recipe's
-mean.
+mean. ``--plot PNG`` also draws each recipe's dev BLEU during training (greedy search, the
+checkpoint-selecting evaluations, mean over its seeds) against the optimizer step.
 
-    python tools/translation_table.py runs/multi30k --baseline transformer_small --threads 1
+    python tools/translation_table.py runs/multi30k --baseline transformer_small --threads 1 \
+        --plot docs/images/multi30k_dev_bleu.png
 """
 from __future__ import annotations
 
@@ -66,6 +68,33 @@ def greedy_test(run_dir: Path, model: str, threads: int | None) -> dict[str, flo
     return results
 
 
+def dev_curve(run_dir: Path, model: str) -> dict[int, float]:
+    """Dev BLEU (greedy) by optimizer step of ``model``'s last training stage, from metrics.jsonl."""
+    by_stage: dict[str, dict[int, float]] = {}
+    with open(run_dir / "metrics.jsonl", encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a kill
+                continue
+            if record.get("event") == "eval" and record.get("model") == model and record.get("split") == "dev":
+                by_stage.setdefault(record["stage"], {})[record["step"]] = record["metrics"]["bleu"]
+    return list(by_stage.values())[-1] if by_stage else {}
+
+
+def plot_curves(curves: dict[str, list[dict[int, float]]], path: Path) -> None:
+    """One line per recipe: the mean over its seeds at the steps every seed evaluated."""
+    from blocks.engine.plots import _save, panels_figure
+
+    series = {}
+    for recipe, runs in curves.items():
+        steps = sorted(set.intersection(*(set(run) for run in runs))) if runs else []
+        if steps:
+            series[f"{recipe} (n={len(runs)})"] = [(step, statistics.mean(run[step] for run in runs))
+                                                   for step in steps]
+    _save(panels_figure({"dev BLEU, greedy search": series}, "Multi30k en-de: dev BLEU during training"), path)
+
+
 def _mean_std(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.2f}"
@@ -77,9 +106,11 @@ def main() -> None:
     parser.add_argument("folder", type=Path, help="folder of <recipe>-seed<N> run directories")
     parser.add_argument("--baseline", help="recipe to compare every other recipe with (mean BLEU differences)")
     parser.add_argument("--threads", type=int, help="CPU threads for the greedy decoding")
+    parser.add_argument("--plot", type=Path, help="also draw the dev BLEU curves into this PNG file")
     args = parser.parse_args()
 
     rows: dict[str, list[dict]] = {}
+    curves: dict[str, list[dict[int, float]]] = {}
     for summary_file in sorted(args.folder.glob("*/summary.json")):
         match = RUN_NAME.match(summary_file.parent.name)
         if not match:
@@ -91,6 +122,7 @@ def main() -> None:
         print(f"{summary_file.parent.name}: greedy decoding of the test split ...", file=sys.stderr, flush=True)
         greedy = greedy_test(summary_file.parent, model, args.threads)
         beam = summary["models"][model]["test"]
+        curves.setdefault(match["recipe"], []).append(dev_curve(summary_file.parent, model))
         rows.setdefault(match["recipe"], []).append(
             {"seed": int(match["seed"]), "model": model, "parameters": summary["models"][model]["parameters"],
              "greedy": greedy["bleu"], "beam": beam["bleu"], "chrf": beam["chrf"]})
@@ -116,6 +148,9 @@ def main() -> None:
             line += (f" {statistics.mean(r['greedy'] for r in runs) - base['greedy']:+.2f} / "
                      f"{statistics.mean(r['beam'] for r in runs) - base['beam']:+.2f} |")
         print(line)
+    if args.plot:
+        plot_curves(curves, args.plot)
+        print(f"\nwrote {args.plot}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -103,5 +103,8 @@ def test_translation_table_gives_greedy_and_beam_bleu_per_recipe(tmp_path, monke
     cached = json.loads((tmp_path / "runs" / "tiny-seed1" / tool.GREEDY_FILE).read_text())
     assert cached["results"]["bleu"] == greedy
     monkeypatch.setattr("blocks.engine.evaluation.evaluate", None)  # a second table reads the kept scores
+    monkeypatch.setattr(sys, "argv", ["translation_table.py", "runs", "--plot", "curves.png"])
     tool.main()
-    assert capsys.readouterr().out.splitlines()[2] == table[2]
+    assert capsys.readouterr().out.splitlines()[2] == table[2].rsplit(" +0.00 / +0.00 |", 1)[0]
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(tool.dev_curve(tmp_path / "runs" / "tiny-seed1", "model")) == [25, 50, 75, 100]
