@@ -7,11 +7,12 @@ trained model, as ``blocks test RUN --greedy`` does, and kept in ``RUN/greedy_te
 by the weights' checksum, so a retrained run is decoded again). Prints a Markdown table: per
 recipe, the model the run trained, its seeds, greedy and beam test BLEU (cased sacreBLEU) and
 chrF, and with ``--baseline RECIPE`` the difference in greedy and beam BLEU from that recipe's
-mean. ``--plot PNG`` also draws each recipe's dev BLEU during training (greedy search, the
+mean (``--baseline STUDENT=RECIPE``, repeatable, compares one recipe with another baseline: a
+student with another architecture with its own from-scratch recipe). ``--plot PNG`` also draws each recipe's dev BLEU during training (greedy search, the
 checkpoint-selecting evaluations, mean over its seeds) against the optimizer step.
 
-    python tools/translation_table.py runs/multi30k --baseline transformer_small --threads 1 \
-        --plot docs/images/multi30k_dev_bleu.png
+    python tools/translation_table.py runs/multi30k --baseline transformer_small \
+        --baseline seqkd_transformer_fast=transformer_fast --threads 1 --plot docs/images/multi30k_dev_bleu.png
 """
 from __future__ import annotations
 
@@ -104,7 +105,9 @@ def _mean_std(values: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path, help="folder of <recipe>-seed<N> run directories")
-    parser.add_argument("--baseline", help="recipe to compare every other recipe with (mean BLEU differences)")
+    parser.add_argument("--baseline", action="append", default=[],
+                        help="recipe to compare every other recipe with (mean BLEU differences); STUDENT=RECIPE "
+                             "for one recipe's own baseline (repeatable)")
     parser.add_argument("--threads", type=int, help="CPU threads for the greedy decoding")
     parser.add_argument("--plot", type=Path, help="also draw the dev BLEU curves into this PNG file")
     args = parser.parse_args()
@@ -128,14 +131,21 @@ def main() -> None:
              "greedy": greedy["bleu"], "beam": beam["bleu"], "chrf": beam["chrf"]})
     if not rows:
         sys.exit(f"no finished translation runs (<recipe>-seed<N>/summary.json) in {args.folder}")
-    if args.baseline and args.baseline not in rows:
-        sys.exit(f"--baseline {args.baseline}: no runs of it in {args.folder} (recipes: {', '.join(rows)})")
-    base = ({key: statistics.mean(r[key] for r in rows[args.baseline]) for key in ("greedy", "beam")}
-            if args.baseline else None)
+    default, own = None, {}
+    for value in args.baseline:
+        student, _, baseline = value.rpartition("=")
+        if baseline not in rows:
+            sys.exit(f"--baseline {value}: no runs of {baseline} in {args.folder} (recipes: {', '.join(rows)})")
+        if student:
+            own[student] = baseline
+        else:
+            default = baseline
+    means = {recipe: {key: statistics.mean(r[key] for r in runs) for key in ("greedy", "beam")}
+             for recipe, runs in rows.items()}
     header = "| recipe | model | parameters | seeds | test BLEU, greedy | test BLEU, beam | test chrF, beam |"
     rule = "|---|---|---|---|---|---|---|"
-    if base:
-        header += f" Δ greedy / beam vs {args.baseline} |"
+    if args.baseline:
+        header += " Δ greedy / beam vs baseline |"
         rule += "---|"
     print(header)
     print(rule)
@@ -144,9 +154,12 @@ def main() -> None:
         line = (f"| {recipe} | {runs[0]['model']} | {runs[0]['parameters'] / 1e6:.1f}M | "
                 f"{', '.join(str(r['seed']) for r in runs)} | {_mean_std([r['greedy'] for r in runs])} | "
                 f"{_mean_std([r['beam'] for r in runs])} | {_mean_std([r['chrf'] for r in runs])} |")
-        if base:
-            line += (f" {statistics.mean(r['greedy'] for r in runs) - base['greedy']:+.2f} / "
-                     f"{statistics.mean(r['beam'] for r in runs) - base['beam']:+.2f} |")
+        baseline = own.get(recipe, default)
+        if baseline == recipe or (args.baseline and baseline is None):
+            line += " — |"
+        elif baseline:
+            line += (f" {means[recipe]['greedy'] - means[baseline]['greedy']:+.2f} / "
+                     f"{means[recipe]['beam'] - means[baseline]['beam']:+.2f} vs {baseline} |")
         print(line)
     if args.plot:
         plot_curves(curves, args.plot)

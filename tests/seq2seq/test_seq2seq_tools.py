@@ -98,13 +98,18 @@ def test_translation_table_gives_greedy_and_beam_bleu_per_recipe(tmp_path, monke
     table = capsys.readouterr().out.splitlines()
     assert table[0].startswith("| recipe | model | parameters | seeds | test BLEU, greedy | test BLEU, beam")
     # two identical seeds: the mean is the run's score, the std 0
-    assert table[2].startswith(f"| tiny | model | ") and f"| 1, 2 | {greedy:.2f} ± 0.00 | {beam['bleu']:.2f} ± 0.00 |" \
-        in table[2] and table[2].endswith("| +0.00 / +0.00 |")
+    assert table[2].startswith("| tiny | model | ") and f"| 1, 2 | {greedy:.2f} ± 0.00 | {beam['bleu']:.2f} ± 0.00 |" \
+        in table[2] and table[2].endswith("| — |")  # the baseline itself
+    shutil.copytree(tmp_path / "runs" / "tiny-seed1", tmp_path / "runs" / "other-seed1")
+    monkeypatch.setattr(sys, "argv", ["translation_table.py", "runs", "--baseline", "tiny"])
+    tool.main()
+    assert capsys.readouterr().out.splitlines()[2].endswith("| +0.00 / +0.00 vs tiny |")
+    shutil.rmtree(tmp_path / "runs" / "other-seed1")
     cached = json.loads((tmp_path / "runs" / "tiny-seed1" / tool.GREEDY_FILE).read_text())
     assert cached["results"]["bleu"] == greedy
     monkeypatch.setattr("blocks.engine.evaluation.evaluate", None)  # a second table reads the kept scores
     monkeypatch.setattr(sys, "argv", ["translation_table.py", "runs", "--plot", "curves.png"])
     tool.main()
-    assert capsys.readouterr().out.splitlines()[2] == table[2].rsplit(" +0.00 / +0.00 |", 1)[0]
+    assert capsys.readouterr().out.splitlines()[2] == table[2].rsplit(" — |", 1)[0]
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(tool.dev_curve(tmp_path / "runs" / "tiny-seed1", "model")) == [25, 50, 75, 100]
