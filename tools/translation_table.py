@@ -85,15 +85,24 @@ def dev_curve(run_dir: Path, model: str) -> dict[int, float]:
 
 def plot_curves(curves: dict[str, list[dict[int, float]]], path: Path) -> None:
     """One line per recipe: the mean over its seeds at the steps every seed evaluated."""
-    from blocks.engine.plots import _save, panels_figure
+    from matplotlib.figure import Figure
 
-    series = {}
-    for recipe, runs in curves.items():
+    from blocks.engine.plots import _save
+
+    figure = Figure(figsize=(7.5, 4.5))
+    ax = figure.subplots()
+    for recipe, runs in sorted(curves.items()):
         steps = sorted(set.intersection(*(set(run) for run in runs))) if runs else []
         if steps:
-            series[f"{recipe} (n={len(runs)})"] = [(step, statistics.mean(run[step] for run in runs))
-                                                   for step in steps]
-    _save(panels_figure({"dev BLEU, greedy search": series}, "Multi30k en-de: dev BLEU during training"), path)
+            ax.plot(steps, [statistics.mean(run[step] for run in runs) for step in steps], marker="o", markersize=3,
+                    label=f"{recipe} (seeds: {len(runs)})")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("dev BLEU, greedy search")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("Multi30k en-de: dev BLEU during training", fontsize=11)
+    figure.tight_layout()
+    _save(figure, path)
 
 
 def _mean_std(values: list[float]) -> str:
