@@ -288,6 +288,9 @@ def test_a_teacher_with_other_subword_vocabularies_teaches_a_smaller_vocabulary_
     assert sum(bool(text.strip()) for text in outputs) > 24
     summary = json.loads((project / "run" / "summary.json").read_text())
     assert {"bleu", "chrf", "bleu_lc"} <= set(summary["models"]["student"]["dev"])
+    teacher_summary = json.loads((project / "teacher_run" / "summary.json").read_text())["models"]["teacher"]
+    assert summary["models"]["teacher"]["role"] == "teacher"  # it teaches through its translations
+    assert summary["models"]["teacher"]["dev"] == teacher_summary["dev"]
     # the run directory tests the teacher too, with its run's vocabularies, as its own run does
     scores = []
     for run in ("run", "teacher_run"):

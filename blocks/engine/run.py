@@ -388,10 +388,14 @@ def final_model(config: Config) -> str:
 
 
 def roles(config: Config) -> dict[str, str]:
-    """student = the model trained by the last stage; teachers = models that teach in any stage."""
+    """student = the model trained by the last stage; teachers = models that teach in any stage
+    (a stage's ``teachers``, and the model whose translations a stage's ``transfer.generate`` makes)."""
+    from blocks.generated_transfer import generating_teacher
+
     stages = config["stages"]
     student = stages[-1]["train"]
     teachers = {t for s in stages for t in s["teachers"]}
+    teachers |= {generating_teacher(s) for s in stages if generating_teacher(s) is not None}
     taken = [name for name, model in config["models"].items() if "run" in model and name in teachers]
     trained = taken + [s["train"] for s in stages]  # models from other runs first: they are the teachers
     result = {}
