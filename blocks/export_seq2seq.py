@@ -189,6 +189,10 @@ def export_translator(directory, experiment, model: str, path: Path, log=print) 
                                 f"a TransformerDecoder is exported yet (its step is one traced graph with a growing "
                                 f"key/value cache): use the run directory with `blocks predict` or the Predictor")
     encoder = EncoderExport(graph, node, decoder).eval()
+    if len(encoder.source_names) != 1:
+        raise DistilBlocksError(f"{directory.config}: model '{model}' reads {len(encoder.source_names)} inputs besides "
+                                f"the target prefix ({', '.join(encoder.source_names)}); a translator is exported "
+                                f"with one source input")
     step = DecoderStepExport(decoder).eval()
     split, source = _check_split(experiment)
     key = experiment.model_inputs[model][encoder.source_names[0]]
