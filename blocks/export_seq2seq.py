@@ -178,7 +178,7 @@ class ExportedTranslator:
 def export_translator(directory, experiment, model: str, path: Path, log=print) -> dict:
     """Trace, check and write the export of seq2seq ``model`` (see the module docstring); the sidecar."""
     from blocks.data.subword import BOS_ID, EOS_ID, PAD_ID, UNK_ID
-    from blocks.export import TOLERANCE
+    from blocks.export import TOLERANCE, _verification_split
     from blocks.generation import generate
     from blocks.layers.decoders import TransformerDecoder
 
@@ -194,7 +194,10 @@ def export_translator(directory, experiment, model: str, path: Path, log=print) 
                                 f"the target prefix ({', '.join(encoder.source_names)}); a translator is exported "
                                 f"with one source input")
     step = DecoderStepExport(decoder).eval()
-    split, source = _check_split(experiment)
+    split, source = _verification_split(experiment, log)
+    if split is None:
+        raise DistilBlocksError(f"{directory.config}: the run's data cannot be read, and a translator is checked by "
+                                f"translating dev sentences; put the data back where the config says")
     key = experiment.model_inputs[model][encoder.source_names[0]]
     batches = [split.collate(torch.arange(start, min(start + 16, len(split)))) for start in range(0, len(split), 16)]
     first = batches[0].inputs[key]
@@ -275,16 +278,3 @@ def export_translator(directory, experiment, model: str, path: Path, log=print) 
     log(f"wrote {sidecar_path} and the subword tokenizers in {subword}; translate with "
         f"blocks.export_seq2seq.ExportedTranslator('{sidecar_path}')")
     return {**record, "path": str(path), "sidecar": str(sidecar_path)}
-
-
-def _check_split(experiment, limit: int = 64):
-    """Up to ``limit`` examples of the dev split (else test, else train) to check the export on."""
-    from blocks.data.dataset import encode_rows, read_split, split_sources
-
-    data = experiment.config["data"]
-    sources = split_sources(data)
-    name = next(n for n in ("dev", "test", "train") if n in sources)
-    rows = read_split(sources[name])[:limit]
-    split = encode_rows(name, rows, experiment.fields, experiment.vocabularies, experiment.task, None, None,
-                        sources[name].fields, sources[name].path)
-    return split, f"the first {len(rows)} {name} examples ({sources[name].path})"

@@ -17,7 +17,6 @@ checkpoint-selecting evaluations, mean over its seeds) against the optimizer ste
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import re
 import statistics
@@ -34,18 +33,12 @@ def trained_model(summary: dict) -> str:
     return trained[-1] if trained else next(iter(summary["models"]))
 
 
-def _weights_digest(run_dir: Path, model: str) -> str:
-    digest = hashlib.sha256()
-    with open(run_dir / "models" / f"{model}.safetensors", "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 24), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def greedy_test(run_dir: Path, model: str, threads: int | None) -> dict[str, float]:
     """Greedy-search test scores of ``model`` of the run (computed once per weights)."""
     cached_file = run_dir / GREEDY_FILE
-    digest = _weights_digest(run_dir, model)
+    from blocks.engine.run_dir import file_sha256
+
+    digest = file_sha256(run_dir / "models" / f"{model}.safetensors")
     if cached_file.is_file():
         cached = json.loads(cached_file.read_text())
         if cached.get("weights_sha256") == digest and cached.get("model") == model:

@@ -395,7 +395,7 @@ def roles(config: Config) -> dict[str, str]:
     stages = config["stages"]
     student = stages[-1]["train"]
     teachers = {t for s in stages for t in s["teachers"]}
-    teachers |= {generating_teacher(s) for s in stages if generating_teacher(s) is not None}
+    teachers |= {t for t in map(generating_teacher, stages) if t is not None}
     taken = [name for name, model in config["models"].items() if "run" in model and name in teachers]
     trained = taken + [s["train"] for s in stages]  # models from other runs first: they are the teachers
     result = {}

@@ -140,9 +140,9 @@ class Seq2Seq(TaskType):
 
     @property
     def num_outputs(self) -> int:
-        return self.vocabularies.target.vocab_size if self.vocabularies is not None else 2
+        return self.num_outputs_of(None)
 
-    def num_outputs_of(self, model: str) -> int:
+    def num_outputs_of(self, model: str | None) -> int:
         return self.vocabularies_of(model).target.vocab_size if self.vocabularies is not None else 2
 
     def vocabularies_of(self, model: str | None):
@@ -201,16 +201,16 @@ class Seq2Seq(TaskType):
             if stage.get("train") in self.model_vocabularies:
                 name = stage["train"]
                 raise ConfigError(f"model '{name}' reads the subword vocabularies of its run "
-                                  f"({self.describe_own_vocabularies(name)}), not this task's, so it cannot train on this "
-                                  f"task's data; train it on its own data, or train a model of this config",
+                                  f"({self.describe_own_vocabularies(name)}), not this task's, so it cannot train on "
+                                  f"this task's data; train it on its own data, or train a model of this config",
                                   config.file, f"/stages/{index}/train")
             for position, teacher in enumerate(stage.get("teachers") or []):
                 if teacher in self.model_vocabularies:
                     raise ConfigError(f"teacher '{teacher}' reads the subword vocabularies of its run "
-                                      f"({self.describe_own_vocabularies(teacher)}), not this task's; only sequence-level KD "
-                                      f"(transfer.generate, which passes translations as text) works across "
-                                      f"vocabularies: word-level KD and ImitKD compare next-token distributions "
-                                      f"over one target vocabulary", config.file,
+                                      f"({self.describe_own_vocabularies(teacher)}), not this task's; only "
+                                      f"sequence-level KD (transfer.generate, which passes translations as text) "
+                                      f"works across vocabularies: word-level KD and ImitKD compare next-token "
+                                      f"distributions over one target vocabulary", config.file,
                                       f"/stages/{index}/teachers/{position}")
 
     def describe_own_vocabularies(self, model: str) -> str:
