@@ -351,6 +351,12 @@ STAGE_SCHEMA = {
         "schedule": {"type": "object", "x-fill-defaults": False,
                      "description": "how the learning rate changes per optimizer step: a registered type"
                                     " (constant, linear) and its options"},
+        "block_lr": {"type": "object", "x-fill-defaults": False,
+                     "additionalProperties": {"type": "number", "exclusiveMinimum": 0},
+                     "description": "learning rates of some graph nodes of the trained model, {node name: lr}, "
+                                    "e.g. a pretrained encoder fine-tuned slowly under a head trained from "
+                                    "scratch; the other parameters use the optimizer's lr and the schedule "
+                                    "scales every rate alike"},
         "grad_clip": {"anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "null"}], "default": None,
                       "description": "clip the gradient norm to this value"},
         "accumulate": {"type": "integer", "minimum": 1, "default": 1,

@@ -99,6 +99,46 @@ def clip_grad_norm(parameters: Iterable[torch.Tensor], max_norm: float) -> torch
     return total
 
 
+def parameter_groups(model: nn.Module, parameters: list[nn.Parameter], block_lr: dict | None,
+                     where: str = "/block_lr") -> list:
+    """``parameters`` as they go to :func:`build_optimizer`: unchanged without ``block_lr``, else
+    one group per node named in ``block_lr`` (its parameters, with that ``lr``) and one for the rest.
+
+    Args:
+        model: the trained :class:`blocks.graph.Graph` (its ``blocks`` are keyed by node name).
+        parameters: the trainable parameters, the model's and any others (loss projections).
+        block_lr: the stage's ``block_lr`` node, {node name: learning rate}.
+        where: JSON path of that node, for error messages.
+
+    Raises:
+        ConfigError: a name that is not a node with parameters of ``model``, or a node that
+            shares another's weights (the rate belongs to the node that owns them).
+    """
+    if not block_lr:
+        return parameters
+    from blocks.errors import ConfigError, did_you_mean
+
+    owners = {node.name: node.owner for node in getattr(model, "nodes", []) if node.part_of is None}
+    blocks = getattr(model, "blocks", {})
+    trainable = {id(p) for p in parameters}
+    groups, taken = [], set()
+    for name, lr in block_lr.items():
+        if name not in owners:
+            raise ConfigError(f"'{name}' is not a node of model '{getattr(model, 'name', '?')}'"
+                              f"{did_you_mean(name, owners)}", None, f"{where}/{name}")
+        if owners[name] != name:
+            raise ConfigError(f"node '{name}' shares the weights of '{owners[name]}'; set the learning rate "
+                              f"on '{owners[name]}'", None, f"{where}/{name}")
+        chosen = [p for p in blocks[name].parameters() if id(p) in trainable]
+        if not chosen:
+            raise ConfigError(f"node '{name}' has no trainable parameters (a block without weights, or "
+                              f"frozen), so a learning rate for it changes nothing", None, f"{where}/{name}")
+        groups.append({"params": chosen, "lr": float(lr)})
+        taken.update(id(p) for p in chosen)
+    rest = [p for p in parameters if id(p) not in taken]
+    return ([{"params": rest}] if rest else []) + groups
+
+
 def build_optimizer(parameters: Any, config: dict | None, where: str = "/optimizer",
                     sparse: Iterable[torch.Tensor] = ()) -> torch.optim.Optimizer:
     """An optimizer over ``parameters`` (an iterable of tensors or of parameter-group dicts).
@@ -120,7 +160,11 @@ def build_optimizer(parameters: Any, config: dict | None, where: str = "/optimiz
     sparse = list(sparse)
     if sparse:
         if any(isinstance(p, dict) for p in parameters):
-            raise ValueError("with sparse parameters, give the parameters as tensors, not parameter groups")
+            from blocks.errors import ConfigError
+
+            raise ConfigError("'block_lr' cannot be combined with an Embedding with 'sparse': true (its "
+                              "sparse gradients go to SparseAdam, which has one learning rate); set "
+                              "'sparse': false", None, where.rsplit("/", 1)[0] + "/block_lr")
         chosen = {id(p) for p in sparse}
         dense = [p for p in parameters if id(p) not in chosen]
         if getattr(OPTIMIZERS.get(kind), "takes_sparse_gradients", False):

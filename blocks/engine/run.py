@@ -28,7 +28,7 @@ from blocks.engine.evaluation import evaluate, throughput
 from blocks.engine.host_memory import keep_freed_memory
 from blocks.engine.run_dir import RunDir
 from blocks.engine.trainer import StageTrainer
-from blocks.engine.optim import build_optimizer, build_schedule, sparse_parameters
+from blocks.engine.optim import build_optimizer, build_schedule, parameter_groups, sparse_parameters
 from blocks.errors import CheckpointError, ConfigError, DataError, DistilBlocksError
 from blocks.experiment import Experiment, resolve_device
 from blocks.threads import use_threads
@@ -150,7 +150,9 @@ def check_stages(experiment: Experiment) -> None:
                                       f"{where}/losses/{j}")
         model = experiment.models[stage["train"]]
         try:
-            optimizer = build_optimizer(list(model.parameters()), stage["optimizer"], where=f"{where}/optimizer",
+            parameters = parameter_groups(model, [p for p in model.parameters() if p.requires_grad],
+                                          stage.get("block_lr"), f"{where}/block_lr")
+            optimizer = build_optimizer(parameters, stage["optimizer"], where=f"{where}/optimizer",
                                         sparse=sparse_parameters(model))
             build_schedule(optimizer, stage["schedule"], 100, where=f"{where}/schedule")
         except ConfigError as error:

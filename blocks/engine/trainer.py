@@ -36,7 +36,8 @@ from blocks.engine.checkpoint import (atomic_write_json, load_checkpoint, optimi
                                       optimizer_to_tensors, rng_from_tensors, rng_to_tensors, save_checkpoint)
 from blocks.engine.distributed import SINGLE, Distributed, batches_per_epoch, epoch_slices
 from blocks.engine.evaluation import autocast, evaluate
-from blocks.engine.optim import build_optimizer, build_schedule, clip_grad_norm, sparse_parameters
+from blocks.engine.optim import (build_optimizer, build_schedule, clip_grad_norm, parameter_groups,
+                                 sparse_parameters)
 from blocks.engine.plots import write_stage_plots
 from blocks.engine.run_dir import RunDir
 from blocks.engine.teacher_cache import (DEFAULT_TOP_K, CacheRequest, CachedOutputs, open_existing, open_or_build,
@@ -163,6 +164,7 @@ class StageTrainer:
             self.ddp = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=bool(self.stage.get("find_unused_parameters", False)))
+        parameters = parameter_groups(self.model, parameters, self.stage.get("block_lr"), f"{where}/block_lr")
         self.optimizer = build_optimizer(parameters, self.stage["optimizer"], where=f"{where}/optimizer",
                                          sparse=sparse)
         self.schedule = build_schedule(self.optimizer, self.stage["schedule"], self.total_steps,

@@ -389,8 +389,9 @@ def test_sparse_embedding_with_sgd_and_weight_decay_and_alone():
     with pytest.raises(ConfigError) as error:  # the config is still checked
         build_optimizer([embedding.weight], {"lr": -1}, sparse=[embedding.weight], where="/stages/2/optimizer")
     assert error.value.path == "/stages/2/optimizer/lr"
-    with pytest.raises(ValueError, match="not parameter groups"):
-        build_optimizer([{"params": [embedding.weight]}], {}, sparse=[embedding.weight])
+    with pytest.raises(ConfigError, match="'block_lr' cannot be combined with an Embedding") as error:
+        build_optimizer([{"params": [embedding.weight]}], {}, sparse=[embedding.weight], where="/stages/2/optimizer")
+    assert error.value.path == "/stages/2/block_lr"
 
 
 def test_a_stage_optimizer_is_checked_with_the_config_and_may_come_from_its_imports(project):
@@ -427,3 +428,58 @@ def test_a_stage_optimizer_is_checked_with_the_config_and_may_come_from_its_impo
         assert type(build_optimizer([parameter()], config["stages"][1]["optimizer"])) is torch.optim.Adagrad
     finally:
         OPTIMIZERS._entries.pop("test_adagrad", None)
+
+
+def test_block_lr_gives_the_named_nodes_their_own_learning_rate(project):
+    """``block_lr`` puts each named node's weights in a group with its lr, the rest in the optimizer's
+    group; the schedule scales both; a node trained at lr 0 elsewhere really stays put here."""
+    from blocks.config.loader import load_config
+    from blocks.engine.optim import parameter_groups
+    from blocks.engine.run import train
+    from tests.conftest import quiet
+
+    experiment = project.prepare(project.single_stage())
+    model = experiment.models["teacher"]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = parameter_groups(model, trainable, {"encoder": 1e-4, "logits": 0.5})
+    assert [g.get("lr") for g in groups] == [None, 1e-4, 0.5]
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.blocks["encoder"].parameters()}
+    assert sum(len(g["params"]) for g in groups) == len(trainable)
+    assert parameter_groups(model, trainable, None) is trainable
+    optimizer = build_optimizer(groups, {"type": "adam", "lr": 0.01})
+    schedule = build_schedule(optimizer, {"type": "linear", "warmup": 0}, 10)
+    optimizer.step()
+    schedule.step()
+    assert [round(g["lr"], 8) for g in optimizer.param_groups] == [0.009, 9e-05, 0.45]
+
+    # End to end: a tiny lr on the embedding leaves it (almost) where it started, the rest trains.
+    values = project.single_stage()
+    values["stages"][0]["block_lr"] = {"embed": 1e-12}
+    config = load_config(project.write(values), environ={})
+    run_dir = project.root / "run"
+    train(config, run_dir=run_dir, progress=False, log=quiet)
+    from safetensors.torch import load_file
+
+    trained = load_file(str(run_dir / "models" / "teacher.safetensors"))
+    initial = project.prepare(values).models["teacher"].state_dict()
+    embedding = [name for name in initial if name.startswith("blocks.embed.")]
+    head = [name for name in initial if name.startswith("blocks.logits.")]
+    assert embedding and head
+    assert all(torch.allclose(trained[name], initial[name], atol=1e-6) for name in embedding)
+    assert not any(torch.allclose(trained[name], initial[name]) for name in head)
+
+
+@pytest.mark.parametrize("block_lr,path,message", [
+    ({"encodr": 1e-4}, "/stages/0/block_lr/encodr", "'encodr' is not a node of model 'teacher'.*encoder"),
+    ({"pool": 1e-4}, "/stages/0/block_lr/pool", "node 'pool' has no trainable parameters"),
+    ({"encoder": -1}, "/stages/0/block_lr/encoder", "less than or equal to the minimum of 0"),
+])
+def test_block_lr_errors_name_the_node(project, block_lr, path, message):
+    """Checked before training (``blocks validate`` runs the same check), at the node's JSON path."""
+    from blocks.engine.run import check_stages
+
+    values = project.single_stage()
+    values["stages"][0]["block_lr"] = block_lr
+    with pytest.raises(ConfigError, match=message) as error:
+        check_stages(project.prepare(values))
+    assert error.value.path == path and error.value.file.endswith("config.json")
