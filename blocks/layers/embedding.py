@@ -229,14 +229,30 @@ class CharCNN(Block):
         batch, length, width = ids.shape
         ids = ids.reshape(batch * length, width)
         char_mask = (ids != self.pad_index) & word_mask.reshape(-1, 1)
-        embedded = zero_padding(self.embedding(ids), char_mask).transpose(1, 2)  # [N, char_dim, C]
-        pooled = []
-        for window, convolution in zip(self.windows, self.convolutions):
-            features = convolution(embedded)  # [N, filters, C + window - 1]
-            # An output position is real when its window covers at least one real character.
-            ones = char_mask.new_ones(1, 1, window, dtype=embedded.dtype)
-            valid = nn.functional.conv1d(char_mask.unsqueeze(1).to(embedded.dtype), ones,
-                                         padding=window - 1).squeeze(1) > 0
-            pooled.append(masked_max(features.transpose(1, 2), valid, dim=1))
+        embedded = zero_padding(self.embedding(ids), char_mask)  # [N, C, char_dim]
+        pooled = [self._convolve_and_pool(embedded, char_mask, window, convolution)
+                  for window, convolution in zip(self.windows, self.convolutions)]
         values = torch.cat(pooled, dim=-1).reshape(batch, length, -1)
         return Sequence(zero_padding(values, word_mask), word_mask)
+
+    @staticmethod
+    def _convolve_and_pool(embedded: torch.Tensor, char_mask: torch.Tensor, window: int,
+                           convolution: nn.Conv1d) -> torch.Tensor:
+        """The full convolution of ``convolution``'s weights over each word, max-pooled.
+
+        Computed as one matrix product of the ``window`` shifted copies of the characters side by
+        side (``[N * positions, window * char_dim]``) with the kernel, which is about twice as fast
+        on the CPU as ``nn.Conv1d`` for these narrow channels and gives the same values.
+        """
+        count, width, char_dim = embedded.shape
+        positions = width + window - 1
+        padded = nn.functional.pad(embedded, (0, 0, window - 1, window - 1))  # [N, C + 2(w - 1), d]
+        shifted = torch.cat([padded[:, k:k + positions] for k in range(window)], dim=2)  # [N, P, w * d]
+        kernel = convolution.weight.permute(2, 1, 0).reshape(window * char_dim, -1)  # [w * d, filters]
+        features = torch.addmm(convolution.bias, shifted.reshape(count * positions, window * char_dim), kernel)
+        # An output position is real when its window covers at least one real character.
+        covered = nn.functional.pad(char_mask, (window - 1, window - 1))
+        valid = covered[:, :positions]
+        for k in range(1, window):
+            valid = valid | covered[:, k:k + positions]
+        return masked_max(features.reshape(count, positions, -1), valid, dim=1)

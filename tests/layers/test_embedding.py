@@ -148,6 +148,37 @@ def test_charcnn_padding_invariance(vocab, tools):
     tools.assert_padding_invariant(block, examples)
 
 
+def test_charcnn_equals_a_masked_conv1d(vocab):
+    """The block's matrix-product convolution gives what ``nn.Conv1d`` with the same weights gives,
+    max-pooled over the positions touching a real character, and the same gradients."""
+    from blocks.layers.masking import masked_max
+
+    torch.manual_seed(0)
+    block = CharCNN([chars_spec(vocab)], char_dim=6, filters=5, windows=[1, 2, 3, 5])
+    ids = torch.randint(1, len(vocab), (3, 4, 7))
+    ids[0, 1, 3:] = 0
+    ids[1, 2, 1:] = 0
+    ids[2, 3] = 0
+    mask = torch.tensor([[True] * 4, [True, True, True, False], [True, True, True, False]])
+    out = block(Sequence(ids, mask)).values
+
+    flat = ids.reshape(12, 7)
+    char_mask = (flat != 0) & mask.reshape(-1, 1)
+    embedded = block.embedding(flat).masked_fill(~char_mask.unsqueeze(-1), 0.0).transpose(1, 2)
+    expected = []
+    for window, convolution in zip(block.windows, block.convolutions):
+        features = convolution(embedded).transpose(1, 2)
+        ones = torch.ones(1, 1, window)
+        valid = torch.nn.functional.conv1d(char_mask.unsqueeze(1).float(), ones, padding=window - 1).squeeze(1) > 0
+        expected.append(masked_max(features, valid, dim=1))
+    expected = torch.cat(expected, -1).reshape(3, 4, -1).masked_fill(~mask.unsqueeze(-1), 0.0)
+    assert torch.allclose(out, expected, atol=1e-5)
+    weights = torch.randn_like(out)
+    grads = torch.autograd.grad((out * weights).sum(), [c.weight for c in block.convolutions])
+    reference = torch.autograd.grad((expected * weights).sum(), [c.weight for c in block.convolutions])
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads, reference))
+
+
 def test_charcnn_width_errors(vocab):
     with pytest.raises(WidthError):
         CharCNN([tokens_spec(vocab)])
