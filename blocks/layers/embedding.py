@@ -227,13 +227,14 @@ class CharCNN(Block):
     def forward(self, chars: Sequence) -> Sequence:
         ids, word_mask = chars.values, chars.mask
         batch, length, width = ids.shape
-        ids = ids.reshape(batch * length, width)
-        char_mask = (ids != self.pad_index) & word_mask.reshape(-1, 1)
+        real = word_mask.reshape(-1)
+        ids = ids.reshape(batch * length, width)[real]  # the real words only: [N, C]
+        char_mask = ids != self.pad_index
         embedded = zero_padding(self.embedding(ids), char_mask)  # [N, C, char_dim]
-        pooled = [self._convolve_and_pool(embedded, char_mask, window, convolution)
-                  for window, convolution in zip(self.windows, self.convolutions)]
-        values = torch.cat(pooled, dim=-1).reshape(batch, length, -1)
-        return Sequence(zero_padding(values, word_mask), word_mask)
+        pooled = torch.cat([self._convolve_and_pool(embedded, char_mask, window, convolution)
+                            for window, convolution in zip(self.windows, self.convolutions)], dim=-1)
+        values = pooled.new_zeros(batch * length, pooled.shape[-1]).masked_scatter(real.unsqueeze(-1), pooled)
+        return Sequence(values.reshape(batch, length, -1), word_mask)
 
     @staticmethod
     def _convolve_and_pool(embedded: torch.Tensor, char_mask: torch.Tensor, window: int,
