@@ -8,7 +8,7 @@ trainer and adds what training needs around them: an embedding with sparse gradi
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
 from torch import nn
@@ -17,6 +17,9 @@ from torch.optim.lr_scheduler import LambdaLR
 from blocks.lr_schedules import check_schedule
 from blocks.optimizers import check_optimizer, option_defaults
 from blocks.registry import OPTIMIZERS, SCHEDULES
+
+if TYPE_CHECKING:
+    from blocks.graph import Graph
 
 
 def sparse_parameters(module: nn.Module) -> list[nn.Parameter]:
@@ -99,13 +102,13 @@ def clip_grad_norm(parameters: Iterable[torch.Tensor], max_norm: float) -> torch
     return total
 
 
-def parameter_groups(model: nn.Module, parameters: list[nn.Parameter], block_lr: dict | None,
+def parameter_groups(model: Graph, parameters: list[nn.Parameter], block_lr: dict | None,
                      where: str = "/block_lr") -> list:
     """``parameters`` as they go to :func:`build_optimizer`: unchanged without ``block_lr``, else
     one group per node named in ``block_lr`` (its parameters, with that ``lr``) and one for the rest.
 
     Args:
-        model: the trained :class:`blocks.graph.Graph` (its ``blocks`` are keyed by node name).
+        model: the trained graph (its ``blocks`` are keyed by the name of the node that owns them).
         parameters: the trainable parameters, the model's and any others (loss projections).
         block_lr: the stage's ``block_lr`` node, {node name: learning rate}.
         where: JSON path of that node, for error messages.
@@ -118,18 +121,17 @@ def parameter_groups(model: nn.Module, parameters: list[nn.Parameter], block_lr:
         return parameters
     from blocks.errors import ConfigError, did_you_mean
 
-    owners = {node.name: node.owner for node in getattr(model, "nodes", []) if node.part_of is None}
-    blocks = getattr(model, "blocks", {})
+    owners = {node.name: node.owner for node in model.nodes if node.part_of is None}
     trainable = {id(p) for p in parameters}
     groups, taken = [], set()
     for name, lr in block_lr.items():
         if name not in owners:
-            raise ConfigError(f"'{name}' is not a node of model '{getattr(model, 'name', '?')}'"
+            raise ConfigError(f"'{name}' is not a node of model '{model.name}'"
                               f"{did_you_mean(name, owners)}", None, f"{where}/{name}")
         if owners[name] != name:
             raise ConfigError(f"node '{name}' shares the weights of '{owners[name]}'; set the learning rate "
                               f"on '{owners[name]}'", None, f"{where}/{name}")
-        chosen = [p for p in blocks[name].parameters() if id(p) in trainable]
+        chosen = [p for p in model.blocks[name].parameters() if id(p) in trainable]
         if not chosen:
             raise ConfigError(f"node '{name}' has no trainable parameters (a block without weights, or "
                               f"frozen), so a learning rate for it changes nothing", None, f"{where}/{name}")
