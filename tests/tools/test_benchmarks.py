@@ -228,3 +228,15 @@ def test_gpu_benchmark_runs_both_parts_on_cpu(tiny_config, tmp_path, capsys):
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit, match="CUDA is not available"):
             tool.main(["--config", str(tiny_config)])  # the default device is cuda
+
+
+def test_profile_nodes_times_every_node_of_the_model(finished_run, capsys):
+    """tools/profile_nodes.py: a positive best time for each block of the profiled model."""
+    from blocks.engine.run import load_run
+
+    profile_nodes = load_tool("profile_nodes")
+    best = profile_nodes.profile(str(finished_run), "student", batch_size=8, examples=16, repeats=1)
+    _, experiment, _ = load_run(finished_run, log=lambda *a: None)
+    assert set(best) == set(experiment.models["student"].blocks)
+    assert all(seconds > 0 for seconds in best.values())
+    assert "model 'student', 16 examples at batch 8" in capsys.readouterr().out
