@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from blocks.augmentation import AugmentOptions, Augmenter, neighbour_table, split_words, teacher_word_vectors
-from blocks.data.dataset import (PRETRAINED, UNLABELLED, EncodedSplit, SplitSource, encode_rows, field_value,
-                                 read_split, split_sources)
+from blocks.data.dataset import (PRETRAINED, UNLABELLED, EncodedSplit, SplitSource, build_tokenizer, encode_rows,
+                                 field_value, read_split, split_sources)
 from blocks.data.readers import Row, read_rows
 from blocks.engine.teacher_cache import check_cache_top_k
 from blocks.errors import ConfigError, DataError, TrainingError, did_you_mean
@@ -77,6 +77,9 @@ def check_transfer_config(values: dict, index: int, file: str | None) -> None:
     if not transfer.get("train", True) and not transfer.get("files") and not copies:
         raise ConfigError("the transfer set is empty: \"train\" is false and there are no files and no "
                           "augmented copies", file, path)
+    for j, entry in enumerate(transfer.get("files") or []):
+        if isinstance(entry, dict) and entry.get("tokenizer") is not None:
+            build_tokenizer(entry["tokenizer"], file, f"{path}/files/{j}/tokenizer")  # unknown name or parameter
     if has_unlabelled(transfer):
         what = " and ".join(w for w, present in (("unlabelled files", transfer.get("files")),
                                                   ("augmented copies", copies)) if present)
@@ -118,18 +121,27 @@ def file_sources(data: dict, transfer: dict) -> list[SplitSource]:
         path = entry["path"] if os.path.isabs(entry["path"]) else os.path.join(data["root"], entry["path"])
         reader = {**data.get("reader", {}), **entry.get("reader", {})}
         fields = {**data.get("fields", {}), **entry.get("fields", {})}
-        sources.append(SplitSource(f"transfer file {j}", os.path.normpath(path), reader, fields))
+        sources.append(SplitSource(f"transfer file {j}", os.path.normpath(path), reader, fields,
+                                   tokenizer=entry.get("tokenizer")))
     return sources
 
 
 def read_transfer_file(source: SplitSource, fields: list[str]) -> list[Row]:
-    """A transfer file's rows, each checked to hold every field the stage's models read."""
+    """A transfer file's rows, each checked to hold every field the stage's models read. With the
+    source's ``tokenizer``, each of those fields' text becomes its words joined by single spaces
+    (what a tagging task reads as the words of a sentence)."""
     rows = read_rows(source.path, **source.reader)
     if not rows:
         raise DataError("the transfer file holds no examples", source.path)
+    split = build_tokenizer(source.tokenizer, source.path, "tokenizer") if source.tokenizer else None
     for row in rows:
         for name in fields:
-            field_value(row, name, source.fields)  # a DataError naming the file and line
+            value = field_value(row, name, source.fields)  # a DataError naming the file and line
+            if split is not None and isinstance(value, str):
+                column = source.fields.get(name, name)
+                if isinstance(column, int):
+                    column = list(row.fields)[column]
+                row.fields[column] = " ".join(split(value))
     return rows
 
 

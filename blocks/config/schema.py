@@ -290,7 +290,15 @@ TRANSFER_SCHEMA = {
                       {"type": "object", "required": ["path"], "additionalProperties": False,
                        "properties": {"path": {"type": "string"},
                                       "reader": {"$ref": "#/$defs/reader"},
-                                      "fields": {"$ref": "#/$defs/fields"}}}]}},
+                                      "fields": {"$ref": "#/$defs/fields"},
+                                      "tokenizer": {
+                                          "anyOf": [{"type": "string"},
+                                                    {"type": "object", "required": ["type"],
+                                                     "properties": {"type": {"type": "string"}}}],
+                                          "description": "split each field the models read into words with "
+                                                         "this tokenizer (name or {type, ...parameters}), "
+                                                         "joined by single spaces: raw sentences as the "
+                                                         "words of a tagging task"}}}]}},
         "augment": {"$ref": "#/$defs/augment"},
         "seed": {"anyOf": [{"type": "integer"}, {"type": "null"}], "default": None,
                  "description": "seed of the max_examples sample (and of augment, unless it has its own); default: "

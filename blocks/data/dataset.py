@@ -194,6 +194,7 @@ class SplitSource:
     fields: dict
     carve: DevCarve | None = None  # train and a dev carved from it: the train file, minus or only the dev rows
     max_examples: int | None = None  # keep a fixed random sample of this many rows
+    tokenizer: str | dict | None = None  # transfer files: split each text field into words with this tokenizer
 
 
 def split_sources(data: dict) -> dict[str, SplitSource]:
@@ -349,8 +350,12 @@ def encode_rows(name: str, rows: list[Row], fields: dict[str, InputField], vocab
                 truncated[input_field.field] = (cut, limit)
             continue
         if input_field.type == PRETRAINED and input_field.words:
+            # max_length limits the word pieces, not the words: every word up to the word-level limit is
+            # counted (a word past the pieces gets no state), so the positions line up with the other
+            # word-level inputs of the sentence
             ids[key], cut = input_field.tokenizer.encode_words(
-                [input_field.tokens(field_value(row, input_field.field, mapping)) for row in rows])
+                [input_field.all_tokens(field_value(row, input_field.field, mapping))[:DEFAULT_MAX_TOKENS]
+                 for row in rows])
             if cut:  # sentences whose last words got no piece within max_length
                 truncated[input_field.field] = (cut, input_field.tokenizer.max_length)
             continue

@@ -376,7 +376,7 @@ def test_words_cut_by_the_piece_limit_keep_their_positions_beside_other_word_fea
     write_word_piece_bert(tagging_project)
     values = tagging_config()
     values["models"]["teacher"] = {
-        "inputs": {"pieces": {"type": "pretrained", "field": "words", "tokenizer": "bert", "max_length": 6},
+        "inputs": {"pieces": {"type": "pretrained", "field": "words", "tokenizer": "bert", "max_length": 4},
                    "chars": {"field": "words", "type": "chars", "vocab": "chars"}},
         "graph": [{"name": "encoder", "block": "PretrainedEncoder", "input": "pieces", "pooling": "none"},
                   {"name": "words", "block": "WordAlign", "input": ["encoder", "pieces"]},
@@ -389,7 +389,7 @@ def test_words_cut_by_the_piece_limit_keep_their_positions_beside_other_word_fea
     lines = []
     experiment = prepare(tagging_project, values)
     split = experiment.splits["train"]
-    assert split.truncated["words"][1] == 6 and split.truncated["words"][0] > 0
+    assert split.truncated["words"][1] == 4 and split.truncated["words"][0] > 0  # 2 pieces: fewer than the words
     batch = split.collate(torch.arange(8))
     pieces = batch.inputs[experiment.model_inputs["teacher"]["pieces"]]
     words_mask = batch.inputs[experiment.model_inputs["student"]["words"]].mask
@@ -402,7 +402,7 @@ def test_words_cut_by_the_piece_limit_keep_their_positions_beside_other_word_fea
     train(load_config(write_config(tagging_project, values), environ={}), run_dir=tagging_project / "run",
           progress=False, log=lines.append)
     assert (tagging_project / "run" / "summary.json").is_file()
-    assert any("6" in line and "cut" in line for line in lines), [line for line in lines if "cut" in line]
+    assert any("4" in line and "cut" in line for line in lines), [line for line in lines if "cut" in line]
 
 
 
@@ -420,3 +420,32 @@ def test_an_augmented_transfer_set_for_a_tagger(tagging_project):
     assert "augmented" in described, lines
     summary = json.loads((tagging_project / "run" / "summary.json").read_text())
     assert summary["models"]["student"]["test"]["entity_f1"] > 0.8
+
+
+def test_raw_sentences_split_by_a_tokenizer_are_a_tagger_transfer_set(tagging_project):
+    """Unlabelled raw text, split into words by a registered tokenizer, tagged by the teacher."""
+    from blocks.engine.run import train
+    from blocks.transfer_set import file_sources, read_transfer_file
+
+    raw = ["text", "Anna went to Rome, yesterday.", "Bob's visit to Paris (France) ended."]
+    (tagging_project / "data" / "raw.tsv").write_text("\n".join(raw) + "\n", encoding="utf-8")
+    values = tagging_config()
+    values["stages"][1]["transfer"] = {"files": [{"path": "raw.tsv", "reader": {"format": "tsv"},
+                                                  "fields": {"words": "text"}, "tokenizer": "treebank"}]}
+    values["stages"][1]["epochs"] = 1
+    config = load_config(write_config(tagging_project, values), environ={})
+    source, = file_sources(config.values["data"], config.values["stages"][1]["transfer"])
+    rows = read_transfer_file(source, ["words"])
+    assert [row.fields["text"] for row in rows] == ["Anna went to Rome , yesterday .",
+                                                    "Bob 's visit to Paris ( France ) ended ."]
+    lines = []
+    train(config, run_dir=tagging_project / "run", progress=False, log=lines.append)
+    assert any("82 examples" in line and "2 from" in line for line in lines), [l for l in lines if "transfer" in l]
+
+
+def test_an_unknown_transfer_file_tokenizer_names_its_config_path(tagging_project):
+    values = tagging_config()
+    values["stages"][1]["transfer"] = {"files": [{"path": "train.txt", "tokenizer": "treebnak"}]}
+    with pytest.raises(ConfigError) as caught:
+        prepare(tagging_project, values)
+    assert "/stages/1/transfer/files/0/tokenizer" in str(caught.value) and "treebank" in str(caught.value)
