@@ -31,17 +31,16 @@ def profile(run_dir: str, model: str | None, batch_size: int, examples: int, rep
     task = entry.experiment.task
     batches = entry.batches[batch_size]
     elapsed: Counter = Counter()
-    originals = {}
+    started: dict[str, float] = {}
+    handles = []
     for name, block in graph.blocks.items():
-        originals[name] = block.forward
+        def start(_module, _inputs, _name=name):
+            started[_name] = time.perf_counter()
 
-        def timed(*args, _forward=block.forward, _name=name, **kwargs):
-            start = time.perf_counter()
-            result = _forward(*args, **kwargs)
-            elapsed[_name] += time.perf_counter() - start
-            return result
+        def stop(_module, _inputs, _output, _name=name):
+            elapsed[_name] += time.perf_counter() - started[_name]
 
-        block.forward = timed
+        handles += [block.register_forward_pre_hook(start), block.register_forward_hook(stop)]
     best: dict[str, float] = {}
     try:
         with torch.inference_mode():
@@ -57,8 +56,8 @@ def profile(run_dir: str, model: str | None, batch_size: int, examples: int, rep
                     for name, seconds in elapsed.items():
                         best[name] = min(best.get(name, float("inf")), seconds)
     finally:
-        for name, forward in originals.items():
-            graph.blocks[name].forward = forward
+        for handle in handles:
+            handle.remove()
     print(f"{run_dir}: model '{entry.model}', {entry.examples[batch_size]} examples at batch {batch_size}, "
           f"best of {repeats}")
     return best

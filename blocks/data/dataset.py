@@ -61,7 +61,12 @@ class InputField:
 
     @property
     def token_limit(self) -> int:
-        """The tokens kept per example: ``max_length``, else :data:`DEFAULT_MAX_TOKENS`."""
+        """The tokens kept per example: ``max_length``, else :data:`DEFAULT_MAX_TOKENS`. A pretrained
+        input's ``max_length`` counts the word pieces its tokenizer keeps, not words, so the words
+        it reads are limited like those of a word-level input without one (a word past the pieces
+        keeps its position without a state, lined up with the other word-level inputs)."""
+        if self.type == PRETRAINED:
+            return DEFAULT_MAX_TOKENS
         return self.max_length or DEFAULT_MAX_TOKENS
 
     def all_tokens(self, text: str | list[str]) -> list[str]:
@@ -350,12 +355,8 @@ def encode_rows(name: str, rows: list[Row], fields: dict[str, InputField], vocab
                 truncated[input_field.field] = (cut, limit)
             continue
         if input_field.type == PRETRAINED and input_field.words:
-            # max_length limits the word pieces, not the words: every word up to the word-level limit is
-            # counted (a word past the pieces gets no state), so the positions line up with the other
-            # word-level inputs of the sentence
             ids[key], cut = input_field.tokenizer.encode_words(
-                [input_field.all_tokens(field_value(row, input_field.field, mapping))[:DEFAULT_MAX_TOKENS]
-                 for row in rows])
+                [input_field.tokens(field_value(row, input_field.field, mapping)) for row in rows])
             if cut:  # sentences whose last words got no piece within max_length
                 truncated[input_field.field] = (cut, input_field.tokenizer.max_length)
             continue
